@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "gateload.campaign",  # campaign, demo
 )
 
+PASSTHROUGH = ("campaign", "demo")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateload", description=__doc__.splitlines()[0])
@@ -37,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # Commands that drive Locust pass the options they do not know on to it, unchanged.
+    if args.command in PASSTHROUGH:
+        args.locust_args = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

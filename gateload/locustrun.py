@@ -1,0 +1,117 @@
+"""One headless Locust run as a subprocess, with its progress shown and its result folder checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateload.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
+PROGRESS_PREFIX = "[gateload]"
+# Seconds allowed beyond the planned duration for logon, shutdown and writing results.
+GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What a set of Locust arguments will do, known before it runs (for the pre-flight line)."""
+
+    shape: str
+    steps: tuple[int, ...]
+    duration_s: float
+
+    @property
+    def peak_users(self) -> int:
+        return max(self.steps, default=0)
+
+    def describe(self) -> str:
+        if self.shape == "step":
+            return f"step load {'/'.join(map(str, self.steps))} sessions"
+        return f"{self.shape} load"
+
+
+def plan_of(locust_args: list[str]) -> LoadPlan:
+    """Read the shape from Locust arguments without importing Locust."""
+    from locustfiles.lib.schedule import plan_from_args
+
+    return plan_from_args(locust_args)
+
+
+@dataclass
+class LocustRun:
+    profile: Path
+    results_dir: Path
+    label: str
+    run_id: str
+    processes: int
+    extra: list[str]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.results_dir / self.label / self.run_id
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"]
+        cmd += ["--profile", str(self.profile), "--results-dir", str(self.results_dir)]
+        cmd += ["--label", self.label, "--run-id", self.run_id]
+        if self.processes > 1:
+            cmd += ["--processes", str(self.processes)]
+        return cmd + list(self.extra)
+
+    def run(self) -> Path:
+        """Run to the end, echoing progress lines; returns the run folder."""
+        plan = plan_of(self.extra)
+        log_path = self.results_dir / f".{self.label}-{self.run_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            try:
+                _follow(proc, log)
+                proc.wait(timeout=plan.duration_s + GRACE_S)
+            except KeyboardInterrupt:
+                # Locust marks the run interrupted and flushes what it has; give it the time to.
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=GRACE_S)
+                raise
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait(timeout=GRACE_S)
+        if self.run_dir.is_dir():
+            log_path.replace(self.run_dir / "locust.log")
+            log_path = self.run_dir / "locust.log"
+        return self._checked(proc.returncode, log_path)
+
+    def _checked(self, returncode: int, log_path: Path) -> Path:
+        meta_path = self.run_dir / "meta.json"
+        if not meta_path.is_file():
+            tail = log_path.read_text().strip().splitlines()[-1:] if log_path.exists() else []
+            why = tail[0] if tail else f"exit code {returncode}"
+            raise InputError(f"run {self.run_id} produced no results ({why}); see {log_path}")
+        status = json.loads(meta_path.read_text()).get("status")
+        if status != "completed":
+            raise InputError(f"run {self.run_id} ended {status}; its partial results are in {self.run_dir}")
+        return self.run_dir
+
+
+def _follow(proc: subprocess.Popen, log) -> None:
+    """Copy Locust's output to the log; show progress lines and problems on the console."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        if line.startswith(PROGRESS_PREFIX) or " ERROR/" in line or "CPU usage" in line:
+            print("  " + line.rstrip(), flush=True)
