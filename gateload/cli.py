@@ -20,11 +20,12 @@ COMMAND_MODULES = (
     "gateload.campaign",  # campaign, demo
 )
 
+DESCRIPTION = "Load-testing harness for remote-access gateways (homeoffice portal + SSH gateway)."
 PASSTHROUGH = ("campaign", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateload", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gateload", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
