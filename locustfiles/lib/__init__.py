@@ -1,0 +1,4 @@
+"""Library code for the locustfiles: users, the gevent/asyncio bridge, shapes, options and recorder.
+
+A subpackage, because ``locust -f locustfiles/`` imports every top-level ``.py`` file as a locustfile.
+"""
