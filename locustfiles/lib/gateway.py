@@ -1,0 +1,386 @@
+"""The SSH gateway: ``SSHSession`` (one employee's gateway connection, greenlet side) and ``GatewayUser``.
+
+Operations run as coroutines in the bridge's loop thread (``sshops.py``), timed there; the samples
+are fired here, in the greenlet. Types and names:
+
+========  ================  ============================================================
+type      name              what
+========  ================  ============================================================
+SSH       connect           TCP + key exchange (host key checked) + authentication
+SSH       shell             PTY shell opened, until the first prompt
+SSH       keystroke         one paced keystroke until its echo (``t_intended`` = plan)
+SSH       screen_update     Enter after ``screen N B`` until all bytes and the prompt
+SSH       exec              ``echo`` on an exec channel
+SSH       reconnect         after a drop: new credentials/ticket, connect, shell ready
+SSH       drop              the connection ended while idle (keepalive failure, reset)
+SFTP      get / put         a document transfer (bytes recorded)
+TUNNEL    http              GET through a direct-tcpip channel to ``gateway.tunnel_target``
+========  ================  ============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncssh
+import gevent
+from locust import User, task
+from locust.user.task import LOCUST_STATE_STOPPING
+
+from targets.profile import ACTIVITIES, Profile
+
+from .errors import HttpStatusError, OperationError, safe_error
+from .runtime import Target, fire, next_user_id, target_for
+from .sshbridge import Bridge, Timed, get_bridge
+from .sshops import ConnectSpec, GatewayConnection
+
+SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
+SSH_ACTIVITIES = ("typing", "screen", "sftp_get", "sftp_put", "tunnel", "exec")
+_TYPED = b"echo the quick brown fox jumps over the lazy dog "
+DEFAULT_UPLOAD_BYTES = 65536
+
+_keys: dict[str, Any] = {}
+
+
+def _load_key(path: str, private: bool) -> Any:
+    """A key file, read once per process."""
+    if path not in _keys:
+        _keys[path] = asyncssh.read_private_key(path) if private else asyncssh.read_public_key(path)
+    return _keys[path]
+
+
+def connect_spec(profile: Profile, username: str, password: str | None) -> ConnectSpec:
+    """How to reach and verify the profile's gateway as ``username``."""
+    gw = profile.gateway
+    trusted = (_load_key(str(profile.resolve(gw.host_key)), False),) if gw.host_key else ()
+    client_keys = ()
+    if password is None and profile.credentials.ssh_key:
+        client_keys = (_load_key(str(profile.resolve(profile.credentials.ssh_key)), True),)
+    return ConnectSpec(
+        host=gw.host,
+        port=gw.port,
+        username=username,
+        password=password,
+        client_keys=client_keys,
+        trusted_host_keys=trusted,
+        host_key_fingerprint=gw.host_key_fingerprint,
+        verify_host_key=gw.verify_host_key,
+        banner_prefix=gw.server_banner_prefix,
+        keepalive_s=gw.keepalive_s,
+        timeout_s=profile.workload.timeout_s,
+    )
+
+
+def choose_activity(rng: random.Random, mix: dict[str, float], allowed: Sequence[str] = ACTIVITIES) -> str:
+    """One activity drawn by the profile's weights, among ``allowed``."""
+    names = [a for a in allowed if mix.get(a, 0.0) > 0]
+    if not names:
+        raise ValueError(f"workload.mix gives no weight to any of {', '.join(allowed)}")
+    return rng.choices(names, weights=[mix[a] for a in names])[0]
+
+
+class SSHSession:
+    """One gateway connection with its PTY shell, driven from a greenlet; every operation fires a sample.
+
+    Operations never raise for target failures: they record them and return False. After a failure,
+    :attr:`usable` says whether the connection can go on; if not, the user reconnects.
+    """
+
+    def __init__(self, environment: Any, target: Target, user_id: int, bridge: Bridge | None = None) -> None:
+        self.environment = environment
+        self.profile = target.profile
+        self.user_id = user_id
+        self.bridge = bridge or get_bridge()
+        self.conn: GatewayConnection | None = None
+        self.server: str | None = None
+        self.broken = False  # the shell is out of step (a failed keystroke or screen): reconnect
+        self._drop_recorded = False
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Connected, shell open, not dropped, not out of step."""
+        c = self.conn
+        return c is not None and c.shell is not None and not c.dropped and not self.broken
+
+    @property
+    def dropped(self) -> bool:
+        return self.conn is not None and self.conn.dropped
+
+    def record_idle_drop(self) -> None:
+        """Fire a ``drop`` sample for a connection that ended while idle (once, if no failed op showed it)."""
+        c = self.conn
+        if c is None or not c.dropped or self._drop_recorded:
+            return
+        self._drop_recorded = True
+        lost_at = c.client.lost_at or time.time()
+        self._fire(SSH, "drop", Timed(lost_at, 0.0, None, c.client.lost))
+
+    # --- connect ----------------------------------------------------------------------------------
+
+    def logon(self, username: str, password: str | None, *, record: bool = True) -> OperationError | None:
+        """Connect, authenticate and open the shell; the first failure, or None when the shell is ready.
+
+        ``record=False`` (a reconnect) fires no connect/shell samples: the caller fires ``reconnect``.
+        """
+        self.abort()
+        self.conn = GatewayConnection(connect_spec(self.profile, username, password))
+        self.broken, self._drop_recorded = False, False
+        outcome = self.bridge.call_timed(self.conn.connect())
+        if outcome.ok:
+            self.server = self.conn.client.server or self._backend_from_env()
+        if record:
+            self._fire(SSH, "connect", outcome)
+        if not outcome.ok:
+            self.abort()
+            return _as_error(outcome.error)
+        shell = self.bridge.call_timed(self.conn.open_shell(), self.profile.workload.timeout_s)
+        if record:
+            self._fire(SSH, "shell", shell)
+        if not shell.ok:
+            self.abort()
+            return _as_error(shell.error)
+        return None
+
+    def _backend_from_env(self) -> str | None:
+        assert self.conn is not None
+        found = self.bridge.call_timed(self.conn.backend_from_env(), self.profile.workload.timeout_s)
+        return found.value if found.ok else None
+
+    # --- activities -------------------------------------------------------------------------------
+
+    def run_activity(self, name: str, document: str) -> bool:
+        """Run one SSH activity of the workload mix; True on success."""
+        ops: dict[str, Callable[[], bool]] = {
+            "typing": self.typing,
+            "screen": self.screen,
+            "exec": self.exec,
+            "sftp_get": lambda: self.sftp_get(document),
+            "sftp_put": lambda: self.sftp_put(document),
+            "tunnel": self.tunnel,
+        }
+        return ops[name]()
+
+    def typing(self) -> bool:
+        """A typing burst at the profile's pace (one ``keystroke`` sample per key), then Enter."""
+        w = self.profile.workload
+        text = self._next_text(w.burst_keys)
+        conn = self._require()
+        samples = self.bridge.run(conn.type_burst(text, w.typing_interval_ms / 1000.0, w.timeout_s))
+        for s in samples:
+            self._fire(SSH, "keystroke", s.outcome, length=s.outcome.value or 0, t_intended=s.t_intended)
+        if not samples or not samples[-1].outcome.ok:
+            self._failed_shell()
+            return False
+        # Finish the line so the shell is back at its prompt (not a sample: the output is trivial).
+        end = self.bridge.run(conn.run_line(b"", w.timeout_s))
+        if not end.ok:
+            self._failed_shell()
+            return False
+        return True
+
+    def screen(self) -> bool:
+        """``screen N B`` in the shell: one ``screen_update`` sample from Enter to the prompt."""
+        w = self.profile.workload
+        line = f"screen {w.screen_bursts} {w.screen_bytes}".encode()
+        outcome = self.bridge.run(self._require().run_line(line, w.timeout_s))
+        self._fire(SSH, "screen_update", outcome, length=outcome.value or 0)
+        if not outcome.ok:
+            self._failed_shell()
+        return outcome.ok
+
+    def exec(self) -> bool:
+        """``echo`` on an exec channel."""
+        outcome = self.bridge.call_timed(
+            self._require().exec("echo gateload"), self.profile.workload.timeout_s
+        )
+        return self._after(SSH, "exec", outcome)
+
+    def sftp_get(self, document: str) -> bool:
+        """Download a document over SFTP."""
+        if not self._sftp_ready("get"):
+            return False
+        op = self._require().sftp_get(document)
+        return self._after(SFTP, "get", self.bridge.call_timed(op, self.profile.workload.timeout_s))
+
+    def sftp_put(self, document: str) -> bool:
+        """Upload a document-sized file over SFTP (per process and user, so uploads never collide)."""
+        if not self._sftp_ready("put"):
+            return False
+        size = DEFAULT_UPLOAD_BYTES
+        if self.profile.farm is not None:
+            size = self.profile.farm.documents.get(document, size)
+        path = f"upload-{os.getpid()}-{self.user_id}-{document}"
+        op = self._require().sftp_put(path, _payload(size))
+        return self._after(SFTP, "put", self.bridge.call_timed(op, self.profile.workload.timeout_s))
+
+    def tunnel(self) -> bool:
+        """HTTP GET through a direct-tcpip tunnel to ``gateway.tunnel_target``."""
+        gw = self.profile.gateway
+        op = self._require().tunnel_http(gw.tunnel_target, gw.tunnel_path)
+        outcome = self.bridge.call_timed(op, self.profile.workload.timeout_s)
+        status, length, server = outcome.value if outcome.ok else (0, 0, None)
+        if outcome.ok and status >= 400:
+            outcome = Timed(outcome.start_time, outcome.duration_ms, None, HttpStatusError(status))
+        return self._after(TUNNEL, "http", outcome, length=length, server=server)
+
+    # --- close ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Leave the shell with ``exit`` and close the connection (bounded; no sample)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.bridge.run(conn.close())
+
+    def abort(self) -> None:
+        """Drop the connection at once without waiting (a stopped user, a broken session)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.bridge.loop.call_soon_threadsafe(conn.abort)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _require(self) -> GatewayConnection:
+        if self.conn is None:
+            raise RuntimeError("SSHSession used before logon()")
+        return self.conn
+
+    def _sftp_ready(self, name: str) -> bool:
+        started = self.bridge.call_timed(self._require().sftp_client(), self.profile.workload.timeout_s)
+        if not started.ok:
+            self._after(SFTP, name, started)
+        return started.ok
+
+    def _after(self, kind: str, name: str, outcome: Timed[Any], **kw: Any) -> bool:
+        length = kw.pop("length", None)
+        if length is None:
+            length = outcome.value if isinstance(outcome.value, int) else 0
+        self._fire(kind, name, outcome, length=length, **kw)
+        if not outcome.ok and self.dropped:
+            self._drop_recorded = True  # this failure already shows the drop
+        return outcome.ok
+
+    def _failed_shell(self) -> None:
+        self.broken = True
+        if self.dropped:
+            self._drop_recorded = True
+
+    @staticmethod
+    def _next_text(n: int) -> bytes:
+        # Each burst types a new harmless "echo ..." line.
+        return (_TYPED * (n // len(_TYPED) + 1))[:n]
+
+    def _fire(
+        self,
+        kind: str,
+        name: str,
+        outcome: Timed[Any],
+        *,
+        length: int = 0,
+        t_intended: float | None = None,
+        server: str | None = None,
+    ) -> None:
+        fire(
+            self.environment,
+            request_type=kind,
+            name=name,
+            start_time=outcome.start_time,
+            response_time=outcome.duration_ms,
+            response_length=length,
+            exception=outcome.error,
+            user_id=self.user_id,
+            server=server or self.server,
+            t_intended=t_intended,
+        )
+
+
+def _payload(size: int) -> bytes:
+    return (b"gateload upload " * (size // 16 + 1))[:size]
+
+
+def _as_error(exc: BaseException | None) -> OperationError:
+    return safe_error(exc) or OperationError("other")
+
+
+class Backoff:
+    """Growing, jittered pauses after consecutive failures (a person retrying), capped."""
+
+    def __init__(self, rng: random.Random, base_s: float = 1.0, cap_s: float = 30.0) -> None:
+        self.rng, self.base_s, self.cap_s, self.failures = rng, base_s, cap_s, 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return min(self.cap_s, self.base_s * 2 ** (self.failures - 1)) * self.rng.uniform(0.5, 1.5)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def idle(user: User, seconds: float) -> bool:
+    """Sleep up to ``seconds``; False (early) when the user is asked to stop gracefully."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if user._state == LOCUST_STATE_STOPPING:
+            return False
+        gevent.sleep(min(left, 0.5))
+    return user._state != LOCUST_STATE_STOPPING
+
+
+class GatewayUser(User):
+    """Gateway-only load with static credentials (account password, or ``credentials.ssh_key``).
+
+    Each task is one activity of the SSH mix on a kept-open connection, then think time; a drop is
+    recorded and followed by a ``reconnect``.
+    """
+
+    abstract = False
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.target = target_for(environment)
+        self.rng = random.Random()
+        self.backoff = Backoff(self.rng)
+        self.user_id = 0
+        self.session: SSHSession | None = None
+        self._logged_on_once = False
+
+    def on_start(self) -> None:
+        self.user_id = next_user_id()
+        self.session = SSHSession(self.environment, self.target, self.user_id)
+
+    def on_stop(self) -> None:
+        if self.session is not None:
+            self.session.abort()
+
+    def wait_time(self) -> float:
+        w = self.target.profile.workload
+        return self.rng.uniform(w.think_min_s, w.think_max_s)
+
+    @task
+    def work(self) -> None:
+        session = self.session
+        assert session is not None
+        if not session.usable and not self._connect(session):
+            idle(self, self.backoff.next_delay())
+            return
+        self.backoff.reset()
+        w = self.target.profile.workload
+        session.run_activity(choose_activity(self.rng, w.mix, SSH_ACTIVITIES), self.rng.choice(w.documents))
+
+    def _connect(self, session: SSHSession) -> bool:
+        account = self.target.account_for(self.user_id)
+        password = None if self.target.profile.credentials.ssh_key else account.password
+        if not self._logged_on_once:
+            ok = session.logon(account.username, password) is None
+            self._logged_on_once = ok
+            return ok
+        session.record_idle_drop()
+        start, t0 = time.time(), time.perf_counter()
+        error = session.logon(account.username, password, record=False)
+        session._fire(SSH, "reconnect", Timed(start, (time.perf_counter() - t0) * 1000.0, None, error))
+        return error is None

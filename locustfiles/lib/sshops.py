@@ -1,0 +1,264 @@
+"""The SSH operations of a gateway session, as asyncio coroutines that run in the bridge's loop thread.
+
+Each operation is timed inside its coroutine (``perf_counter`` in the loop thread) and returns
+:class:`~locustfiles.lib.sshbridge.Timed` outcomes; nothing here touches Locust or gevent, so the
+greenlet side (``gateway.py``) fires the samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from .errors import OperationError
+from .sshbridge import Timed, timed
+
+#: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
+PROMPT = b"gw$ "
+CONNECT_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class ConnectSpec:
+    """Where and how to connect; ``password`` (a ticket or an account password) is never logged."""
+
+    host: str
+    port: int
+    username: str
+    password: str | None = field(default=None, repr=False)
+    client_keys: tuple[Any, ...] = ()
+    trusted_host_keys: tuple[Any, ...] = ()  # the pinned public key, if pinned by file
+    host_key_fingerprint: str = ""  # or its "SHA256:..." fingerprint
+    verify_host_key: bool = True
+    banner_prefix: str = "gateload-server: "
+    keepalive_s: float = 15.0
+    timeout_s: float = CONNECT_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class KeySample:
+    """One keystroke of a paced typing burst."""
+
+    t_intended: float  # epoch seconds the keystroke was planned for (t0 + k * interval)
+    outcome: Timed[int]
+
+
+class _Client(asyncssh.SSHClient):
+    """Learns the backend from the auth banner, checks a fingerprint pin, and notices drops."""
+
+    def __init__(self, spec: ConnectSpec) -> None:
+        self.spec = spec
+        self.server: str | None = None
+        self.lost: Exception | None = None
+        self.lost_at: float | None = None
+        self.closing = False  # we closed it: not a drop
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        prefix = self.spec.banner_prefix
+        for line in msg.splitlines():
+            if prefix and line.startswith(prefix):
+                self.server = line[len(prefix) :].strip() or None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        # Only asked for keys not in the trusted list, i.e. in fingerprint mode.
+        pin = self.spec.host_key_fingerprint
+        return bool(pin) and key.get_fingerprint("sha256") == pin
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_at = time.time()
+        if isinstance(exc, asyncssh.ConnectionLost) and "keepalive" in exc.reason.lower():
+            exc = OperationError("timeout", "keepalive")  # the gateway stopped answering keepalives
+        self.lost = exc or asyncssh.ConnectionLost("connection closed by the gateway")
+
+
+class GatewayConnection:
+    """One SSH connection to the gateway with its PTY shell; lives in the loop thread."""
+
+    def __init__(self, spec: ConnectSpec) -> None:
+        self.spec = spec
+        self.client = _Client(spec)
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.shell: asyncssh.SSHClientProcess[bytes] | None = None
+        self.sftp: asyncssh.SFTPClient | None = None
+
+    @property
+    def dropped(self) -> bool:
+        """The connection ended without us closing it (reset, keepalive timeout, server disconnect)."""
+        return self.conn is not None and self.client.lost is not None and not self.client.closing
+
+    async def connect(self) -> str | None:
+        """TCP, key exchange with the host key check, and authentication; returns the backend id."""
+        spec = self.spec
+        if not spec.verify_host_key:
+            known_hosts: Any = None  # explicit opt-out in the profile
+        else:
+            known_hosts = (list(spec.trusted_host_keys), [], [])
+        self.conn = await asyncssh.connect(
+            spec.host,
+            spec.port,
+            username=spec.username,
+            password=spec.password,
+            client_keys=list(spec.client_keys) or None,
+            known_hosts=known_hosts,
+            client_factory=lambda: self.client,
+            config=None,
+            agent_path=None,
+            preferred_auth="publickey" if spec.client_keys else "password,keyboard-interactive",
+            keepalive_interval=spec.keepalive_s,
+            keepalive_count_max=3,
+            connect_timeout=spec.timeout_s,
+            login_timeout=spec.timeout_s,
+        )
+        return self.client.server
+
+    async def backend_from_env(self) -> str | None:
+        """The backend id from ``env`` (``GATELOAD_SERVER``), for gateways without the auth banner."""
+        result = await self._conn().run("env", check=False, encoding=None)
+        for line in bytes(result.stdout or b"").splitlines():
+            if line.startswith(b"GATELOAD_SERVER="):
+                return line.split(b"=", 1)[1].strip().decode(errors="replace") or None
+        return None
+
+    async def open_shell(self) -> None:
+        """A PTY shell, ready when the first prompt arrives."""
+        self.shell = await self._conn().create_process(term_type="xterm", term_size=(80, 24), encoding=None)
+        await self.shell.stdout.readuntil(PROMPT)
+
+    async def type_burst(self, text: bytes, interval_s: float, timeout_s: float) -> list[KeySample]:
+        """Type ``text`` at a human pace, timing each keystroke until its echo.
+
+        Keystroke k is planned for t0 + k * interval. A late echo delays the next keystroke (it is sent
+        at once, not skipped); the plan is kept as ``t_intended`` so coordinated omission can be
+        corrected. The burst stops at the first failure.
+        """
+        shell = self._shell()
+        samples: list[KeySample] = []
+        t0_wall, t0 = time.time(), time.perf_counter()
+        for k, char in enumerate(text):
+            delay = t0 + k * interval_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key = bytes([char])
+            outcome = await timed(self._keystroke(shell, key), timeout_s)
+            samples.append(KeySample(t0_wall + k * interval_s, outcome))
+            if not outcome.ok:
+                break
+        return samples
+
+    async def _keystroke(self, shell: asyncssh.SSHClientProcess[bytes], key: bytes) -> int:
+        shell.stdin.write(key)
+        echo = await shell.stdout.readexactly(len(key))
+        if echo != key:
+            raise OperationError("ssh_error", "unexpected echo")
+        return len(echo)
+
+    async def run_line(self, line: bytes, timeout_s: float) -> Timed[int]:
+        """Type a command line (echo untimed), then time from Enter until the next prompt.
+
+        Returns the bytes of output (including the prompt), so bytes/s can be computed.
+        """
+        shell = self._shell()
+        start_time, t0 = time.time(), time.perf_counter()
+        try:
+            shell.stdin.write(line)
+            await asyncio.wait_for(shell.stdout.readexactly(len(line)), timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the command line's echo failed: the operation failed
+            return Timed(start_time, (time.perf_counter() - t0) * 1000.0, None, exc)
+        return await timed(self._enter(shell), timeout_s)
+
+    async def _enter(self, shell: asyncssh.SSHClientProcess[bytes]) -> int:
+        shell.stdin.write(b"\r")
+        return len(await shell.stdout.readuntil(PROMPT))
+
+    async def exec(self, command: str) -> int:
+        """Run a command on an exec channel; returns the bytes of output."""
+        result = await self._conn().run(command, check=False, encoding=None)
+        if result.exit_status != 0:
+            raise OperationError("ssh_error", f"exit status {result.exit_status}")
+        return len(result.stdout or b"")
+
+    async def sftp_client(self) -> asyncssh.SFTPClient:
+        """The connection's SFTP client, started once (not part of any transfer's time)."""
+        if self.sftp is None:
+            self.sftp = await self._conn().start_sftp_client()
+        return self.sftp
+
+    async def sftp_get(self, path: str) -> int:
+        """Download a file into memory; returns its size."""
+        async with (await self.sftp_client()).open(path, "rb") as fh:
+            return len(await fh.read())
+
+    async def sftp_put(self, path: str, data: bytes) -> int:
+        """Upload ``data`` as ``path``; returns the bytes written."""
+        async with (await self.sftp_client()).open(path, "wb") as fh:
+            await fh.write(data)
+        return len(data)
+
+    async def tunnel_http(self, target: str, path: str) -> tuple[int, int, str | None]:
+        """GET ``path`` from ``target`` (host:port) through a direct-tcpip channel.
+
+        Returns (status, bytes, X-Gateload-Server or None).
+        """
+        host, _, port = target.rpartition(":")
+        reader, writer = await self._conn().open_connection(host, int(port))
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = await reader.read()
+        finally:
+            writer.close()
+        return parse_http_response(data)
+
+    async def close(self) -> None:
+        """Exit the shell politely, then close the connection (bounded)."""
+        self.client.closing = True
+        if self.conn is None:
+            return
+        try:
+            if self.shell is not None and self.client.lost is None:
+                self.shell.stdin.write(b"exit\r")
+                await asyncio.wait_for(self.shell.wait_closed(), CLOSE_TIMEOUT_S)
+        except (OSError, asyncssh.Error, TimeoutError):
+            pass  # the connection is going anyway
+        finally:
+            self.conn.close()
+            with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+                await asyncio.wait_for(self.conn.wait_closed(), CLOSE_TIMEOUT_S)
+
+    def abort(self) -> None:
+        """Close at once without waiting (a stopped user)."""
+        self.client.closing = True
+        if self.conn is not None:
+            self.conn.abort()
+
+    def _conn(self) -> asyncssh.SSHClientConnection:
+        if self.conn is None:
+            raise OperationError("ssh_error", "not connected")
+        return self.conn
+
+    def _shell(self) -> asyncssh.SSHClientProcess[bytes]:
+        if self.shell is None:
+            raise OperationError("ssh_error", "no shell")
+        return self.shell
+
+
+def parse_http_response(data: bytes) -> tuple[int, int, str | None]:
+    """(status, total bytes, X-Gateload-Server) of a raw HTTP/1.x response."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2) if lines and lines[0] else []
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise OperationError("other", "no HTTP response through the tunnel")
+    server = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-gateload-server":
+            server = value.strip().decode(errors="replace") or None
+    return int(parts[1]), len(data), server
