@@ -1,0 +1,60 @@
+"""Render the farm's counters as JSON or as Prometheus text exposition format (version 0.0.4)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (metric, type, help) of the per-server series
+_SERVER_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("gateload_active_sessions", "gauge", "Open sessions on a server, by kind (portal, ssh)."),
+    ("gateload_busy_workers", "gauge", "Worker slots in use."),
+    ("gateload_workers", "gauge", "Worker slots configured."),
+    ("gateload_queue_depth", "gauge", "Operations waiting for a worker slot."),
+    ("gateload_served_total", "counter", "Operations served, by operation."),
+    ("gateload_busy_seconds_total", "counter", "Worker-seconds spent serving operations."),
+    ("gateload_refused_total", "counter", "Requests (portal, 503) and sessions (ssh) refused."),
+)
+
+
+def render_json(snapshot: dict[str, Any]) -> str:
+    """The snapshot as indented JSON."""
+    return json.dumps(snapshot, indent=2, sort_keys=False)
+
+
+def render_prometheus(snapshot: dict[str, Any]) -> str:
+    """The snapshot in Prometheus text format, one series per server (and kind or operation)."""
+    servers: dict[str, dict[str, Any]] = snapshot["servers"]
+    samples: dict[str, list[str]] = {name: [] for name, _, _ in _SERVER_METRICS}
+    for sid, s in servers.items():
+        label = f'server="{sid}"'
+        samples["gateload_active_sessions"] += [
+            f'gateload_active_sessions{{{label},kind="portal"}} {s["portal_sessions"]}',
+            f'gateload_active_sessions{{{label},kind="ssh"}} {s["ssh_sessions"]}',
+        ]
+        samples["gateload_busy_workers"].append(f"gateload_busy_workers{{{label}}} {s['busy']}")
+        samples["gateload_workers"].append(f"gateload_workers{{{label}}} {s['workers']}")
+        samples["gateload_queue_depth"].append(f"gateload_queue_depth{{{label}}} {s['queue_depth']}")
+        samples["gateload_served_total"] += [
+            f'gateload_served_total{{{label},op="{op}"}} {n}' for op, n in s["served"].items()
+        ]
+        samples["gateload_busy_seconds_total"].append(
+            f"gateload_busy_seconds_total{{{label}}} {s['busy_seconds']}"
+        )
+        samples["gateload_refused_total"] += [
+            f'gateload_refused_total{{{label},kind="{kind}"}} {n}' for kind, n in s["refused"].items()
+        ]
+    lines: list[str] = []
+    for name, kind, help_text in _SERVER_METRICS:
+        lines += [*_header(name, kind, help_text), *samples[name]]
+    lines += _header("gateload_tickets_total", "counter", "Gateway tickets, by outcome.")
+    lines += [f'gateload_tickets_total{{outcome="{k}"}} {v}' for k, v in snapshot["tickets"].items()]
+    lines += _header("gateload_uptime_seconds", "gauge", "Seconds since the farm started.")
+    lines.append(f"gateload_uptime_seconds {snapshot['uptime_s']}")
+    return "\n".join(lines) + "\n"
+
+
+def _header(name: str, kind: str, help_text: str) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
