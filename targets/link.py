@@ -1,0 +1,518 @@
+"""Homeoffice link emulation: an asyncio TCP proxy with delay, jitter, bandwidth and loss-as-reset.
+
+This kernel has no ``tc netem``, so the link an employee works over (DSL, LTE, fibre) is emulated in
+user space by a proxy between the load generator and the target. Each direction is a **delay line**:
+a chunk read at time ``t`` is first serialised at the link rate (a token bucket whose bucket is one
+chunk: ``free_at = max(t, free_at) + bytes / rate``), then released ``delay ± jitter`` later. Release
+times are computed from timestamps, not by sleeping per chunk in series, so delay does not add up
+with throughput: a stream of chunks each arrives ``delay`` after it was sent. Releases stay in order
+(TCP never reorders), so jitter widens gaps but never swaps chunks.
+
+Loss shows to a TCP user as stalls or, at worst, a connection reset; the proxy emulates the reset:
+with probability ``loss_reset_pct`` a connection (or, in ``reset_mode="chunk"``, each chunk) is reset
+with a real RST on both sides.
+
+Known limits: the TCP handshake itself is not delayed (the local kernel completes ``connect()``), so a
+new connection costs one round trip less than on the real link; everything after it is delayed.
+
+Presets (one-way delay, jitter, down/up rate). Typical values, not measurements of the city's links;
+for a defensible run, measure the employees' links (ping RTT/2, a speed test) and use ``custom``:
+
+- ``fibre``: 5 ms ± 0.5 ms, 250/100 Mbit/s. FTTH round trips of ~10 ms to the first measurement
+  server are what the FCC "Measuring Broadband America" fixed reports show for fibre (their
+  lowest-latency technology); 250/100 is a common FTTH tier.
+- ``dsl``: 12.5 ms ± 2 ms, 50/10 Mbit/s. VDSL2 "50" (the common German homeoffice line) with
+  interleaving off; the MBA reports put DSL round trips around 25 ms and above, the highest of the
+  wired technologies.
+- ``lte``: 25 ms ± 8 ms, 20/5 Mbit/s, 0.5 % of connections reset. Round trips of 40-60 ms and far
+  more jitter than wired lines are what Ookla/OpenSignal LTE reports show; the reset rate stands for
+  radio handovers and carrier-grade NAT timeouts and is an assumption, not a measured figure.
+
+Usage from Locust (gevent) code, where the proxies need their own real thread::
+
+    linked = link_profile(profile)          # no-op when profile.link.preset == "none"
+    profile = linked.profile                # portal URL and gateway address point at the proxies
+    ...
+    linked.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import socket as _stdlib_socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from targets.profile import Link, Profile
+
+CHUNK_MAX = 64 * 1024
+TIMER_HALF_TICK_S = 0.0005
+QUEUE_CHUNKS = 256  # per direction: bounds memory; a full queue stops reading (back-pressure)
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """What one emulated link does; rates per direction (0 = unlimited)."""
+
+    delay_ms: float = 0.0  # one-way, each direction
+    jitter_ms: float = 0.0  # uniform in [-jitter, +jitter], as netem's `delay D J`
+    down_kbit: float = 0.0  # target -> user
+    up_kbit: float = 0.0  # user -> target
+    loss_reset_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("delay_ms", "jitter_ms", "down_kbit", "up_kbit", "loss_reset_pct"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"link {name} must be >= 0")
+        if self.loss_reset_pct > 100:
+            raise ValueError("link loss_reset_pct must be <= 100")
+
+
+PRESETS: dict[str, LinkSpec] = {
+    "fibre": LinkSpec(delay_ms=5.0, jitter_ms=0.5, down_kbit=250_000, up_kbit=100_000),
+    "dsl": LinkSpec(delay_ms=12.5, jitter_ms=2.0, down_kbit=50_000, up_kbit=10_000),
+    "lte": LinkSpec(delay_ms=25.0, jitter_ms=8.0, down_kbit=20_000, up_kbit=5_000, loss_reset_pct=0.5),
+}
+
+
+def link_spec(link: Link) -> LinkSpec | None:
+    """The emulated link a profile's ``[link]`` asks for; ``None`` for ``preset = "none"``.
+
+    With a preset, any non-zero field of ``[link]`` overrides the preset's value (``bandwidth_kbit``
+    sets both directions), so ``preset = "dsl"`` plus ``delay_ms = 30`` is a slow DSL line.
+    """
+    if link.preset == "none":
+        return None
+    base = LinkSpec() if link.preset == "custom" else PRESETS[link.preset]
+    changes: dict[str, float] = {}
+    if link.delay_ms or link.preset == "custom":
+        changes["delay_ms"] = link.delay_ms
+    if link.jitter_ms or link.preset == "custom":
+        changes["jitter_ms"] = link.jitter_ms
+    if link.bandwidth_kbit or link.preset == "custom":
+        changes["down_kbit"] = changes["up_kbit"] = link.bandwidth_kbit
+    if link.loss_reset_pct or link.preset == "custom":
+        changes["loss_reset_pct"] = link.loss_reset_pct
+    return dataclasses.replace(base, **changes)
+
+
+# --- one direction of the link: a delay line --------------------------------------------------------
+
+
+class DelayLine:
+    """Computes when each chunk leaves the link: serialisation at the rate, then delay ± jitter."""
+
+    def __init__(self, delay_s: float, jitter_s: float, kbit: float, rng: random.Random) -> None:
+        self.delay_s = delay_s
+        self.jitter_s = jitter_s
+        self.bytes_per_s = kbit * 1000 / 8 if kbit else 0.0
+        self.rng = rng
+        self._free_at = 0.0  # when the link has finished serialising what it already took
+        self._last_release = 0.0
+
+    def release_time(self, nbytes: int, now: float) -> float:
+        """Time (loop clock) at which a chunk of ``nbytes`` read at ``now`` is delivered."""
+        start = max(now, self._free_at)
+        self._free_at = start + (nbytes / self.bytes_per_s if self.bytes_per_s else 0.0)
+        delay = self.delay_s
+        if self.jitter_s:
+            delay = max(0.0, delay + self.rng.uniform(-self.jitter_s, self.jitter_s))
+        # In order, as TCP delivers: a chunk never overtakes the one before it.
+        self._last_release = max(self._free_at + delay, self._last_release)
+        return self._last_release
+
+    def chunk_size(self) -> int:
+        """Read size: about 5 ms of link time when rate-limited, so shaping is smooth, not lumpy."""
+        if not self.bytes_per_s:
+            return CHUNK_MAX
+        return int(min(CHUNK_MAX, max(1460, self.bytes_per_s * 0.005)))
+
+
+@dataclass
+class LinkStats:
+    """Counters of one proxy (read them from the proxy's loop or after it stopped)."""
+
+    connections: int = 0
+    resets: int = 0  # connections reset by the loss emulation
+    upstream_failures: int = 0  # connections the target refused
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+_EOF = b""
+
+
+class _Reset(Exception):
+    """The loss emulation decided to reset this connection."""
+
+
+# --- the proxy ----------------------------------------------------------------------------------------
+
+
+class LinkProxy:
+    """A TCP proxy that emulates a link between ``listen`` and ``upstream``.
+
+    ``await start()`` binds (port 0 picks a free one; read ``.address``), ``await stop()`` closes the
+    listener and every open connection. ``reset_mode`` decides what ``loss_reset_pct`` applies to:
+    each connection (it is reset at its first chunk) or each chunk.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        spec: LinkSpec,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        *,
+        reset_mode: Literal["connection", "chunk"] = "connection",
+        seed: int | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.spec = spec
+        self.listen = listen
+        self.reset_mode = reset_mode
+        self.rng = random.Random(seed)
+        self.stats = LinkStats()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listen_sock: _stdlib_socket.socket | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where users connect: the bound listen address."""
+        sock = self._listen_sock
+        if sock is None:
+            raise RuntimeError("LinkProxy is not started")
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    def bind(self) -> None:
+        """Bind and listen now (any thread); ``start`` then serves on this socket."""
+        if self._listen_sock is None:
+            self._listen_sock = _bound_socket(self.listen)
+
+    async def start(self) -> LinkProxy:
+        self.bind()
+        self._server = await asyncio.start_server(self._serve, sock=self._listen_sock, limit=CHUNK_MAX)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listen_sock is not None:
+            self._listen_sock.close()
+
+    async def __aenter__(self) -> LinkProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _roll(self) -> bool:
+        return self.spec.loss_reset_pct > 0 and self.rng.random() * 100 < self.spec.loss_reset_pct
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.stats.connections += 1
+        _no_delay(c_writer.get_extra_info("socket"))
+        try:
+            await self._pipe(c_reader, c_writer)
+        except asyncio.CancelledError:
+            # stop() cancels open connections; ending normally keeps asyncio's stream callback
+            # (Python 3.11) from logging the cancellation as an error.
+            pass
+        finally:
+            self._tasks.discard(task)
+
+    async def _pipe(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        try:
+            u_reader, u_writer = await _open_upstream(self.upstream)
+        except OSError:
+            self.stats.upstream_failures += 1
+            _abort(c_writer)
+            return
+        doomed = self.reset_mode == "connection" and self._roll()
+        state = _ConnState(doomed=doomed)
+        loop = asyncio.get_running_loop()
+        up = DelayLine(self.spec.delay_ms / 1000, self.spec.jitter_ms / 1000, self.spec.up_kbit, self.rng)
+        down = DelayLine(self.spec.delay_ms / 1000, self.spec.jitter_ms / 1000, self.spec.down_kbit, self.rng)
+        pumps = [
+            loop.create_task(self._direction(c_reader, u_writer, up, state, "up")),
+            loop.create_task(self._direction(u_reader, c_writer, down, state, "down")),
+        ]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in done if t.exception() is not None]
+            if failed:
+                if isinstance(failed[0].exception(), _Reset):
+                    self.stats.resets += 1
+                _abort(c_writer)
+                _abort(u_writer)
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for writer in (c_writer, u_writer):
+                writer.close()
+
+    async def _direction(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        line: DelayLine,
+        state: _ConnState,
+        name: str,
+    ) -> None:
+        """Read, timestamp and queue chunks; a second task delivers them at their release time."""
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(_deliver(queue, writer))
+        try:
+            while True:
+                data = await reader.read(line.chunk_size())
+                if data and (state.doomed or (self.reset_mode == "chunk" and self._roll())):
+                    raise _Reset()
+                await queue.put((line.release_time(len(data), loop.time()), data))
+                if name == "up":
+                    self.stats.bytes_up += len(data)
+                else:
+                    self.stats.bytes_down += len(data)
+                if not data:
+                    break
+                if sender.done():
+                    break
+            await sender
+        finally:
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await sender
+
+
+@dataclass
+class _ConnState:
+    doomed: bool = False
+
+
+async def _deliver(queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter) -> None:
+    """Write each chunk when its release time comes; EOF becomes a half-close (FIN), also delayed."""
+    loop = asyncio.get_running_loop()
+    while True:
+        release, data = await queue.get()
+        # The epoll selector rounds timeouts up to whole milliseconds, so a timer fires 0-1 ms late;
+        # waking half a tick early centres that error on zero instead of adding 0.5 ms per direction.
+        wait = release - loop.time() - TIMER_HALF_TICK_S
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if data is _EOF or not data:
+            if writer.can_write_eof():
+                writer.write_eof()
+            return
+        writer.write(data)
+        await writer.drain()
+
+
+# --- sockets that work with and without gevent's monkey-patching ---------------------------------
+
+
+def _socket_class() -> Any:
+    """The unpatched socket class: under Locust, gevent has replaced ``socket.socket``."""
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("socket"):
+            return monkey.get_original("socket", "socket")
+    return _stdlib_socket.socket
+
+
+def _bound_socket(address: tuple[str, int]) -> _stdlib_socket.socket:
+    host, port = address
+    family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+    sock = _socket_class()(family, _stdlib_socket.SOCK_STREAM)
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _open_upstream(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = address
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = _socket_class()(family, _stdlib_socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    _no_delay(sock)
+    return await asyncio.open_connection(sock=sock, limit=CHUNK_MAX)
+
+
+def _no_delay(sock: Any) -> None:
+    """Forward each chunk at once: Nagle's algorithm in the proxy would add delay the link lacks."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0), as a reset by the network shows to the endpoint."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+# --- running proxies in their own OS thread (for Locust and other blocking callers) -------------------
+
+
+class LinkThread:
+    """An asyncio loop in a real OS thread that serves :class:`LinkProxy` objects.
+
+    Under gevent (Locust), the thread and its selector are the unpatched originals, so the delay line's
+    timers run on real time and not on the gevent hub.
+    """
+
+    def __init__(self) -> None:
+        selectors_mod, start_thread, lock_type = _originals()
+        self._loop = asyncio.SelectorEventLoop(selectors_mod.DefaultSelector())
+        self._start_thread = start_thread
+        self._stopped = lock_type()
+        self._stopped.acquire()
+        self._proxies: list[LinkProxy] = []
+        self._running = False
+
+    def add(self, proxy: LinkProxy) -> tuple[str, int]:
+        """Bind ``proxy`` now and serve it on this thread's loop; returns its listen address."""
+        proxy.bind()
+        self._proxies.append(proxy)
+        if self._running:
+            asyncio.run_coroutine_threadsafe(proxy.start(), self._loop)
+        return proxy.address
+
+    def start(self) -> LinkThread:
+        """Start the thread; proxies already added start serving (the listen backlog holds clients)."""
+        self._running = True
+        self._start_thread(self._run, ())
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            for proxy in self._proxies:
+                self._loop.run_until_complete(proxy.start())
+            self._loop.run_forever()
+            for proxy in self._proxies:
+                self._loop.run_until_complete(proxy.stop())
+        finally:
+            self._loop.close()
+            self._stopped.release()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every proxy and the thread; waits for it (bounded)."""
+        if not self._running:
+            return
+        self._running = False
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if not self._stopped.acquire(timeout=timeout_s):
+            raise RuntimeError("link proxy thread did not stop")
+
+    @property
+    def proxies(self) -> list[LinkProxy]:
+        return list(self._proxies)
+
+
+def _originals() -> tuple[Any, Any, Any]:
+    """selectors, start_new_thread and a lock type that gevent has not patched."""
+    import _thread
+    import selectors
+
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("threading"):
+            return (
+                _Module(monkey.get_original("selectors", "DefaultSelector")),
+                monkey.get_original("_thread", "start_new_thread"),
+                monkey.get_original("_thread", "allocate_lock"),
+            )
+    return selectors, _thread.start_new_thread, _thread.allocate_lock
+
+
+@dataclass(frozen=True)
+class _Module:
+    DefaultSelector: Any
+
+
+# --- the profile-level entry point ------------------------------------------------------------------
+
+
+@dataclass
+class LinkedProfile:
+    """A profile whose portal and gateway addresses point at link proxies, and how to stop them."""
+
+    profile: Profile
+    spec: LinkSpec | None
+    thread: LinkThread | None = None
+    proxies: dict[str, LinkProxy] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+
+    def __enter__(self) -> LinkedProfile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def link_profile(
+    profile: Profile, *, listen_host: str = "127.0.0.1", seed: int | None = None
+) -> LinkedProfile:
+    """Put emulated links in front of the profile's portal and gateway, as its ``[link]`` says.
+
+    Returns the rewritten profile (portal URL and gateway host/port now name local proxies) and a
+    ``stop()``. With ``preset = "none"`` nothing starts and the profile comes back unchanged.
+    The proxies run in their own OS thread, so this is safe to call from Locust (gevent) code.
+
+    TLS note: the portal URL's host becomes ``listen_host``; a portal certificate must name it (the
+    local test CA names 127.0.0.1), or certificate verification fails, as it should.
+    """
+    spec = link_spec(profile.link)
+    if spec is None:
+        return LinkedProfile(profile, None)
+    url = urlsplit(profile.portal.url)
+    assert url.hostname is not None and url.port is not None  # load_profile checked it
+    thread = LinkThread()
+    portal = LinkProxy((url.hostname, url.port), spec, (listen_host, 0), seed=seed)
+    gateway = LinkProxy((profile.gateway.host, profile.gateway.port), spec, (listen_host, 0), seed=seed)
+    p_host, p_port = thread.add(portal)
+    g_host, g_port = thread.add(gateway)
+    thread.start()
+    netloc_host = f"[{p_host}]" if ":" in p_host else p_host
+    new_url = urlunsplit((url.scheme, f"{netloc_host}:{p_port}", url.path, url.query, url.fragment))
+    linked = dataclasses.replace(
+        profile,
+        portal=dataclasses.replace(profile.portal, url=new_url),
+        gateway=dataclasses.replace(profile.gateway, host=g_host, port=g_port),
+    )
+    return LinkedProfile(linked, spec, thread, {"portal": portal, "gateway": gateway})
