@@ -30,6 +30,7 @@ from typing import Any
 from gateload.errors import InputError
 from targets.profile import Profile, load_profile, profile_to_dict
 from targets.reference.cli import READY_PREFIX
+from targets.reference.state import Account
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 _POLL_S = 0.02  # how often to look for the ready line while waiting (bounded by the timeout)
@@ -203,3 +204,46 @@ class FarmProcess:
         self.stop()
         with contextlib.suppress(OSError):
             self.cleanup()
+
+
+# --- a minimal portal client, for tests and smoke checks (the Locust users have their own) ---------
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def portal_login(http: Any, base_url: str, account: Account) -> str:
+    """GET /login, POST /login and, when asked, POST /mfa on an ``aiohttp.ClientSession``.
+
+    Returns the CSRF token (needed as ``X-CSRF-Token`` for launch and logout). The session needs
+    ``aiohttp.CookieJar(unsafe=True)``: aiohttp's default jar ignores cookies from IP addresses.
+    Raises ``AssertionError`` naming the step that failed.
+    """
+    async with http.get(f"{base_url}/login") as r:
+        assert r.status == 200, f"GET /login: {r.status}"
+        match = _CSRF.search(await r.text())
+    assert match, "GET /login: no csrf_token"
+    csrf = match.group(1)
+    form = {"username": account.username, "password": account.password, "csrf_token": csrf}
+    async with http.post(f"{base_url}/login", data=form) as r:
+        assert r.status == 200, f"POST /login: {r.status}"
+        mfa = (await r.json())["mfa_required"]
+    if mfa:
+        import pyotp
+
+        code = pyotp.TOTP(account.totp_secret).now()
+        async with http.post(f"{base_url}/mfa", data={"code": code, "csrf_token": csrf}) as r:
+            assert r.status == 200, f"POST /mfa: {r.status}"
+    return csrf
+
+
+async def portal_ticket(base_url: str, account: Account, app: str = "desktop") -> dict[str, Any]:
+    """Log in and launch ``app``: the launch answer (``ticket``, ``host``, ``port``, ``username``...)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        csrf = await portal_login(http, base_url, account)
+        async with http.post(
+            f"{base_url}/api/launch", json={"app": app}, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 200, f"POST /api/launch: {r.status}"
+            return dict(await r.json())

@@ -120,6 +120,12 @@ class AuthorizedKeys:
         return self._keys
 
 
+def read_credentials(path: Path) -> list[Account]:
+    """The accounts of a credentials CSV (``username,password[,totp_secret]``)."""
+    with Path(path).open(newline="") as fh:
+        return [Account(r["username"], r["password"], r.get("totp_secret") or "") for r in csv.DictReader(fh)]
+
+
 def add_authorized_key(state_dir: Path, public_key: str) -> None:
     """Append one OpenSSH public key line to ``<state_dir>/authorized_keys`` (for tests and demos)."""
     path = Path(state_dir) / AUTHORIZED_KEYS

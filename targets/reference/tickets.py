@@ -40,6 +40,11 @@ class TicketBook:
     def __repr__(self) -> str:
         return f"TicketBook(issued={self.issued}, consumed={self.consumed}, rejected={self.rejected})"
 
+    @property
+    def remembered(self) -> int:
+        """Consumed tickets still remembered (until their expiry) to refuse a second use."""
+        return len(self._used)
+
     def issue(self, username: str) -> tuple[str, float]:
         """A new ticket for ``username`` and its expiry (epoch seconds)."""
         expires_at = self._clock() + self.ttl_s
