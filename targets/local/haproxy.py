@@ -26,6 +26,8 @@ from typing import Literal
 from targets.local.process import Daemon, free_port, require_binary, start_with_retry
 
 STICKY_COOKIE = "SERVERID"
+HTTP_BACKEND = "portal_servers"  # haproxy proxy names, for counts()
+TCP_BACKEND = "gateway_servers"
 SERVER_HEADER = "X-Served-By"
 
 
@@ -115,9 +117,9 @@ frontend portal
     mode http
     option httplog
     bind {self.host}:{self.http_port}
-    default_backend portal_servers
+    default_backend {HTTP_BACKEND}
 
-backend portal_servers
+backend {HTTP_BACKEND}
     mode http
     balance {self.http_balance}
     # Sticky sessions: the first response sets SERVERID=<backend id>; later requests carrying it go
@@ -135,9 +137,9 @@ frontend gateway
     mode tcp
     option tcplog
     bind {self.host}:{self.tcp_port}
-    default_backend gateway_servers
+    default_backend {TCP_BACKEND}
 
-backend gateway_servers
+backend {TCP_BACKEND}
     mode tcp
     balance {self.tcp_balance}
 {servers}
@@ -154,10 +156,13 @@ backend gateway_servers
         rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
         return {(r["pxname"], r["svname"]): r for r in rows}
 
-    def session_counts(self, proxy: str) -> dict[str, int]:
-        """Sessions (connections) haproxy sent to each server of ``proxy`` since it started."""
+    def counts(self, proxy: str, key: str = "stot") -> dict[str, int]:
+        """haproxy's counter ``key`` for each server of ``proxy`` (a backend name) since it started.
+
+        ``stot``: connections (TCP mode) or sessions; ``req_tot``: HTTP requests (HTTP mode).
+        """
         return {
-            server: int(row["stot"] or 0)
+            server: int(row[key] or 0)
             for (px, server), row in self.server_stats().items()
             if px == proxy and server not in ("FRONTEND", "BACKEND")
         }

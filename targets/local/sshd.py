@@ -41,6 +41,15 @@ while [ "$i" -lt "$n" ]; do head -c "$b" /dev/zero | tr '\\0' 'x'; printf '\\n';
 """
 
 
+# The PTY shell is a login shell: /etc/profile resets PATH and PS1, then this runs. It restores the
+# run's bin folder (sshd passes GATELOAD_BIN) and sets the reference farm's prompt.
+LOGIN_PROFILE = """\
+[ -n "$GATELOAD_BIN" ] && PATH="$GATELOAD_BIN:$PATH"
+PS1='gw$ '
+export PATH PS1
+"""
+
+
 @dataclass(frozen=True)
 class TestUser:
     """The dedicated local account the gateway tests log in as."""
@@ -79,8 +88,7 @@ def ensure_test_user(name: str = TEST_USER) -> TestUser:
         home = Path(entry.pw_dir)
         home.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-        # /etc/profile sets PS1='$ '; the login shell reads this afterwards: the reference prompt.
-        (home / ".profile").write_text("PS1='gw$ '\nexport PS1\n")
+        (home / ".profile").write_text(LOGIN_PROFILE)
         password = _stored_password(SECRET_DIR / f"{name}.secret")
         # The password goes on stdin, never on a command line that `ps` would show.
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True, capture_output=True)
@@ -234,7 +242,7 @@ PermitTunnel no
 PermitTTY yes
 Subsystem sftp internal-sftp -d {self.sftp_dir}
 Banner {self.state_dir / "banner"}
-SetEnv GATELOAD_SERVER={self.server_id} PATH={path} "PS1=gw$ "
+SetEnv GATELOAD_SERVER={self.server_id} GATELOAD_BIN={self.state_dir / "bin"} PATH={path}
 PrintMotd no
 PrintLastLog no
 UseDNS no

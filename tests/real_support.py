@@ -1,0 +1,65 @@
+"""Helpers for the tests against real gateway software (tests/test_real_*.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from targets.local.process import MissingTool
+from targets.profile import Workload
+
+T = TypeVar("T")
+
+#: Every activity of the mix, quickly: the tests check the software, not a workday.
+FAST_WORKLOAD = Workload(
+    activities_per_session=6,
+    think_min_s=0.01,
+    think_max_s=0.03,
+    typing_interval_ms=10.0,
+    burst_keys=4,
+    screen_bursts=2,
+    screen_bytes=512,
+    documents=["memo.pdf"],
+    timeout_s=10.0,
+    mix={"typing": 1.0, "screen": 1.0, "sftp_get": 1.0, "sftp_put": 1.0, "tunnel": 1.0, "exec": 1.0},
+)
+
+
+def start_or_skip(start: Callable[[], T]) -> T:
+    """Run ``start``; a missing binary or privilege skips the test here, but fails it in CI.
+
+    CI (``CI=true``) installs openssh-server, haproxy and stunnel4 and runs as root, so a skip there
+    would hide a broken install step.
+    """
+    try:
+        return start()
+    except MissingTool as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide real gateway software: {exc}")
+        pytest.skip(str(exc))
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh loop with an unpatched selector.
+
+    Other test modules import Locust, which monkey-patches the process with gevent; an epoll selector
+    from before the patch keeps this loop on real time whatever was collected first.
+    """
+    selector_class: Any = selectors.DefaultSelector
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("selectors"):
+            selector_class = monkey.get_original("selectors", "DefaultSelector")
+    loop = asyncio.SelectorEventLoop(selector_class())
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
