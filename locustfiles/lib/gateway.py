@@ -9,6 +9,7 @@ type      name              what
 SSH       connect           TCP + key exchange (host key checked) + authentication
 SSH       shell             PTY shell opened, until the first prompt
 SSH       keystroke         one paced keystroke until its echo (``t_intended`` = plan)
+SSH       enter             Enter after a typing burst until the prompt is back
 SSH       screen_update     Enter after ``screen N B`` until all bytes and the prompt
 SSH       exec              ``echo`` on an exec channel
 SSH       reconnect         after a drop: new credentials/ticket, connect, shell ready
@@ -132,8 +133,10 @@ class SSHSession:
         self.conn = GatewayConnection(connect_spec(self.profile, username, password))
         self.broken, self._drop_recorded = False, False
         outcome = self.bridge.call_timed(self.conn.connect())
-        if outcome.ok:
-            self.server = self.conn.client.server or self._backend_from_env()
+        # The banner names the backend even when it then refuses the connection.
+        self.server = self.conn.client.server
+        if outcome.ok and self.server is None:
+            self.server = self._backend_from_env()
         if record:
             self._fire(SSH, "connect", outcome)
         if not outcome.ok:
@@ -167,7 +170,7 @@ class SSHSession:
         return ops[name]()
 
     def typing(self) -> bool:
-        """A typing burst at the profile's pace (one ``keystroke`` sample per key), then Enter."""
+        """A typing burst at the profile's pace (one ``keystroke`` sample per key), then ``enter``."""
         w = self.profile.workload
         text = self._next_text(w.burst_keys)
         conn = self._require()
@@ -177,8 +180,9 @@ class SSHSession:
         if not samples or not samples[-1].outcome.ok:
             self._failed_shell()
             return False
-        # Finish the line so the shell is back at its prompt (not a sample: the output is trivial).
+        # Enter: the typed "echo ..." line runs and the prompt comes back.
         end = self.bridge.run(conn.run_line(b"", w.timeout_s))
+        self._fire(SSH, "enter", end, length=end.value or 0)
         if not end.ok:
             self._failed_shell()
             return False
