@@ -1,14 +1,63 @@
-"""Session arrivals (minimal placeholder; engineer C owns this module and replaces it).
+"""Session arrivals for the logon-storm mode (``--shape arrivals``): an open model over a bounded pool.
 
-``next_arrival(environment)`` is called by ``HomeofficeUser`` before each session: ``None`` means
-"start now" (closed loop); a number is the intended epoch start time of the session (logon-storm mode).
+Sessions arrive on a fixed global grid ``t0 + j / rate`` whether or not earlier sessions have finished.
+Each load-generator process takes every ``slots``-th arrival (arrival ``j`` goes to process
+``j % slots``), so the rate is split across processes without any coordination during the run. A user
+of the pool calls :func:`next_arrival` before each session, sleeps until the time it gets, and records
+that time as ``t_intended``: when every user is busy, the next arrival is already in the past, the
+session starts late and the lateness shows up in latency measured from ``t_intended`` (no coordinated
+omission).
+
+The run controller installs a schedule at test start (:func:`install`); without one (any other shape)
+:func:`next_arrival` returns None, meaning "start now" (closed loop).
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
+
+_ATTR = "gateload_arrivals"
+
+
+@dataclass
+class ArrivalSchedule:
+    """This process's share of the global arrival grid."""
+
+    t0: float  # epoch of arrival 0 (the test start, the same on every process)
+    rate: float  # sessions/s over the whole test
+    slot: int = 0  # this process's index among ...
+    slots: int = 1  # ... the load-generator processes
+    _next: int | None = None  # the next global arrival index this process hands out
+
+    @property
+    def rate_per_process(self) -> float:
+        return self.rate / self.slots
+
+    def claim(self, now: float | None = None) -> float:
+        """The intended start of the next session of this process (epoch seconds)."""
+        if self._next is None:
+            # Start at the first arrival of ours that is not already past (users spawn after t0).
+            now = time.time() if now is None else now
+            first = max(0, math.ceil((now - self.t0) * self.rate - 1e-9))
+            self._next = first + (self.slot - first) % self.slots
+        j = self._next
+        self._next += self.slots
+        return self.t0 + j / self.rate
+
+
+def install(environment: Any, schedule: ArrivalSchedule | None) -> None:
+    """Use ``schedule`` for this process's sessions from now on (None: closed loop)."""
+    setattr(environment, _ATTR, schedule)
+
+
+def schedule_of(environment: Any) -> ArrivalSchedule | None:
+    return getattr(environment, _ATTR, None)
 
 
 def next_arrival(environment: Any) -> float | None:
-    """The intended start time of this user's next session, or None to start at once."""
-    return None
+    """The intended epoch start of this user's next session, or None when not in arrival mode."""
+    schedule = getattr(environment, _ATTR, None)
+    return None if schedule is None else schedule.claim()

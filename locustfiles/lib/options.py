@@ -1,0 +1,206 @@
+"""gateload's Locust options: their definitions and their validation into a :class:`RunOptions`.
+
+The options are added to Locust's parser by ``homeoffice.py`` (``init_command_line_parser``) and are
+shown in the web UI. ``--profile`` is Locust's own option (its web UI has a "Profile" field), so it is
+not added again: gateload reads it as the target profile path.
+
+Nothing here imports Locust, so the campaign can read a plan with :func:`plain_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateload.errors import InputError
+from targets.profile import Profile, is_loopback, load_profile
+
+from .schedule import SHAPES, Plan, build_plan, parse_timespan
+
+PROFILE_ENV = "GATELOAD_PROFILE"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# (flags, argparse keywords); every one is shown in the web UI.
+_ARGUMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--shape", {"default": "none", "choices": list(SHAPES),
+                 "help": "gateload load shape: none (plain -u/-r/-t), step, workday or arrivals"}),
+    ("--step-users", {"default": "", "metavar": "N,N,...",
+                      "help": "step shape: users of each step, e.g. 10,20,40,80"}),
+    ("--step-start", {"type": int, "default": 0,
+                      "help": "step shape: users of the first step (with --step-add/--step-count)"}),
+    ("--step-add", {"type": int, "default": 0, "help": "step shape: users added per step"}),
+    ("--step-count", {"type": int, "default": 0, "help": "step shape: number of steps"}),
+    ("--step-hold", {"type": float, "default": 30.0, "metavar": "S",
+                     "help": "step shape: seconds each step is held once ramped (steady state)"}),
+    ("--step-ramp", {"type": float, "default": 0.0, "metavar": "S",
+                     "help": "step shape: seconds to ramp to each step (0: ramp at -r users/s)"}),
+    ("--workday-minutes", {"type": float, "default": 9.0, "metavar": "MIN",
+                           "help": "workday shape: length of the compressed 08:00-17:00 day, peak -u users"}),
+    ("--arrival-rate", {"type": float, "default": 0.0, "metavar": "PER_S",
+                        "help": "arrivals shape: sessions started per second, over a pool of -u users"}),
+    ("--results-dir", {"default": "results", "metavar": "DIR", "help": "gateload: where run folders go"}),
+    ("--label", {"default": "run", "help": "gateload: run label, e.g. before or after"}),
+    ("--run-id", {"default": "",
+                  "help": "gateload: run id (default YYYYmmdd-HHMMSS-xxxx, new for every start)"}),
+    ("--allow-remote", {"action": "store_true", "default": False,
+                        "help": "gateload: allow a target outside loopback (the profile can allow it too)"}),
+)  # fmt: skip
+
+#: dest -> type, for coercing web UI form values (which arrive as strings).
+_TYPES = {a[0][2:].replace("-", "_"): a[1].get("type", str) for a in _ARGUMENTS} | {"allow_remote": bool}
+
+#: Locust options marked ``is_secret`` (masked in meta.json); filled when the parser is built.
+SECRET_DESTS: set[str] = set()
+
+PROFILE_HELP = (
+    "gateload: target profile TOML, e.g. targets/profiles/reference-before.toml (env GATELOAD_PROFILE)"
+)
+
+
+def add_arguments(parser: Any) -> None:
+    """Add gateload's options to Locust's parser (shown in the web UI), or to a plain argparse parser."""
+    is_locust = hasattr(parser, "args_included_in_web_ui")
+    for flag, kwargs in _ARGUMENTS:
+        extra = {"include_in_web_ui": True} if is_locust else {}
+        parser.add_argument(flag, **kwargs, **extra)
+    SECRET_DESTS.update(getattr(parser, "secret_args_included_in_web_ui", {}) or {})
+    profile = next((a for a in parser._actions if a.dest == "profile"), None)
+    if profile is None:
+        parser.add_argument("--profile", default=None, help=PROFILE_HELP)
+    else:  # Locust's own --profile ("group the test runs"): we give it its gateload meaning
+        profile.help = PROFILE_HELP
+
+
+def plain_parser() -> argparse.ArgumentParser:
+    """A parser for Locust command lines that knows -u/-r/-t and gateload's options (no Locust)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-u", "--users", dest="num_users", type=int, default=None)
+    p.add_argument("-r", "--spawn-rate", dest="spawn_rate", type=float, default=None)
+    p.add_argument("-t", "--run-time", dest="run_time", default=None)
+    add_arguments(p)
+    return p
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """gateload's options, checked."""
+
+    plan: Plan
+    profile: Profile | None
+    results_dir: Path
+    label: str
+    run_id: str  # "" = generate one per run
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.results_dir / self.label / run_id
+
+
+def resolve(options: Any, *, check_existing: bool = True) -> RunOptions:
+    """Check parsed options (Locust's namespace); InputError with a one-line message if one is wrong."""
+    plan = build_plan(options)
+    profile = load_run_profile(options)
+    if profile is not None:
+        check_loopback(profile, bool(getattr(options, "allow_remote", False)))
+    label = _name("--label", getattr(options, "label", "run") or "run")
+    run_id = getattr(options, "run_id", "") or ""
+    if run_id:
+        _name("--run-id", run_id)
+    results_dir = Path(getattr(options, "results_dir", "results") or "results")
+    resolved = RunOptions(plan, profile, results_dir, label, run_id)
+    _check_writable(results_dir)
+    if check_existing and run_id and has_results(resolved.run_dir(run_id)):
+        raise InputError(
+            f"{resolved.run_dir(run_id)} already holds a run; pass another --run-id (or none) or move it away"
+        )
+    return resolved
+
+
+def profile_path(options: Any) -> str | None:
+    """The target profile path: Locust's --profile, else GATELOAD_PROFILE, else None."""
+    return getattr(options, "profile", None) or os.environ.get(PROFILE_ENV) or None
+
+
+def load_run_profile(options: Any) -> Profile | None:
+    """The target profile of the run (None when none is given); InputError if it does not load."""
+    path = profile_path(options)
+    return load_profile(path) if path else None
+
+
+def check_loopback(profile: Profile, allow_remote: bool) -> None:
+    """Refuse a target outside loopback unless the profile or --allow-remote says so."""
+    remote = [h for h in profile.hosts() if not is_loopback(h)]
+    if remote and not (allow_remote or profile.target.allow_non_loopback):
+        raise InputError(
+            f"{profile.path}: target {', '.join(remote)} is not on loopback; set "
+            "target.allow_non_loopback = true in the profile or pass --allow-remote if you mean it"
+        )
+
+
+def has_results(run_dir: Path) -> bool:
+    """True if a run folder already holds something (it is never overwritten)."""
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A fresh run id: YYYYmmdd-HHMMSS-<4 hex>."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def unique_run_dir(resolved: RunOptions, run_id: str) -> tuple[str, Path]:
+    """``run_id`` and its folder, suffixed -2, -3... if it already holds a run (repeated web UI starts)."""
+    candidate, n = run_id, 1
+    while has_results(resolved.run_dir(candidate)):
+        n += 1
+        candidate = f"{run_id}-{n}"
+    return candidate, resolved.run_dir(candidate)
+
+
+def with_form(options: Any, form: Mapping[str, str]) -> argparse.Namespace:
+    """A copy of ``options`` with the values of a web UI start form applied (as Locust will apply them)."""
+    merged = argparse.Namespace(**vars(options))
+    try:
+        for key, value in form.items():
+            if key == "user_count":
+                merged.num_users = int(value)
+            elif key == "spawn_rate":
+                merged.spawn_rate = float(value)
+            elif key == "run_time":
+                merged.run_time = parse_timespan(value) if value else None
+            elif key == "profile":
+                merged.profile = value or None
+            elif key in _TYPES:
+                kind = _TYPES[key]
+                setattr(merged, key, value == "true" if kind is bool else kind(value))
+    except ValueError:
+        flag = {"user_count": "Number of users", "spawn_rate": "Ramp up"}.get(
+            key, "--" + key.replace("_", "-")
+        )
+        raise InputError(f"{flag} is {value!r}; give a number") from None
+    return merged
+
+
+def _name(flag: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise InputError(
+            f"{flag} is {value!r}; use letters, digits, '.', '_' and '-' only (it names a folder)"
+        )
+    return value
+
+
+def _check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"--results-dir {results_dir}: cannot create it ({exc.strerror}); pass another"
+        ) from None
+    if not os.access(results_dir, os.W_OK):
+        raise InputError(f"--results-dir {results_dir}: not writable; pass another")
