@@ -166,7 +166,7 @@ def test_a_user_stopped_mid_operation_stops_at_once_and_fires_nothing_late(refer
     runner = run.env.create_local_runner()
     runner.start(2, spawn_rate=2)
     assert wait_until(lambda: run.count("SSH", "shell") == 2, 20)
-    time.sleep(0.3)  # real sleep: both users are inside their screen burst by now
+    time.sleep(0.3)  # (gevent-patched) both users are inside their 20 s screen burst by now
     fired = len(run.samples)
     t0 = time.perf_counter()
     runner.stop()
