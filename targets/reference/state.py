@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import os
 import re
@@ -84,16 +85,20 @@ class FarmState:
 
     def sandbox(self, username: str) -> Path:
         """The user's SFTP folder; at its first use by this process, missing documents are copied in."""
-        if not SAFE_NAME.fullmatch(username):
-            raise PermissionError(f"no SFTP sandbox for username {username!r}")
-        folder = self.root / "sftp" / username
-        if username not in self._seeded:
+        # any username may log in with a public key: odd names get a folder named by their hash
+        name = (
+            username
+            if SAFE_NAME.fullmatch(username)
+            else "user-" + hashlib.sha256(username.encode()).hexdigest()[:16]
+        )
+        folder = self.root / "sftp" / name
+        if name not in self._seeded:
             folder.mkdir(mode=0o700, exist_ok=True)
             for name, size in self.documents.items():
                 target = folder / name
                 if not target.is_file() or target.stat().st_size != size:
                     _write_private(target, (self.documents_dir / name).read_bytes())
-            self._seeded.add(username)
+            self._seeded.add(name)
         return folder
 
 
