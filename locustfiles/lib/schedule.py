@@ -199,11 +199,11 @@ def step_levels(options: Any) -> tuple[int, ...]:
         levels = tuple(start + i * add for i in range(count))
     else:
         raise InputError(
-            "--shape step needs the steps: --step-users 10,20,40 "
+            "--shape step needs its steps: pass --step-users 10,20,40 "
             "or --step-start 10 --step-add 10 --step-count 4"
         )
     if any(n < 1 for n in levels):
-        raise InputError(f"--step-users is {spec!r}; every step needs at least 1 user")
+        raise InputError(f"--step-users is {spec!r}; give every step at least 1 user")
     return levels
 
 
