@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateload.errors import InputError
+from locustfiles.lib.schedule import Plan, plan_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -19,28 +20,8 @@ PROGRESS_PREFIX = "[gateload]"
 GRACE_S = 60.0
 
 
-@dataclass(frozen=True)
-class LoadPlan:
-    """What a set of Locust arguments will do, known before it runs (for the pre-flight line)."""
-
-    shape: str
-    steps: tuple[int, ...]
-    duration_s: float
-
-    @property
-    def peak_users(self) -> int:
-        return max(self.steps, default=0)
-
-    def describe(self) -> str:
-        if self.shape == "step":
-            return f"step load {'/'.join(map(str, self.steps))} sessions"
-        return f"{self.shape} load"
-
-
-def plan_of(locust_args: list[str]) -> LoadPlan:
+def plan_of(locust_args: list[str]) -> Plan:
     """Read the shape from Locust arguments without importing Locust."""
-    from locustfiles.lib.schedule import plan_from_args
-
     return plan_from_args(locust_args)
 
 
