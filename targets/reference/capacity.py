@@ -47,10 +47,6 @@ def make_sampler(distribution: str, rng: random.Random) -> Callable[[float], flo
     raise ValueError(f"unknown service-time distribution {distribution!r}")
 
 
-class Saturated(Exception):
-    """The server's queue is beyond its limit (portal: 503; gateway: refuse the session)."""
-
-
 class SimServer:
     """One simulated backend: ``workers`` slots, a FIFO queue, session and work counters."""
 
@@ -94,11 +90,12 @@ class SimServer:
         """Whether new work would be admitted: a free slot, or a queue not yet at its limit."""
         return self._busy < self.workers or len(self._waiters) < self.queue_limit
 
-    def admit(self, kind: str) -> None:
-        """Raise :class:`Saturated` (and count the refusal) unless new work of ``kind`` fits."""
-        if not self.has_room():
-            self.refused[kind] += 1
-            raise Saturated(self.id)
+    def try_admit(self, kind: str) -> bool:
+        """Whether new work of ``kind`` ("portal") fits; a refusal is counted."""
+        if self.has_room():
+            return True
+        self.refused[kind] += 1
+        return False
 
     def try_open_ssh_session(self) -> bool:
         """Count a new gateway session if the server accepts one (sessions and queue below limits)."""
@@ -107,6 +104,10 @@ class SimServer:
             return False
         self.ssh_sessions += 1
         return True
+
+    def close_ssh_session(self) -> None:
+        """A session opened by :meth:`try_open_ssh_session` has ended."""
+        self.ssh_sessions -= 1
 
     # --- service time --------------------------------------------------------------------------
 

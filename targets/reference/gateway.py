@@ -56,7 +56,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.ssh_connections.discard(self.conn)  # type: ignore[arg-type]
         if self.admitted:
-            self.server.ssh_sessions -= 1
+            self.server.close_ssh_session()
             self.admitted = False
 
     async def begin_auth(self, username: str) -> bool:

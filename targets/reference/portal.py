@@ -112,8 +112,7 @@ class Portal:
 
     async def _serve(self, server: SimServer, op: str, seconds: float | None = None) -> web.Response | None:
         """Admission control then service time; a 503 response when the backend is saturated."""
-        if not server.has_room():
-            server.refused["portal"] += 1
+        if not server.try_admit("portal"):
             return self._reply(server, 503, {"error": "server busy, try again later"})
         await server.work(op, seconds)
         return None
