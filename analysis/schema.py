@@ -111,3 +111,16 @@ def part_files(run_dir: Path) -> list[Path]:
     """The finished part files of a run, in a stable order (temp files excluded)."""
     parts = Path(run_dir) / SAMPLES_DIR
     return sorted(p for p in parts.glob("part-*.parquet")) if parts.is_dir() else []
+
+
+def read_samples(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    """All finished samples of a run as one Arrow table (part files concatenated, dictionaries unified).
+
+    A corrupt part raises the underlying Arrow/OS error; :func:`analysis.runs.load_run` turns that into a
+    one-line message naming the part.
+    """
+    cols = list(columns) if columns is not None else list(SAMPLE_COLUMNS)
+    tables = [pq.read_table(p, columns=cols) for p in part_files(run_dir)]
+    if not tables:
+        return SAMPLE_SCHEMA.empty_table().select(cols)
+    return pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()

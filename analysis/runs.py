@@ -1,0 +1,395 @@
+"""Reading runs: one run folder, or a label folder of replicates, validated into numpy arrays.
+
+Every problem with the input (missing folder, unreadable meta.json, corrupt Parquet part, no samples,
+incomplete run) is an :class:`InputError` with a one-line message that names the file and the fix.
+An incomplete run (status other than ``completed``) is refused unless the caller allows it; it is then
+marked ``complete = False`` and every report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
+from gateload.errors import InputError
+
+# Columns the analysis needs; `bytes` is not read (nothing here uses it).
+READ_COLUMNS = (
+    "t_start",
+    "t_intended",
+    "duration_ms",
+    "type",
+    "name",
+    "success",
+    "error",
+    "worker",
+    "user_id",
+    "user_count",
+    "server",
+)
+SESSION_TYPE = "SESSION"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the load schedule, times in seconds since the run origin."""
+
+    index: int
+    start: float
+    end: float
+    users: int
+    spawn_rate: float
+
+
+@dataclass
+class Samples:
+    """Samples of one run as flat numpy arrays, sorted by start time.
+
+    Times are seconds since the run origin (``Run.origin``); categorical columns are int32 codes
+    into the matching label list, -1 where null.
+    """
+
+    t: np.ndarray
+    dur: np.ndarray  # ms
+    t_intended: np.ndarray  # NaN when the operation is not paced
+    op: np.ndarray
+    ops: list[str]  # "<TYPE> <name>"
+    op_is_session: np.ndarray  # bool per op code
+    success: np.ndarray
+    error: np.ndarray
+    errors: list[str]
+    server: np.ndarray
+    servers: list[str]
+    user: np.ndarray  # int64 (worker code << 32 | user_id), -1 when unknown
+    user_count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def op_code(self, name: str) -> int:
+        """The code of an operation, or -1 when the run has none of it."""
+        try:
+            return self.ops.index(name)
+        except ValueError:
+            return -1
+
+
+@dataclass
+class Run:
+    """A validated run folder."""
+
+    path: Path
+    meta: dict[str, Any]
+    samples: Samples
+    origin: float  # epoch seconds that sample times are relative to
+    complete: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return str(self.meta.get("label") or self.path.parent.name)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}/{self.run_id}"
+
+    @property
+    def steps(self) -> list[Step]:
+        return _steps(self)
+
+    @property
+    def paced(self) -> dict[str, float]:
+        paced = self.meta.get("paced") or {}
+        return {str(k): float(v) for k, v in paced.items() if _is_number(v) and float(v) > 0}
+
+    @property
+    def think_time_s(self) -> float | None:
+        z = self.meta.get("think_time_s")
+        return float(z) if _is_number(z) and float(z) >= 0 else None
+
+    @property
+    def servers(self) -> list[str]:
+        """Backend ids of the target (meta.profile.servers), else those seen in the samples."""
+        profile = self.meta.get("profile") or {}
+        declared = profile.get("servers") if isinstance(profile, dict) else None
+        if isinstance(declared, list) and declared:
+            return [str(s) for s in declared]
+        return sorted(self.samples.servers)
+
+    @property
+    def cpu_warnings(self) -> int:
+        locust = self.meta.get("locust") or {}
+        value = locust.get("cpu_warnings", 0) if isinstance(locust, dict) else 0
+        return int(value) if _is_number(value) else 0
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.samples.t[-1] - self.samples.t[0]) if len(self.samples) else 0.0
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
+    """Load and validate one run folder (``meta.json`` + ``samples.parquet/``)."""
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise InputError(
+            f"{run_dir}: no such run folder; pass a run folder (holding meta.json) or a label folder"
+        )
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder; pass a run folder (holding meta.json) or a label folder")
+    meta = _read_meta(run_dir)
+    status = str(meta.get("status", "unknown"))
+    complete = status == "completed" and meta.get("completed", True) is not False
+    if not complete and not allow_incomplete:
+        raise InputError(
+            f"{run_dir}: the run is incomplete (status {status!r}); re-run it, or pass --allow-incomplete "
+            "to analyse it anyway (every report then marks it INCOMPLETE)"
+        )
+    return run_from_table(run_dir, meta, _read_parts(run_dir), complete=complete)
+
+
+def run_from_table(run_dir: Path, meta: dict[str, Any], table: pa.Table, *, complete: bool = True) -> Run:
+    """Build a :class:`Run` from its meta and an Arrow table of samples (used by load_run and tests)."""
+    warnings: list[str] = []
+    samples, dropped = _to_samples(table)
+    if dropped:
+        warnings.append(f"{dropped} samples with a missing or negative start time or duration were dropped")
+    if len(samples) == 0:
+        raise InputError(f"{run_dir}: the run has no usable samples; it recorded nothing, re-run it")
+    origin = float(meta["started_at"]) if _is_number(meta.get("started_at")) else float(samples.t[0])
+    origin = min(origin, float(samples.t[0]))
+    samples.t -= origin
+    samples.t_intended -= origin
+    if not complete:
+        status = meta.get("status", "unknown")
+        warnings.append(f"INCOMPLETE run (status {status!r}): used because incomplete runs were allowed")
+    run = Run(path=run_dir, meta=meta, samples=samples, origin=origin, complete=complete, warnings=warnings)
+    _steps(run)  # validate the schedule now, so a bad one fails at load time
+    return run
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    meta_path = run_dir / META_FILE
+    if not meta_path.is_file():
+        raise InputError(
+            f"{run_dir}: {META_FILE} missing, so this is not a run folder; pass a run folder written by "
+            "gateload (meta.json + samples.parquet/) or the label folder above it"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{meta_path}: not valid JSON ({exc}); the file is damaged, restore it or re-run"
+        ) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{meta_path}: expected a JSON object at the top level; restore it or re-run")
+    version = meta.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(
+            f"{meta_path}: schema_version {version!r} is newer than this gateload reads ({SCHEMA_VERSION}); "
+            "upgrade gateload"
+        )
+    for key in ("run_id", "status"):
+        if key not in meta:
+            raise InputError(
+                f"{meta_path}: key {key!r} missing; the run was not written by gateload, re-run it"
+            )
+    return meta
+
+
+def _read_parts(run_dir: Path) -> pa.Table:
+    if not (run_dir / SAMPLES_DIR).is_dir():
+        raise InputError(f"{run_dir}: {SAMPLES_DIR}/ missing; the run recorded no samples, re-run it")
+    parts = part_files(run_dir)
+    if not parts:
+        raise InputError(
+            f"{run_dir}: {SAMPLES_DIR}/ holds no part files; the run recorded no samples, re-run it"
+        )
+    tables = []
+    for part in parts:
+        try:
+            names = set(pq.read_schema(part).names)
+            missing = [c for c in READ_COLUMNS if c not in names]
+            if missing:
+                raise InputError(
+                    f"{part}: column {missing[0]!r} missing; the part was not written with the gateload "
+                    "results schema (analysis/schema.py), re-run with a matching gateload"
+                )
+            tables.append(pq.read_table(part, columns=list(READ_COLUMNS)))
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"{part}: corrupt Parquet part ({reason}); move it aside to analyse the remaining parts, "
+                "or re-run"
+            ) from None
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if table.num_rows == 0:
+        raise InputError(f"{run_dir}: the run has no samples (every part is empty); re-run it")
+    return table
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (-1 for null) and labels of a string or dictionary column."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column.cast(pa.string()))
+    arr = column.unify_dictionaries().combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    labels = [str(x) for x in arr.dictionary.to_pylist()]
+    codes = pc.fill_null(arr.indices.cast(pa.int32()), -1).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int32, copy=False), labels
+
+
+def _float(table: pa.Table, name: str) -> np.ndarray:
+    return (
+        pc.fill_null(table.column(name).cast(pa.float64()), np.nan).to_numpy().astype(np.float64, copy=True)
+    )
+
+
+def _to_samples(table: pa.Table) -> tuple[Samples, int]:
+    t = _float(table, "t_start")
+    dur = _float(table, "duration_ms")
+    keep = np.isfinite(t) & np.isfinite(dur) & (dur >= 0)
+    dropped = int(len(t) - keep.sum())
+    type_codes, type_labels = _codes(table.column("type"))
+    name_codes, name_labels = _codes(table.column("name"))
+    # One code per (type, name) pair: combine the two small code spaces, then compact.
+    pair = (type_codes.astype(np.int64) + 1) * (len(name_labels) + 1) + (name_codes + 1)
+    uniq, op = np.unique(pair, return_inverse=True)
+    ops = []
+    for key in uniq:
+        ti, ni = divmod(int(key), len(name_labels) + 1)
+        tname = type_labels[ti - 1] if ti > 0 else "?"
+        nname = name_labels[ni - 1] if ni > 0 else "?"
+        ops.append(f"{tname} {nname}")
+    op_is_session = np.array([o.split(" ", 1)[0] == SESSION_TYPE for o in ops], dtype=bool)
+    error, errors = _codes(table.column("error"))
+    server, servers = _codes(table.column("server"))
+    worker, _ = _codes(table.column("worker"))
+    uid = pc.fill_null(table.column("user_id").cast(pa.int64()), -1).to_numpy()
+    user = np.where((uid >= 0) & (worker >= 0), (worker.astype(np.int64) << 32) | (uid & 0xFFFFFFFF), -1)
+    user_count = pc.fill_null(table.column("user_count").cast(pa.int32()), 0).to_numpy().astype(np.int32)
+    success = pc.fill_null(table.column("success"), False).to_numpy(zero_copy_only=False).astype(bool)
+
+    order = np.argsort(np.where(keep, t, np.inf), kind="stable")[: int(keep.sum())]
+    samples = Samples(
+        t=t[order],
+        dur=dur[order],
+        t_intended=_float(table, "t_intended")[order],
+        op=op.astype(np.int32)[order],
+        ops=ops,
+        op_is_session=op_is_session,
+        success=success[order],
+        error=error[order],
+        errors=errors,
+        server=server[order],
+        servers=servers,
+        user=user[order],
+        user_count=user_count[order],
+    )
+    return samples, dropped
+
+
+def _steps(run: Run) -> list[Step]:
+    raw = run.meta.get("steps") or []
+    where = f"{run.path / META_FILE}"
+    if not isinstance(raw, list):
+        raise InputError(f"{where}: 'steps' must be a list of step objects; fix or remove it")
+    last_t = float(run.samples.t[-1]) if len(run.samples) else 0.0
+    steps = []
+    for i, s in enumerate(raw):
+        if not isinstance(s, dict):
+            raise InputError(f"{where}: steps[{i}] must be an object with start, end, users; fix it")
+        for key in ("start", "users"):
+            if not _is_number(s.get(key)):
+                raise InputError(f"{where}: steps[{i}].{key} must be a number, got {s.get(key)!r}; fix it")
+        end = s.get("end")
+        end_t = float(end) - run.origin if _is_number(end) else last_t  # an interrupted last step has no end
+        rate = s.get("spawn_rate")
+        steps.append(
+            Step(
+                index=int(s["index"]) if _is_number(s.get("index")) else i,
+                start=float(s["start"]) - run.origin,
+                end=end_t,
+                users=int(s["users"]),
+                spawn_rate=float(rate) if _is_number(rate) else 0.0,
+            )
+        )
+    return sorted((s for s in steps if s.end > s.start), key=lambda s: s.start)
+
+
+# ----------------------------------------------------------------------------------------- many runs
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / META_FILE).is_file()
+
+
+def expand_run_dirs(path: str | Path) -> list[Path]:
+    """The run folders named by ``path``: a run folder, a label folder of replicates, or a results folder
+    of label folders (``<results>/<label>/<run-id>/``)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such folder; pass a run folder or a label folder of runs")
+    if not p.is_dir():
+        raise InputError(f"{p}: not a folder; pass a run folder or a label folder of runs")
+    if is_run_dir(p):
+        return [p]
+    runs = sorted(c for c in p.iterdir() if c.is_dir() and is_run_dir(c))
+    if runs:
+        return runs
+    runs = sorted(g for c in p.iterdir() if c.is_dir() for g in c.iterdir() if g.is_dir() and is_run_dir(g))
+    if runs:
+        return runs
+    if (p / SAMPLES_DIR).exists():
+        _read_meta(p)  # raises the precise "meta.json missing" message
+    raise InputError(
+        f"{p}: holds no run folders (none has a meta.json); pass a run folder or a label folder of runs"
+    )
+
+
+def load_runs(paths: Iterable[str | Path], *, allow_incomplete: bool = False) -> list[Run]:
+    """Load every run named by ``paths`` (run, label or results folders), without duplicates."""
+    seen: set[Path] = set()
+    runs = []
+    for p in paths:
+        for d in expand_run_dirs(p):
+            key = d.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(load_run(d, allow_incomplete=allow_incomplete))
+    if not runs:
+        raise InputError("no runs given; pass at least one run folder or label folder")
+    return runs
+
+
+def group_by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by label, in first-seen order: runs that share a label are replicates."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.label, []).append(r)
+    return groups

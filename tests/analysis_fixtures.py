@@ -1,0 +1,57 @@
+"""Synthetic runs for the analysis tests (the truth of each is known: see analysis.synthetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.synthetic import OpSpec, SynthSpec, write_run
+
+OLD = ("old-01", "old-02", "old-03", "old-04")
+NEW = tuple(f"new-{i:02d}" for i in range(1, 9))
+
+# Small and quick: three 20-s steps, a few thousand samples.
+SMALL = SynthSpec(
+    steps=((5, 20.0), (10, 20.0), (20, 20.0)),
+    ramp_s=2.0,
+    usl=(10.0, 0.03, 0.001),
+    paced_rate=2.0,
+    session_s=10.0,
+)
+
+# One operation, one step, moderate autocorrelation: for coverage simulations.
+EXEC_ONLY = (OpSpec("SSH", "exec", 1.0, 20.0, sigma=0.5),)
+COVERAGE = SynthSpec(
+    steps=((20, 60.0),),
+    ramp_s=0.0,
+    warmup_factor=1.0,
+    usl=(5.0, 0.0, 0.0),
+    ops=EXEC_ONLY,
+    paced_rate=0.0,
+    ar_sd=0.15,
+    ar_tau_s=1.0,
+    rate_sd=0.15,
+    load_latency=False,
+    session_s=1e9,
+)
+
+
+def before_after(tmp: Path, gain: float = 2.0, latency: float = 0.8, seed: int = 0) -> tuple[Path, Path]:
+    """A 4-server before run and a 12-server after run with known throughput gain and latency factor."""
+    lam, sigma, kappa = SMALL.usl
+    before = SMALL.with_(label="before", run_id="b1", servers=OLD, seed=seed)
+    after = SMALL.with_(
+        label="after",
+        run_id="a1",
+        servers=OLD + NEW,
+        usl=(lam * gain, sigma, kappa),
+        latency_scale=latency,
+        load_latency=False,
+        seed=seed + 1000,
+    )
+    before = before.with_(load_latency=False)
+    return write_run(before, tmp), write_run(after, tmp)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
