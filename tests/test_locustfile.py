@@ -206,7 +206,7 @@ def test_processes_2_records_every_sample_once(users_file: Path, tmp_path: Path)
     )
     assert out.returncode == 0, out.stderr[-2000:]
     meta, df = assert_counts_match(only_run(tmp_path, "p"))
-    assert meta["status"] == "completed" and meta["processes"] == 2
+    assert meta["status"] == "completed" and meta["processes"] == 2 and meta["arrivals"] is None
     assert df["worker"].nunique() == 2  # samples from both children, none lost or doubled
     assert set(meta["recorder"]["workers"]) == set(df["worker"].astype(str))
     per_worker = df["worker"].astype(str).value_counts().to_dict()
@@ -290,6 +290,10 @@ def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Pa
     assert out.returncode == 0, out.stderr[-2000:]
     meta, df = assert_counts_match(only_run(tmp_path, "storm"))
     assert meta["paced"] == {"SESSION session": 20.0} and meta["shape"]["name"] == "arrivals"
+    arrived = meta["arrivals"]
+    assert arrived["rate"] == 20.0 and arrived["planned"] == pytest.approx(20 * 4, abs=4)
+    assert len(df) <= arrived["claimed"] <= arrived["planned"]  # claimed but killed while waiting: no row
+    assert arrived["claimed"] >= 0.9 * arrived["planned"]  # the pool of 10 sufficed
     assert meta["status"] == "completed"
     t = df["t_intended"].sort_values().to_numpy()
     assert len(t) >= 40 and len(set(t)) == len(t)  # ~80 planned; no arrival handed out twice

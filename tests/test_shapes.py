@@ -166,6 +166,17 @@ def test_a_late_first_claim_starts_at_the_next_own_arrival_then_never_skips() ->
     assert [sched.claim(now=t0 + 100) for _ in range(2)] == [t0 + 4.5, t0 + 5.5]
 
 
+def test_claimed_and_planned_arrivals_by_a_time() -> None:
+    t0 = 0.0
+    a, b = ArrivalSchedule(t0, 10.0, slot=0, slots=2), ArrivalSchedule(t0, 10.0, slot=1, slots=2)
+    for _ in range(3):  # a: j = 0, 2, 4 (t = 0, .2, .4); b: j = 1, 3, 5
+        a.claim(now=t0)
+        b.claim(now=t0)
+    assert a.planned_by(0.45) == 5  # j = 0..4 are due by 0.45 s
+    assert a.claimed_by(0.45) == 3 and b.claimed_by(0.45) == 2  # b's j = 5 (0.5 s) was not due yet
+    assert a.claimed_by(-1.0) == 0 and a.claimed_by(100.0) == 3
+
+
 def test_next_arrival_is_none_outside_arrival_mode() -> None:
     env = argparse.Namespace()
     assert next_arrival(env) is None

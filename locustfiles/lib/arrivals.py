@@ -31,6 +31,8 @@ class ArrivalSchedule:
     slot: int = 0  # this process's index among ...
     slots: int = 1  # ... the load-generator processes
     _next: int | None = None  # the next global arrival index this process hands out
+    _first: int = 0  # the first one it handed out
+    claimed: int = 0  # how many it handed out
 
     @property
     def rate_per_process(self) -> float:
@@ -42,10 +44,22 @@ class ArrivalSchedule:
             # Start at the first arrival of ours that is not already past (users spawn after t0).
             now = time.time() if now is None else now
             first = max(0, math.ceil((now - self.t0) * self.rate - 1e-9))
-            self._next = first + (self.slot - first) % self.slots
+            self._next = self._first = first + (self.slot - first) % self.slots
         j = self._next
         self._next += self.slots
+        self.claimed += 1
         return self.t0 + j / self.rate
+
+    def claimed_by(self, t_end: float) -> int:
+        """Arrivals this process handed out that were due by ``t_end`` (later ones never started)."""
+        if not self.claimed:
+            return 0
+        due = math.floor(((t_end - self.t0) * self.rate - self._first) / self.slots + 1e-9) + 1
+        return max(0, min(self.claimed, due))
+
+    def planned_by(self, t_end: float) -> int:
+        """Arrivals due on the whole test's grid by ``t_end``."""
+        return max(0, math.floor((t_end - self.t0) * self.rate + 1e-9) + 1)
 
 
 def install(environment: Any, schedule: ArrivalSchedule | None) -> None:

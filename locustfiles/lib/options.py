@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from gateload.errors import InputError
+from locustfiles.lib.schedule import SHAPES, Plan, build_plan, parse_timespan
 from targets.profile import Profile, is_loopback, load_profile
-
-from .schedule import SHAPES, Plan, build_plan, parse_timespan
 
 PROFILE_ENV = "GATELOAD_PROFILE"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

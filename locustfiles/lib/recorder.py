@@ -304,8 +304,11 @@ class Recorder:
         if self.role == "master":
             self._broadcaster = gevent.spawn(self._broadcast_users)
 
-    def finish(self) -> RecordResult:
-        """Stop recording: everything recorded is written (or sent, on a worker) when this returns."""
+    def finish(self, extra: Mapping[str, Any] | None = None) -> RecordResult:
+        """Stop recording: everything recorded is written (or sent, on a worker) when this returns.
+
+        ``extra``: more facts for a worker's final message (the master finds them in ``workers``).
+        """
         if not self.active:
             return RecordResult(self._writer.rows, self._writer.seq, dropped=self._dropped)
         problems: list[str] = []
@@ -316,7 +319,7 @@ class Recorder:
         if self.role == "worker":
             self._flush_to_master()
             self._push_stats()
-            self._send_final()
+            self._send_final(extra or {})
             return RecordResult(self._sent_rows, self._sent_batches, cpu_warnings=self._cpu_warnings)
         self._flush_to_disk()
         self._writer.wait()
@@ -500,8 +503,9 @@ class Recorder:
         except Exception as exc:
             logger.error("gateload recorder: could not push stats to the master: %s", exc)
 
-    def _send_final(self) -> None:
+    def _send_final(self, extra: Mapping[str, Any]) -> None:
         final = {
+            **extra,
             "run": self.run_id,
             "worker": self.name,
             "batches": self._sent_batches,

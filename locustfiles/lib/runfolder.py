@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,11 +31,10 @@ from locust.html import get_html_report
 
 from analysis.schema import write_meta
 from gateload.errors import InputError
-
-from . import arrivals, options, runinfo
-from .recorder import Recorder, RecordResult, role_of
-from .schedule import Phase, Plan
-from .shapes import PlannedShape
+from locustfiles.lib import arrivals, options, runinfo
+from locustfiles.lib.recorder import Recorder, RecordResult, role_of
+from locustfiles.lib.schedule import Phase, Plan
+from locustfiles.lib.shapes import PlannedShape
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class ActiveRun:
     processes: int
     steps: list[dict[str, Any]] = field(default_factory=list)  # shape "none" only
     interrupted: bool = False
+    arrivals: dict[str, Any] | None = None  # arrivals shape: planned vs handed out, at the end
     csv_writer: Any = None
     csv_greenlet: gevent.Greenlet | None = None
     monitor: gevent.Greenlet | None = None
@@ -199,9 +200,10 @@ class RunController:
             return
         total = len(shape.plan.phases) if shape.plan else 0
         hold = phase.duration_s - phase.ramp_s
+        held = "to the end of the run" if math.isinf(hold) else f"{hold:.3g} s"
         progress(
             f"step {index + 1}/{total} {phase.name}: {phase.users} users at {phase.spawn_rate:.3g}/s, "
-            f"ramp {phase.ramp_s:.3g} s, hold {hold:.3g} s"
+            f"ramp {phase.ramp_s:.3g} s, hold {held}"
         )
         if self.run is not None:
             self._write_meta(self.run, "running")
@@ -262,7 +264,9 @@ class RunController:
 
     def _on_test_stop(self, environment: Any, **_kw: Any) -> None:
         if self.role == "worker":
-            self.recorder.finish()
+            schedule = arrivals.schedule_of(environment)
+            claimed = schedule.claimed_by(time.time()) if schedule else 0
+            self.recorder.finish(extra={"arrivals_claimed": claimed})
             return
         run, self.run = self.run, None
         if run is None:
@@ -271,6 +275,7 @@ class RunController:
         ended = time.time()
         if run.monitor is not None:
             run.monitor.kill(block=False)
+        run.arrivals = self._arrivals_summary(run, result, ended)
         arrivals.install(self.env, None)
         self._finish_csv(run)
         self._write_html(run)
@@ -283,6 +288,23 @@ class RunController:
         )
         for problem in result.problems:
             progress(f"problem: {problem}")
+        if run.arrivals and run.arrivals["claimed"] < 0.95 * run.arrivals["planned"]:
+            progress(
+                f"only {run.arrivals['claimed']} of {run.arrivals['planned']} planned session arrivals found "
+                "a free user: the pool (-u) was too small for the arrival rate, so the storm fell short"
+            )
+
+    def _arrivals_summary(self, run: ActiveRun, result: RecordResult, ended: float) -> dict[str, Any] | None:
+        """Arrivals shape: sessions planned by the end vs handed to a user (a full pool hands out fewer)."""
+        plan = run.resolved.plan
+        if plan.shape != "arrivals":
+            return None
+        grid = arrivals.ArrivalSchedule(run.started_at, plan.arrival_rate)
+        local = arrivals.schedule_of(self.env)
+        claimed = sum(int((w.get("final") or {}).get("arrivals_claimed", 0)) for w in result.workers.values())
+        if self.role == "local" and local is not None:
+            claimed = local.claimed_by(ended)
+        return {"rate": plan.arrival_rate, "planned": grid.planned_by(ended), "claimed": claimed}
 
     def _status(self, run: ActiveRun, result: RecordResult, ended: float) -> str:
         if run.interrupted:
@@ -352,6 +374,7 @@ class RunController:
             "steps": steps,
             "paced": runinfo.paced(profile, plan),
             "paced_scope": runinfo.PACED_SCOPE,
+            "arrivals": run.arrivals,
             "think_time_s": runinfo.think_time_s(profile),
             "args": runinfo.sanitize_args(self.env.parsed_options, options.SECRET_DESTS),
             **self.static,

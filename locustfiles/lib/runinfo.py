@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from locustfiles.lib.schedule import Plan
 from targets.profile import Profile, profile_to_dict
-
-from .schedule import Plan
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("locust", "asyncssh", "aiohttp", "gevent", "pyarrow", "gateload")

@@ -21,8 +21,7 @@ import gevent
 from locust import LoadTestShape
 
 from gateload.errors import InputError
-
-from .schedule import Phase, Plan, build_plan
+from locustfiles.lib.schedule import Phase, Plan, build_plan
 
 logger = logging.getLogger(__name__)
 
