@@ -289,7 +289,7 @@ def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Pa
     )
     assert out.returncode == 0, out.stderr[-2000:]
     meta, df = assert_counts_match(only_run(tmp_path, "storm"))
-    assert meta["paced"] == {"SESSION session": 20.0} and meta["shape"]["name"] == "arrivals"
+    assert meta["paced"] == {"SESSION session": 2.0} and meta["shape"]["name"] == "arrivals"  # 20/s, 10 users
     arrived = meta["arrivals"]
     assert arrived["rate"] == 20.0 and arrived["planned"] == pytest.approx(20 * 4, abs=4)
     assert len(df) <= arrived["claimed"] <= arrived["planned"]  # claimed but killed while waiting: no row

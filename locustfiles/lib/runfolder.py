@@ -373,7 +373,6 @@ class RunController:
             "shape": {"name": plan.shape, "params": plan.params},
             "steps": steps,
             "paced": runinfo.paced(profile, plan),
-            "paced_scope": runinfo.PACED_SCOPE,
             "arrivals": run.arrivals,
             "think_time_s": runinfo.think_time_s(profile),
             "args": runinfo.sanitize_args(self.env.parsed_options, options.SECRET_DESTS),

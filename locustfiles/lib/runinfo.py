@@ -114,20 +114,18 @@ def think_time_s(profile: Profile | None) -> float | None:
 
 
 def paced(profile: Profile | None, plan: Plan) -> dict[str, float]:
-    """meta.json ``paced``: planned rates of paced operations, keyed "<type> <name>".
+    """meta.json ``paced``: planned rate per user of paced operations (ops/s), keyed "<type> <name>".
 
-    ``SESSION session`` is the planned arrival rate of the whole test (sessions/s, arrivals shape);
-    ``SSH keystroke`` is one typing user's keystroke rate while typing (1000 / typing_interval_ms).
+    ``SESSION session``: the arrivals shape's rate shared by its pool of users (arrival rate / -u; the
+    rate of the whole test is in meta.json ``arrivals``). ``SSH keystroke``: one typing user's
+    keystroke rate while typing (1000 / typing_interval_ms).
     """
     out: dict[str, float] = {}
-    if plan.shape == "arrivals" and plan.arrival_rate > 0:
-        out["SESSION session"] = plan.arrival_rate
+    if plan.shape == "arrivals" and plan.arrival_rate > 0 and plan.peak_users > 0:
+        out["SESSION session"] = plan.arrival_rate / plan.peak_users
     if profile is not None and profile.workload.typing_interval_ms > 0:
         out["SSH keystroke"] = 1000.0 / profile.workload.typing_interval_ms
     return out
-
-
-PACED_SCOPE = {"SESSION session": "test", "SSH keystroke": "user"}
 
 
 def sanitize_args(options: Any, secret_dests: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
