@@ -13,7 +13,7 @@ NEW = tuple(f"new-{i:02d}" for i in range(1, 9))
 SMALL = SynthSpec(
     steps=((5, 20.0), (10, 20.0), (20, 20.0)),
     ramp_s=2.0,
-    usl=(10.0, 0.03, 0.001),
+    usl=(30.0, 0.03, 0.001),
     paced_rate=2.0,
     session_s=10.0,
 )
@@ -35,13 +35,18 @@ COVERAGE = SynthSpec(
 )
 
 
-def before_after(tmp: Path, gain: float = 2.0, latency: float = 0.8, seed: int = 0) -> tuple[Path, Path]:
-    """A 4-server before run and a 12-server after run with known throughput gain and latency factor."""
+def before_after(tmp: Path, gain: float = 2.0, latency: float = 0.7, seed: int = 0) -> tuple[Path, Path]:
+    """A 4-server before run and a 12-server after run with known throughput gain and latency factor.
+
+    The reference step (20 users) is held 40 s, long enough for a 30 % latency shift to be resolved.
+    """
     lam, sigma, kappa = SMALL.usl
-    before = SMALL.with_(label="before", run_id="b1", servers=OLD, seed=seed)
+    steps = ((5, 20.0), (10, 20.0), (20, 40.0))
+    before = SMALL.with_(label="before", run_id="b1", servers=OLD, seed=seed, steps=steps)
     after = SMALL.with_(
         label="after",
         run_id="a1",
+        steps=steps,
         servers=OLD + NEW,
         usl=(lam * gain, sigma, kappa),
         latency_scale=latency,
