@@ -138,6 +138,10 @@ class PortalClient:
         """POST /logout."""
         self._request("POST", "/logout", "POST /logout")
 
+    def close(self) -> None:
+        """Close this session's connections (a new session opens its own, as a new browser would)."""
+        self.http.client.close()
+
     # --- one request, one sample ------------------------------------------------------------------
 
     def _request(

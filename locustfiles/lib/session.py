@@ -60,15 +60,18 @@ class HomeofficeUser(User):
             gevent.sleep(max(0.0, t_intended - time.time()))
         start, t0 = time.time(), time.perf_counter()
         portal = PortalClient(self, self.target, self.target.account_for(self.user_id), self.user_id)
-        failure = self._logon(portal)
-        self._fire_session("logon", start, t0, failure, t_intended, portal)
+        try:
+            failure = self._logon(portal)
+            self._fire_session("logon", start, t0, failure, t_intended, portal)
+            if failure is None:
+                self.backoff.reset()
+                ended_by = self._workday(portal)
+                self._logoff(portal)
+                self._fire_session("session", start, t0, ended_by, t_intended, portal)
+        finally:
+            portal.close()
         if failure is not None:
             idle(self, self.backoff.next_delay())
-            return
-        self.backoff.reset()
-        ended_by = self._workday(portal)
-        self._logoff(portal)
-        self._fire_session("session", start, t0, ended_by, t_intended, portal)
 
     # --- steps ------------------------------------------------------------------------------------
 

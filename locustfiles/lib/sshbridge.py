@@ -162,10 +162,6 @@ class Bridge:
             self.loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
 
-    @property
-    def running(self) -> bool:
-        return self._done.locked() and self.loop.is_running()
-
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the loop without waiting (e.g. closing a connection of a stopped user)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
