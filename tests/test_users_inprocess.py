@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
+import os
 import time
 from pathlib import Path
 
@@ -205,3 +207,15 @@ def test_failures_on_a_saturated_farm_are_attributed_and_the_run_goes_on(referen
     assert all(s["context"]["server"] == "old-01" for s in failed)
     assert {s["request_type"] for s in failed if s["context"]["error"] == "refused"} <= {"SSH", "SESSION"}
     assert all(str(s["exception"]).startswith(s["context"]["error"]) for s in failed)
+
+
+def test_sessions_do_not_leak_connections(fast_farm: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    get_bridge()  # the loop's own descriptors are not a leak
+    before = open_fds()
+    run = run_users(fast_farm, HomeofficeUser, 2, lambda r: r.count("SESSION", "session") >= 12, 60)
+    assert run.count("SESSION", "session") >= 12
+    gc.collect()
+    assert open_fds() - before <= 4  # 12 sessions, each with its own portal and SSH connections
