@@ -44,7 +44,9 @@ RUN_TIME_SLACK_S = 1.0  # a -t run stopped this close to its end has reached it
 
 
 def progress(text: str) -> None:
-    print(f"{PROGRESS} {text}", flush=True)
+    # One write per line: the asyncio thread logs to the same pipe, and must not split our line.
+    sys.stdout.write(f"{PROGRESS} {text}\n")
+    sys.stdout.flush()
 
 
 @dataclass
@@ -91,6 +93,7 @@ class RunController:
                 sys.stderr.flush()
                 raise SystemExit(2) from None
             self._install_shape(self.resolved.plan)
+            self._warn_if_master_is_exposed()
         events = self.env.events
         events.test_start.add_listener(self._on_test_start)
         events.test_stop.add_listener(self._on_test_stop)
@@ -98,6 +101,14 @@ class RunController:
         events.spawning_complete.add_listener(self._on_spawning_complete)
         if self.web_ui is not None:
             self._install_web_check(self.web_ui)
+
+    def _warn_if_master_is_exposed(self) -> None:
+        host = getattr(self.env.parsed_options, "master_bind_host", "127.0.0.1")
+        if self.role == "master" and host in ("*", "", "0.0.0.0", "::"):
+            logger.warning(
+                "gateload: the Locust master listens on all interfaces; "
+                "pass --master-bind-host 127.0.0.1 (and a free --master-bind-port) to keep it on loopback"
+            )
 
     def _require_profile(self, resolved: options.RunOptions) -> None:
         if resolved.profile is not None:
