@@ -45,6 +45,7 @@ import random
 import socket as _stdlib_socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -181,6 +182,7 @@ class LinkProxy:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._listen_sock: _stdlib_socket.socket | None = None
+        self._upstream_addr: tuple[int, tuple[Any, ...]] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -192,8 +194,9 @@ class LinkProxy:
         return host, port
 
     def bind(self) -> None:
-        """Bind and listen now (any thread); ``start`` then serves on this socket."""
+        """Resolve the upstream, bind and listen now (any thread); ``start`` then serves."""
         if self._listen_sock is None:
+            self._upstream_addr = _resolve(self.upstream)
             self._listen_sock = _bound_socket(self.listen)
 
     async def start(self) -> LinkProxy:
@@ -238,7 +241,8 @@ class LinkProxy:
 
     async def _pipe(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         try:
-            u_reader, u_writer = await _open_upstream(self.upstream)
+            assert self._upstream_addr is not None  # bind() ran in start()
+            u_reader, u_writer = await _open_upstream(*self._upstream_addr)
         except OSError:
             self.stats.upstream_failures += 1
             _abort(c_writer)
@@ -348,11 +352,21 @@ def _bound_socket(address: tuple[str, int]) -> _stdlib_socket.socket:
     return sock
 
 
-async def _open_upstream(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+def _resolve(address: tuple[str, int]) -> tuple[int, tuple[Any, ...]]:
+    """(family, sockaddr) of the upstream, resolved once in the caller's thread.
+
+    Not ``loop.getaddrinfo``: it runs in the loop's default executor, whose workers are greenlets under
+    gevent's patching and never run in the proxy's own thread (the proxy would hang).
+    """
     host, port = address
+    family, _, _, _, sockaddr = _stdlib_socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)[0]
+    return family, sockaddr
+
+
+async def _open_upstream(
+    family: int, sockaddr: tuple[Any, ...]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)
-    family, _, _, _, sockaddr = infos[0]
     sock = _socket_class()(family, _stdlib_socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
@@ -463,20 +477,25 @@ class _Module:
 
 # --- the profile-level entry point ------------------------------------------------------------------
 
+Routes = dict[str, tuple[str, int]]  # name ("portal", "gateway") -> address
+
 
 @dataclass
 class LinkedProfile:
-    """A profile whose portal and gateway addresses point at link proxies, and how to stop them."""
+    """A profile whose portal and gateway addresses point at link proxies, and how to stop them.
+
+    After :meth:`stop`, :attr:`stats` holds each proxy's counters (connections, resets, bytes).
+    """
 
     profile: Profile
     spec: LinkSpec | None
-    thread: LinkThread | None = None
-    proxies: dict[str, LinkProxy] = field(default_factory=dict)
+    _stop: Callable[[], dict[str, LinkStats]] | None = None
+    stats: dict[str, LinkStats] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            self.stats = stop()
 
     def __enter__(self) -> LinkedProfile:
         return self
@@ -485,14 +504,38 @@ class LinkedProfile:
         self.stop()
 
 
+def serve_in_thread(
+    routes: Routes, spec: LinkSpec, *, listen_host: str = "127.0.0.1", seed: int | None = None
+) -> tuple[Routes, Callable[[], dict[str, LinkStats]]]:
+    """Proxies for ``routes`` in a thread of this process: their addresses and a stop function."""
+    thread = LinkThread()
+    proxies = {name: LinkProxy(up, spec, (listen_host, 0), seed=seed) for name, up in routes.items()}
+    addresses = {name: thread.add(proxy) for name, proxy in proxies.items()}
+    thread.start()
+
+    def stop() -> dict[str, LinkStats]:
+        thread.stop()
+        return {name: proxy.stats for name, proxy in proxies.items()}
+
+    return addresses, stop
+
+
 def link_profile(
-    profile: Profile, *, listen_host: str = "127.0.0.1", seed: int | None = None
+    profile: Profile,
+    *,
+    listen_host: str = "127.0.0.1",
+    seed: int | None = None,
+    isolation: Literal["process", "thread"] = "process",
 ) -> LinkedProfile:
     """Put emulated links in front of the profile's portal and gateway, as its ``[link]`` says.
 
     Returns the rewritten profile (portal URL and gateway host/port now name local proxies) and a
     ``stop()``. With ``preset = "none"`` nothing starts and the profile comes back unchanged.
-    The proxies run in their own OS thread, so this is safe to call from Locust (gevent) code.
+
+    ``isolation="process"`` (the default) runs the proxies in a child process, so their timers do not
+    compete for the GIL with the load generator (in-process, a busy Locust process adds up to ~1 ms
+    per round trip); ``"thread"`` runs them in a real OS thread of this process. Both are safe to
+    call from Locust (gevent) code. The child ends when this process closes its stdin or dies.
 
     TLS note: the portal URL's host becomes ``listen_host``; a portal certificate must name it (the
     local test CA names 127.0.0.1), or certificate verification fails, as it should.
@@ -502,12 +545,15 @@ def link_profile(
         return LinkedProfile(profile, None)
     url = urlsplit(profile.portal.url)
     assert url.hostname is not None and url.port is not None  # load_profile checked it
-    thread = LinkThread()
-    portal = LinkProxy((url.hostname, url.port), spec, (listen_host, 0), seed=seed)
-    gateway = LinkProxy((profile.gateway.host, profile.gateway.port), spec, (listen_host, 0), seed=seed)
-    p_host, p_port = thread.add(portal)
-    g_host, g_port = thread.add(gateway)
-    thread.start()
+    routes = {"portal": (url.hostname, url.port), "gateway": (profile.gateway.host, profile.gateway.port)}
+    if isolation == "thread":
+        addresses, stop = serve_in_thread(routes, spec, listen_host=listen_host, seed=seed)
+    else:
+        from targets.linkproc import serve_in_process
+
+        addresses, stop = serve_in_process(routes, spec, listen_host=listen_host, seed=seed)
+    p_host, p_port = addresses["portal"]
+    g_host, g_port = addresses["gateway"]
     netloc_host = f"[{p_host}]" if ":" in p_host else p_host
     new_url = urlunsplit((url.scheme, f"{netloc_host}:{p_port}", url.path, url.query, url.fragment))
     linked = dataclasses.replace(
@@ -515,4 +561,4 @@ def link_profile(
         portal=dataclasses.replace(profile.portal, url=new_url),
         gateway=dataclasses.replace(profile.gateway, host=g_host, port=g_port),
     )
-    return LinkedProfile(linked, spec, thread, {"portal": portal, "gateway": gateway})
+    return LinkedProfile(linked, spec, stop)

@@ -342,29 +342,29 @@ def test_presets_are_selected_from_the_profile_link_section() -> None:
     assert slow_dsl == dataclasses.replace(PRESETS["dsl"], delay_ms=30)
 
 
-def test_link_profile_routes_portal_and_gateway_through_delaying_proxies(echo: tuple[str, int]) -> None:
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_link_profile_routes_portal_and_gateway_through_delaying_proxies(
+    echo: tuple[str, int], isolation: str
+) -> None:
     base = load_profile(ROOT / "targets/profiles/reference-before.toml")
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        profile = dataclasses.replace(
-            base,
-            portal=dataclasses.replace(base.portal, url=f"http://{echo[0]}:{echo[1]}"),
-            gateway=dataclasses.replace(base.gateway, host=echo[0], port=echo[1]),
-            link=Link(preset="custom", delay_ms=10.0),
-        )
+    profile = dataclasses.replace(
+        base,
+        portal=dataclasses.replace(base.portal, url=f"http://{echo[0]}:{echo[1]}"),
+        gateway=dataclasses.replace(base.gateway, host=echo[0], port=echo[1]),
+        link=Link(preset="custom", delay_ms=10.0),
+    )
     unchanged = link_profile(dataclasses.replace(profile, link=Link()))
     assert unchanged.profile == dataclasses.replace(profile, link=Link())
     unchanged.stop()
-    with link_profile(profile) as linked:
+    with link_profile(profile, isolation=isolation) as linked:  # type: ignore[arg-type]
         portal_port = int(linked.profile.portal.url.rsplit(":", 1)[1])
-        assert portal_port != echo[1]
-        assert linked.profile.gateway.port not in (echo[1], portal_port)
-        for address in (
-            ("127.0.0.1", portal_port),
-            (linked.profile.gateway.host, linked.profile.gateway.port),
-        ):
+        gateway = (linked.profile.gateway.host, linked.profile.gateway.port)
+        assert portal_port != echo[1] and gateway[1] not in (echo[1], portal_port)
+        for address in (("127.0.0.1", portal_port), gateway):
             added = statistics.median(_rtts_ms(address, 30)) - statistics.median(_rtts_ms(echo, 30))
             assert added == pytest.approx(20.0, abs=DELAY_TOLERANCE_MS)
-    # stop() closed the proxies: nothing listens there any more.
+    # stop() closed the proxies and reported what went through them.
+    assert linked.stats["portal"].connections == linked.stats["gateway"].connections == 1
+    assert linked.stats["portal"].bytes_up == linked.stats["portal"].bytes_down == 30 * 64
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", portal_port), timeout=1).close()
