@@ -32,12 +32,11 @@ import gevent
 from locust import User, task
 from locust.user.task import LOCUST_STATE_STOPPING
 
+from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
+from locustfiles.lib.runtime import Target, fire, next_user_id, target_for
+from locustfiles.lib.sshbridge import Bridge, Timed, get_bridge
+from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
 from targets.profile import ACTIVITIES, Profile
-
-from .errors import HttpStatusError, OperationError, safe_error
-from .runtime import Target, fire, next_user_id, target_for
-from .sshbridge import Bridge, Timed, get_bridge
-from .sshops import ConnectSpec, GatewayConnection
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
 SSH_ACTIVITIES = ("typing", "screen", "sftp_get", "sftp_put", "tunnel", "exec")

@@ -23,10 +23,9 @@ import gevent.ssl
 from locust import FastHttpUser, task
 from locust.contrib.fasthttp import FastHttpSession, FastResponse, insecure_ssl_context_factory
 
+from locustfiles.lib.errors import OperationError, RecordedFailure, classify, safe_error
+from locustfiles.lib.runtime import Account, Target, next_user_id, sample_context, target_for
 from targets.profile import Profile
-
-from .errors import OperationError, RecordedFailure, classify, safe_error
-from .runtime import Account, Target, next_user_id, sample_context, target_for
 
 T = TypeVar("T")
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gateload.errors import InputError
+from locustfiles.lib.errors import classify, safe_error
 from targets.profile import Profile, load_profile
-
-from .errors import classify, safe_error
 
 PROFILE_ENV = "GATELOAD_PROFILE"
 

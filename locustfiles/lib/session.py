@@ -20,12 +20,12 @@ from typing import Any
 import gevent
 from locust import User, task
 
-from .arrivals import next_arrival
-from .errors import OperationError, RecordedFailure
-from .gateway import SSH, Backoff, SSHSession, choose_activity, idle
-from .portal import PortalClient
-from .runtime import fire, next_user_id, target_for
-from .sshbridge import Timed
+from locustfiles.lib.arrivals import next_arrival
+from locustfiles.lib.errors import OperationError, RecordedFailure
+from locustfiles.lib.gateway import SSH, Backoff, SSHSession, choose_activity, idle
+from locustfiles.lib.portal import PortalClient
+from locustfiles.lib.runtime import fire, next_user_id, target_for
+from locustfiles.lib.sshbridge import Timed
 
 SESSION = "SESSION"
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncssh
 
-from .errors import OperationError
-from .sshbridge import Timed, timed
+from locustfiles.lib.errors import OperationError
+from locustfiles.lib.sshbridge import Timed, timed
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
 PROMPT = b"gw$ "
