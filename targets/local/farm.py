@@ -229,3 +229,37 @@ def _write_accounts(path: Path, rows: list[tuple[str, str]]) -> Path:
         writer.writerow(["username", "password"])
         writer.writerows(rows)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m targets.local.farm``: run the local real farm until Ctrl-C (needs root)."""
+    import argparse
+    import signal
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="python -m targets.local.farm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--state-dir", type=Path, default=None, help="default: a new temporary folder")
+    p.add_argument("--portal-backends", type=int, default=3)
+    p.add_argument("--gateways", type=int, default=2)
+    args = p.parse_args(argv)
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="gateload-local-real-"))
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    with LocalRealFarm(state, portal_backends=args.portal_backends, gateways=args.gateways) as farm:
+        if farm.tls is not None:
+            print(f"portal  {farm.tls.url} (CA {farm.ca.ca_cert if farm.ca else ''})")
+            print(f"        portal accounts: {farm.portal_profile_path}")
+        if farm.gateway_lb is not None:
+            print(f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {[s.server_id for s in farm.sshds]}")
+            print(f"        gateway accounts: {farm.gateway_profile_path}")
+        print("ready; Ctrl-C stops everything", flush=True)
+        try:
+            while not stop["now"]:
+                signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

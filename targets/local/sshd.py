@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import re
 import secrets
 import stat
 import subprocess
@@ -111,6 +112,13 @@ def _make_traversable(folder: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def openssh_version(binary: str) -> tuple[int, int]:
+    """(major, minor) of an sshd binary, from ``sshd -V`` (e.g. "OpenSSH_9.2p1 ..." -> (9, 2))."""
+    out = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stderr + out.stdout)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,12 @@ MaxStartups {self.max_startups}
 MaxSessions 64
 LoginGraceTime 30
 LogLevel INFO
-"""
+{self._version_specific()}"""
+
+    def _version_specific(self) -> str:
+        """Options that only newer OpenSSH knows (sshd -t rejects unknown keywords)."""
+        # 9.8 added per-source penalties: a test's deliberate auth failures would lock out 127.0.0.1.
+        return "PerSourcePenalties no\n" if openssh_version(self.binary) >= (9, 8) else ""
 
     def __enter__(self) -> Sshd:
         try:
