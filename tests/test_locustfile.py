@@ -291,7 +291,8 @@ def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Pa
     meta, df = assert_counts_match(only_run(tmp_path, "storm"))
     assert meta["paced"] == {"SESSION session": 2.0} and meta["shape"]["name"] == "arrivals"  # 20/s, 10 users
     arrived = meta["arrivals"]
-    assert arrived["rate"] == 20.0 and arrived["planned"] == pytest.approx(20 * 4, abs=4)
+    assert arrived["rate"] == 20.0 and 60 <= arrived["planned"] <= 100  # -t 4s at 20/s, on a busy machine
+    assert arrived["planned"] == int((meta["ended_at"] - meta["started_at"]) * 20) + 1
     assert len(df) <= arrived["claimed"] <= arrived["planned"]  # claimed but killed while waiting: no row
     assert arrived["claimed"] >= 0.9 * arrived["planned"]  # the pool of 10 sufficed
     assert meta["status"] == "completed"

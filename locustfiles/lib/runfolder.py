@@ -282,8 +282,8 @@ class RunController:
         run, self.run = self.run, None
         if run is None:
             return
+        ended = time.time()  # the load stops now; collecting the last samples may take a moment
         result = self.recorder.finish()
-        ended = time.time()
         if run.monitor is not None:
             run.monitor.kill(block=False)
         run.arrivals = self._arrivals_summary(run, result, ended)
