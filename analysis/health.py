@@ -78,19 +78,34 @@ def paced_rate(
 
 @dataclass
 class LittleCheck:
+    """Little's law for a closed system, in per-user time-accounting form.
+
+    Every user is always either in an operation, between operations of one activity (pacing, short
+    gaps) or in a think pause, so ``N T = sum(R) + sum(short gaps) + sum(pauses)``. Replacing the
+    observed pauses by the declared think time ``Z`` gives the concurrency the plan accounts for,
+    ``X (R + Z)`` in Little's terms; its ratio to ``N`` is 1 when users pause as declared. Below 1 the
+    users lost time somewhere unmeasured (a generator that wakes its users late); above 1 they paused
+    less than declared. Think pauses are the per-user gaps of at least half the declared think time,
+    which holds whether ``think_time_s`` is per operation or per activity of several operations.
+    """
+
     users: float  # concurrency measured (mean user count in the window)
-    throughput: float  # all non-session operations per second
-    response_s: float  # mean response time of those operations
-    think_s: float  # declared mean think time per operation
+    think_s: float  # declared mean think time
+    pauses: int  # think pauses observed
+    pause_mean_s: float  # their mean length
+    busy_s: float  # user time in operations and short gaps
+    pause_s: float  # user time in think pauses
     tolerance: float = LITTLE_TOLERANCE
 
     @property
-    def predicted(self) -> float:
-        return self.throughput * (self.response_s + self.think_s)
+    def ratio(self) -> float:
+        """Accounted concurrency / measured concurrency: (busy + pauses x Z) / (busy + observed pauses)."""
+        observed = self.busy_s + self.pause_s
+        return (self.busy_s + self.pauses * self.think_s) / observed if observed > 0 else math.nan
 
     @property
-    def ratio(self) -> float:
-        return self.predicted / self.users if self.users > 0 else math.nan
+    def predicted(self) -> float:
+        return self.ratio * self.users
 
     @property
     def ok(self) -> bool:
@@ -98,7 +113,35 @@ class LittleCheck:
 
     def describe(self) -> str:
         return (
-            f"N = {self.users:.1f} users vs X (R + Z) = {self.throughput:.1f}/s x "
-            f"({self.response_s * 1000:.0f} ms"
-            f" + {self.think_s:.2f} s) = {self.predicted:.1f} (ratio {self.ratio:.2f})"
+            f"{self.pauses} think pauses averaged {self.pause_mean_s:.2f} s against {self.think_s:.2f} s "
+            "declared; "
+            f"X (R + Z) accounts for {self.predicted:.1f} of {self.users:.1f} users (ratio {self.ratio:.2f})"
         )
+
+
+def little_check(
+    user: np.ndarray,
+    t_start: np.ndarray,
+    dur_ms: np.ndarray,
+    think_s: float,
+    users: float,
+    tolerance: float = LITTLE_TOLERANCE,
+) -> LittleCheck | None:
+    """Time accounting of each user's operations in a window; None without enough think pauses."""
+    ok = user >= 0
+    if think_s <= 0 or ok.sum() < 10:
+        return None
+    u, ts, d = user[ok], t_start[ok], dur_ms[ok] / 1000.0
+    order = np.lexsort((ts, u))
+    u, ts, d = u[order], ts[order], d[order]
+    same = u[1:] == u[:-1]
+    gap = np.maximum(ts[1:] - (ts[:-1] + d[:-1]), 0.0)
+    pause = same & (gap >= think_s / 2.0)
+    n = int(pause.sum())
+    if n < 10:
+        return None
+    # only the time between a user's first and last operation in the window is accounted for
+    last_of_user = np.append(~same, True)
+    busy = float(d[~last_of_user].sum() + gap[same & ~pause].sum())
+    pauses = float(gap[pause].sum())
+    return LittleCheck(users, think_s, n, pauses / n, busy, pauses, tolerance)

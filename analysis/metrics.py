@@ -34,6 +34,7 @@ from analysis.stats import (
     boot_quantiles,
     bucket_index,
     from_boot,
+    single_threaded_blas,
 )
 from analysis.steady import Window, steady_windows
 
@@ -170,7 +171,8 @@ def analyze_run(
     # reproducible, but different for each run so replicates do not share their resampling
     rng = np.random.default_rng([seed, zlib.crc32(run.name.encode())])
     ctx = _Ctx(run, n_boot, confidence, little_tolerance, paced_tolerance)
-    steps = [_step(ctx, w, rng) for w in windows]
+    with single_threaded_blas():
+        steps = [_step(ctx, w, rng) for w in windows]
     warnings = list(run.warnings)
     for st in steps:
         w = st.window
@@ -183,7 +185,12 @@ def analyze_run(
         if st.little is not None and not st.little.ok:
             warnings.append(
                 f"step {w.index}: Little's law off by more than {little_tolerance:.0%} "
-                f"({st.little.describe()}): the users spent time unmeasured, suspect the load generator"
+                f"({st.little.describe()}): "
+                + (
+                    "the users lost time unmeasured, suspect the load generator"
+                    if st.little.ratio < 1
+                    else "the users paused less than declared (check think_time_s)"
+                )
             )
         for p in st.paced.values():
             if p.flagged:
@@ -253,11 +260,12 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     bounds = np.searchsorted(op[order], np.arange(len(s.ops) + 1))
     for code in range(len(s.ops)):
         idx = order[bounds[code] : bounds[code + 1]]
-        if len(idx):
+        if len(idx) and not s.op_is_session[code]:
             ops[s.ops[code]] = _op_stats(
                 s.ops[code], dur[idx], ok[idx], blk[idx], nb, weights, span, conf, spread
             )
     all_ops = _op_stats(ALL, dur[ns], ok[ns], blk[ns], nb, weights, span, conf, spread)
+    ops.update(_session_ops(ctx, w, block_len * width, rng))
 
     logon = ops.get(LOGON)
     if logon is not None:
@@ -284,13 +292,8 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     little = None
     z = ctx.run.think_time_s
     if z is not None and ns.any():
-        little = health.LittleCheck(
-            users=users_observed if users_observed > 0 else float(w.users),
-            throughput=float(ns.sum() / span),
-            response_s=float(dur[ns].mean() / 1000.0),
-            think_s=z,
-            tolerance=ctx.little_tolerance,
-        )
+        users = users_observed if users_observed > 0 else float(w.users)
+        little = health.little_check(s.user[a:b][ns], t[ns], dur[ns], z, users, ctx.little_tolerance)
     paced = _paced(ctx, a, b, blk, nb, weights, spread)
     return StepStats(
         window=w,
@@ -315,6 +318,43 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
         blk_n=blk_n,
         blk_server=blk_server,
     )
+
+
+def _session_ops(ctx: _Ctx, w: Window, block_s: float, rng: np.random.Generator) -> dict[str, OpStats]:
+    """SESSION rows over the whole step, ramp included.
+
+    Users log on while a step ramps up (a login storm), and a long session may log on only then: the
+    logon time "at N users" is that of the logons started during the step, its ramp included. Intervals
+    use a block bootstrap of their own over the whole step, with blocks as long as the steady window's.
+    """
+    s = ctx.run.samples
+    a, b = np.searchsorted(s.t, [w.start, w.end])
+    op = s.op[a:b]
+    sess = s.op_is_session[op]
+    if not sess.any():
+        return {}
+    span = w.end - w.start
+    nb = _n_blocks(span)
+    width = span / nb
+    block_len = max(min(math.ceil(block_s / width - 1e-9), nb // MIN_K), 1)
+    weights = block_weights(nb, block_len, ctx.n_boot, rng)
+    spread = (max(nb / block_len - 1.0, 1.0), 1.0)
+    blk = np.minimum(((s.t[a:b] - w.start) / width).astype(np.int64), nb - 1)
+    out = {}
+    for code in np.unique(op[sess]):
+        sel = op == code
+        out[s.ops[code]] = _op_stats(
+            s.ops[code],
+            s.dur[a:b][sel],
+            s.success[a:b][sel],
+            blk[sel],
+            nb,
+            weights,
+            span,
+            ctx.confidence,
+            spread,
+        )
+    return out
 
 
 def _ratio(

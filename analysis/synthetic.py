@@ -70,13 +70,14 @@ class SynthSpec:
     steps: tuple[tuple[int, float], ...] = ((5, 30.0), (10, 30.0), (20, 30.0), (40, 30.0))
     ramp_s: float = 3.0
     usl: tuple[float, float, float] = (20.0, 0.02, 0.0005)  # X(N) of the non-paced mix, ops/s
-    throughput_factor: float = 1.0  # < 1: the generator delivers less than the users would (Little)
+    closed_loop: bool = False  # users loop operation -> think; else Poisson arrivals (exact latency truth)
+    generator_lag_s: float = 0.0  # closed loop: undeclared delay added to every think pause
     latency_scale: float = 1.0  # multiplies every latency (the "shift" of a comparison)
     load_latency: bool = True  # latency grows with N as Little's law implies
     ops: tuple[OpSpec, ...] = DEFAULT_MIX
     ar_sd: float = 0.15  # stationary sd of the AR(1) log-latency component
     ar_tau_s: float = 1.0  # its correlation time
-    rate_sd: float = 0.1  # sd of the AR(1) log-rate modulation
+    rate_sd: float = 0.1  # sd of the AR(1) log modulation of the arrival rate (closed loop: of the pauses)
     warmup_s: float = 3.0  # transient at the start of each step...
     warmup_factor: float = 2.0  # ...starting at this multiple of the steady latency
     trend_per_s: float = 0.0  # log-latency drift per second (a run that never settles)
@@ -90,7 +91,7 @@ class SynthSpec:
     logon_ms: float = 300.0
     status: str = "completed"
     cpu_warnings: int = 0
-    record_think_time: bool | None = None  # None: only without paced operations (Little holds then)
+    record_think_time: bool | None = None  # None: closed-loop runs without paced operations
     seed: int = 0
     start_epoch: float = 1.7e9
     extra_meta: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +144,7 @@ def truth_quantile(spec: SynthSpec, op: str, users: float, q: float) -> float:
 def truth_throughput(spec: SynthSpec, users: float) -> float:
     """Expected successful non-SESSION operations per second at ``users`` in steady state."""
     paced = users * spec.paced_rate
-    return (usl_x(spec, users) * spec.throughput_factor + paced) * (1.0 - spec.error_rate)
+    return (usl_x(spec, users) + paced) * (1.0 - spec.error_rate)
 
 
 def truth_peak_throughput(spec: SynthSpec) -> float:
@@ -235,48 +236,12 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
     sw = sw / sw.sum()
     op_names = [o.key for o in spec.ops] + [KEYSTROKE, "SESSION logon", "SESSION session"]
     errors = sorted({o.error for o in spec.ops} | {"timeout"})
-    stall = spec.stall
     cols = _Cols()
 
-    # non-paced operations: Poisson arrivals on the grid at the USL rate
-    x = np.array([usl_x(spec, n) if n > 0 else 0.0 for n in users]) * spec.throughput_factor
-    lam = x * np.exp(g_rate - spec.rate_sd**2 / 2.0) * DT
-    if stall:
-        lam[(grid >= stall[0]) & (grid < stall[0] + stall[1])] = 0.0  # closed-loop users are blocked
-    counts = rng.poisson(lam)
-    cell = np.repeat(np.arange(len(grid)), counts)
-    t = grid[cell] + rng.uniform(0.0, DT, len(cell))
-    w = np.array([o.weight for o in spec.ops])
-    which = rng.choice(len(spec.ops), size=len(cell), p=w / w.sum())
-    med = np.array([o.median_ms for o in spec.ops])[which]
-    sig = np.array([o.sigma for o in spec.ops])[which]
-    dur = (
-        med * np.exp(sig * rng.standard_normal(len(cell))) * _latency_mult(spec, t, users[cell], g_lat[cell])
-    )
-    if stall:
-        s0, s1 = stall[0], stall[0] + stall[1]
-        inflight = (t < s0) & (t + dur / 1000.0 > s0)
-        dur = np.where(inflight, (s1 - t) * 1000.0 + dur, dur)
-    ok = rng.random(len(cell)) >= spec.error_rate
-    err_code = np.array([errors.index(o.error) for o in spec.ops])[which]
-    served = np.array([o.served for o in spec.ops])[which]
-    server = (
-        np.where(served, rng.choice(n_servers, size=len(cell), p=sw), -1)
-        if n_servers
-        else np.full(len(cell), -1)
-    )
-    ucount = np.maximum(np.round(users[cell]), 1)
-    cols.add(
-        t=t,
-        ti=np.full(len(cell), np.nan),
-        dur=dur,
-        op=which,
-        ok=ok,
-        err=np.where(ok, -1, err_code),
-        user=(rng.random(len(cell)) * ucount).astype(np.int64),
-        users=ucount,
-        server=server,
-    )
+    if spec.closed_loop:
+        _closed_loop(spec, rng, grid, users, g_lat, g_rate, errors, sw, cols)
+    else:
+        _open_loop(spec, rng, grid, users, g_lat, g_rate, errors, sw, cols)
     if spec.paced_rate > 0:
         _keystrokes(spec, rng, grid, users, g_lat, op_names.index(KEYSTROKE), sw, cols)
     _sessions(spec, rng, grid, users, g_lat, op_names, sw, cols)
@@ -346,8 +311,140 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
     return table, meta
 
 
+def _op_arrays(spec: SynthSpec, errors: list[str]) -> dict[str, np.ndarray]:
+    w = np.array([o.weight for o in spec.ops])
+    return {
+        "p": w / w.sum(),
+        "med": np.array([o.median_ms for o in spec.ops]),
+        "sig": np.array([o.sigma for o in spec.ops]),
+        "err": np.array([errors.index(o.error) for o in spec.ops]),
+        "served": np.array([o.served for o in spec.ops]),
+    }
+
+
+def _stalled(spec: SynthSpec, t: np.ndarray, dur_ms: np.ndarray) -> np.ndarray:
+    """An operation in flight at the stall, or started inside it, completes when the stall ends."""
+    if not spec.stall:
+        return dur_ms
+    s0, s1 = spec.stall[0], spec.stall[0] + spec.stall[1]
+    hit = (t < s1) & (t + dur_ms / 1000.0 > s0)
+    return np.where(hit, (np.maximum(s1, t) - t) * 1000.0 + dur_ms, dur_ms)
+
+
+def _open_loop(
+    spec: SynthSpec,
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    users: np.ndarray,
+    g_lat: np.ndarray,
+    g_rate: np.ndarray,
+    errors: list[str],
+    sw: np.ndarray,
+    cols: _Cols,
+) -> None:
+    """Non-paced operations as Poisson arrivals at the USL rate (random user ids; exact latency truth)."""
+    oa = _op_arrays(spec, errors)
+    x = np.array([usl_x(spec, n) if n > 0 else 0.0 for n in users])
+    lam = x * np.exp(g_rate - spec.rate_sd**2 / 2.0) * DT
+    if spec.stall:
+        lam[(grid >= spec.stall[0]) & (grid < spec.stall[0] + spec.stall[1])] = 0.0  # users are blocked
+    cell = np.repeat(np.arange(len(grid)), rng.poisson(lam))
+    t = grid[cell] + rng.uniform(0.0, DT, len(cell))
+    which = rng.choice(len(spec.ops), size=len(cell), p=oa["p"])
+    mult = _latency_mult(spec, t, users[cell], g_lat[cell])
+    dur = _stalled(
+        spec, t, oa["med"][which] * np.exp(oa["sig"][which] * rng.standard_normal(len(cell))) * mult
+    )
+    ok = rng.random(len(cell)) >= spec.error_rate
+    n_servers = len(spec.servers)
+    server = rng.choice(n_servers, size=len(cell), p=sw) if n_servers else np.full(len(cell), -1)
+    ucount = np.maximum(np.round(users[cell]), 1)
+    cols.add(
+        t=t,
+        ti=np.full(len(cell), np.nan),
+        dur=dur,
+        op=which,
+        ok=ok,
+        err=np.where(ok, -1, oa["err"][which]),
+        user=(rng.random(len(cell)) * ucount).astype(np.int64),
+        users=ucount,
+        server=np.where(oa["served"][which], server, -1),
+    )
+
+
+def _sticky_servers(n_users: int, sw: np.ndarray) -> np.ndarray:
+    """Smooth weighted round robin: the backend each user's session is balanced to."""
+    if len(sw) == 0:
+        return np.full(n_users, -1)
+    current = np.zeros(len(sw))
+    out = np.empty(n_users, dtype=np.int64)
+    for u in range(n_users):
+        current += sw
+        k = int(np.argmax(current))
+        current[k] -= 1.0
+        out[u] = k
+    return out
+
+
+def _closed_loop(
+    spec: SynthSpec,
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    users: np.ndarray,
+    g_lat: np.ndarray,
+    g_rate: np.ndarray,
+    errors: list[str],
+    sw: np.ndarray,
+    cols: _Cols,
+) -> None:
+    """Non-paced operations by closed-loop users: operation, think pause (uniform 0.5-1.5 Z), repeat.
+
+    Throughput then follows from Little's law, X = N / (R(N) + Z) = USL(N). ``generator_lag_s`` is
+    added to every pause without being declared (a generator that wakes its users late).
+    """
+    oa = _op_arrays(spec, errors)
+    end = float(grid[-1] + DT)
+    n_max = int(max(n for n, _ in spec.steps))
+    spawn = np.array(
+        [grid[np.argmax(users >= u + 1)] if np.any(users >= u + 1) else end for u in range(n_max)]
+    )
+    z = think_time_s(spec)
+    t_next = spawn + rng.uniform(0.0, max(z, 0.01), n_max)
+    server_of = _sticky_servers(n_max, sw)
+    chunks: list[tuple[np.ndarray, ...]] = []
+    while True:
+        idx = np.flatnonzero(t_next < end)
+        if len(idx) == 0:
+            break
+        t = t_next[idx]
+        cell = np.minimum((t / DT).astype(np.int64), len(grid) - 1)
+        which = rng.choice(len(spec.ops), size=len(idx), p=oa["p"])
+        mult = _latency_mult(spec, t, users[cell], g_lat[cell])
+        dur = _stalled(
+            spec, t, oa["med"][which] * np.exp(oa["sig"][which] * rng.standard_normal(len(idx))) * mult
+        )
+        pause = z * rng.uniform(0.5, 1.5, len(idx)) * np.exp(g_rate[cell] - spec.rate_sd**2 / 2.0)
+        t_next[idx] = t + dur / 1000.0 + pause + spec.generator_lag_s
+        chunks.append((t, dur, which, idx, cell))
+    t, dur, which, user, cell = (np.concatenate(c) for c in zip(*chunks, strict=True))
+    ok = rng.random(len(t)) >= spec.error_rate
+    cols.add(
+        t=t,
+        ti=np.full(len(t), np.nan),
+        dur=dur,
+        op=which,
+        ok=ok,
+        err=np.where(ok, -1, oa["err"][which]),
+        user=user.astype(np.int64),
+        users=np.maximum(np.round(users[cell]), 1),
+        server=np.where(oa["served"][which], server_of[user], -1),
+    )
+
+
 def _records_think(spec: SynthSpec) -> bool:
-    return spec.paced_rate == 0 if spec.record_think_time is None else spec.record_think_time
+    if spec.record_think_time is None:
+        return spec.closed_loop and spec.paced_rate == 0
+    return spec.record_think_time
 
 
 def _keystrokes(

@@ -14,7 +14,14 @@ from analysis.acceptance import Acceptance
 from analysis.compare import FAIL, INCONCLUSIVE, PASS, compare_runs, evaluate_check, evaluate_compare
 from analysis.metrics import analyze_run
 from analysis.runs import load_run
-from analysis.synthetic import OpSpec, SynthSpec, build_run, truth_peak_throughput, truth_quantile
+from analysis.synthetic import (
+    OpSpec,
+    SynthSpec,
+    build_run,
+    truth_peak_throughput,
+    truth_quantile,
+    truth_throughput,
+)
 from gateload.errors import InputError
 
 BOOT = 300
@@ -133,11 +140,18 @@ def test_paced_shortfall_is_flagged() -> None:
 
 
 def test_littles_law_flags_a_generator_that_falls_behind() -> None:
-    spec = SynthSpec(steps=((10, 30.0), (20, 30.0)), paced_rate=0.0, session_s=1e9, usl=(10.0, 0.02, 0.001))
+    spec = SynthSpec(
+        steps=((10, 30.0), (20, 30.0)),
+        paced_rate=0.0,
+        session_s=1e9,
+        usl=(4.0, 0.02, 0.001),
+        closed_loop=True,
+    )
     healthy = stats(spec)
     for st in healthy.steps:
         assert st.little is not None and st.little.ok and abs(st.little.ratio - 1) < 0.1
-    starved = stats(spec.with_(throughput_factor=0.5))
+        assert st.throughput.lo <= truth_throughput(spec, st.users) <= st.throughput.hi  # X = USL via Little
+    starved = stats(spec.with_(generator_lag_s=0.3))
     assert all(not st.little.ok for st in starved.steps)
     assert any("Little's law" in w for w in starved.warnings)
 
