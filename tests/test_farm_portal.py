@@ -274,3 +274,30 @@ def test_non_loopback_bind_from_the_profile_is_refused(
 
     with pytest.raises(InputError, match="pass --bind"):
         ReferenceFarm(fast_profile(farm__bind=bind))
+
+
+def test_least_connections_sends_new_sessions_to_the_emptiest_backend(
+    fast_profile: Callable[..., Profile],
+) -> None:
+    async def scenario(farm: ReferenceFarm, _http: aiohttp.ClientSession) -> list[str]:
+        browsers = [_browser() for _ in range(4)]
+        try:
+            servers, tokens = [], []
+            for i, b in enumerate(browsers):  # one session on each backend
+                tokens.append(await portal_login(b, farm.portal_url, _account(farm, i)))
+                async with b.get(f"{farm.portal_url}/api/apps") as r:
+                    servers.append(r.headers[HEADER])
+            async with browsers[2].post(
+                f"{farm.portal_url}/logout", headers={"X-CSRF-Token": tokens[2]}
+            ) as r:
+                assert r.status == 200
+            async with _browser() as newcomer, newcomer.get(f"{farm.portal_url}/login") as r:
+                servers.append(r.headers[HEADER])
+            return servers
+        finally:
+            for b in browsers:
+                await b.close()
+
+    servers = run(fast_profile(farm__balancer="least-connections"), scenario)
+    assert sorted(servers[:4]) == ["old-01", "old-02", "old-03", "old-04"]
+    assert servers[4] == servers[2], "the backend that lost its session gets the next one"
