@@ -42,6 +42,7 @@ def _figure(
 
 
 def _png(fig: Figure) -> str:
+    """The figure as base64 PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -119,6 +120,8 @@ def usl(sides: dict[str, list[RunStats]]) -> str:
 
 def cdfs(sides: dict[str, list[StepStats]], ops: Sequence[str]) -> str:
     """Latency CDFs at the reference load (first run of each side)."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = _figure(1, len(ops), (4.5 * len(ops), 3.4))
     for ax, op in zip(axes, ops, strict=False):
         for side, steps in sides.items():
@@ -137,8 +140,10 @@ def cdfs(sides: dict[str, list[StepStats]], ops: Sequence[str]) -> str:
                 label=f"{side} ({st.users} users)",
             )
         ax.set(xscale="log", xlabel="ms", ylabel="fraction <= x", title=op)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
         ax.axhline(0.95, color="#999", lw=0.6, ls=":")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _png(fig)
 
 

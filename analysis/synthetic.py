@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from scipy.signal import lfilter
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from analysis.runs import Run, run_from_table
 from analysis.schema import SAMPLE_SCHEMA, write_meta, write_part
@@ -138,7 +138,7 @@ def truth_quantile(spec: SynthSpec, op: str, users: float, q: float) -> float:
         o = next(o for o in spec.ops if o.key == op)
         med, sig = o.median_ms, o.sigma
     scale = med * spec.latency_scale * load_factor(spec, users)
-    return scale * math.exp(norm.ppf(q) * math.sqrt(sig**2 + spec.ar_sd**2))
+    return scale * math.exp(ndtri(q) * math.sqrt(sig**2 + spec.ar_sd**2))
 
 
 def truth_throughput(spec: SynthSpec, users: float) -> float:
