@@ -134,13 +134,22 @@ def meta_of(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "meta.json").read_text())
 
 
-def assert_counts_match(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Samples on disk == meta sample_count == Locust's own request count (meta and its CSV)."""
+def assert_counts_match(run_dir: Path, exact: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Samples on disk == meta sample_count == Locust's own request count (meta and its CSV).
+
+    ``exact=False`` (Ctrl-C to every process): KeyboardInterrupt lands in whichever greenlet runs, so
+    Locust may lose a worker's in-flight stats report, or count a request whose sample was cut short
+    (one per process at most); the samples on disk must still match what the recorder counted.
+    """
     meta = meta_of(run_dir)
     df = pd.read_parquet(run_dir / "samples.parquet")
     stats = pd.read_csv(run_dir / "locust_stats.csv")
     locust_total = int(stats.loc[stats["Name"] == "Aggregated", "Request Count"].iloc[0])
-    assert len(df) == meta["sample_count"] == meta["locust"]["requests"] == locust_total > 0
+    assert len(df) == meta["sample_count"] > 0 and meta["locust"]["requests"] == locust_total
+    if exact:
+        assert len(df) == locust_total
+    else:
+        assert locust_total <= len(df) + meta["processes"] + 1
     assert meta["recorder"]["complete"] and meta["recorder"]["problems"] == []
     return meta, df
 
@@ -291,7 +300,7 @@ def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Pa
     meta, df = assert_counts_match(only_run(tmp_path, "storm"))
     assert meta["paced"] == {"SESSION session": 2.0} and meta["shape"]["name"] == "arrivals"  # 20/s, 10 users
     arrived = meta["arrivals"]
-    assert arrived["rate"] == 20.0 and 60 <= arrived["planned"] <= 100  # -t 4s at 20/s, on a busy machine
+    assert arrived["rate"] == 20.0 and arrived["planned"] >= 60  # -t 4s at 20/s (longer on a busy machine)
     assert arrived["planned"] == int((meta["ended_at"] - meta["started_at"]) * 20) + 1
     assert len(df) <= arrived["claimed"] <= arrived["planned"]  # claimed but killed while waiting: no row
     assert arrived["claimed"] >= 0.9 * arrived["planned"]  # the pool of 10 sufficed
@@ -347,7 +356,7 @@ def test_interrupted_run_keeps_its_samples(
             proc.wait()
     log = (tmp_path / "locust.log").read_text()
     assert "Traceback" not in log, log[-3000:]
-    meta, df = assert_counts_match(run_dir)
+    meta, df = assert_counts_match(run_dir, exact=sig == signal.SIGTERM)
     assert meta["status"] == "interrupted" and meta["completed"] is False
     assert meta["ended_at"] - meta["started_at"] < 50 and len(df) >= len(while_running)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from locust.exception import StopUser
 
 from analysis.schema import META_KEYS, SAMPLE_SCHEMA, part_files
 from locustfiles.lib import options, runfolder, runinfo
-from locustfiles.lib.recorder import process_name, to_table
+from locustfiles.lib.recorder import HOT_COLUMNS, process_name, to_table
 from targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,3 +332,76 @@ def test_sanitize_masks_secrets_and_url_credentials() -> None:
     assert clean["users"] == 5 and clean["web_login"] is True and clean["ticket_ttl_s"] == 30.0
     assert "gateload_run" not in clean
     assert "hunter2" not in json.dumps(clean) and "JBSWY3DP" not in json.dumps(clean)
+
+
+# --- interruptions inside the recorder ----------------------------------------------------------------
+
+
+def test_a_row_cut_short_is_dropped_without_shifting_later_rows(run_env) -> None:
+    env, controller = run_env(firing_user(limit=0))  # the user fires nothing itself
+    recorder = controller.recorder
+    env.runner.start(1, spawn_rate=1)
+    wait_until(lambda: recorder.active, 10, "recording to start")
+    recorder.on_request("SSH", "first", 1.0, 1, context={"user_id": 1, "server": "a"}, start_time=100.0)
+    cols = recorder._cols  # Ctrl-C between two appends of the next row leaves a prefix one longer:
+    cols.t_start.append(200.0)
+    cols.t_intended.append(math.nan)
+    cols.duration_ms.append(2.0)
+    recorder.on_request("SSH", "third", 3.0, 3, context={"user_id": 3, "server": "c"}, start_time=300.0)
+    taken = recorder._take()
+    assert taken["t_start"] == [100.0, 300.0] and taken["name"] == ["first", "third"]
+    assert taken["server"] == ["a", "c"] and taken["duration_ms"] == [1.0, 3.0]
+    env.runner.stop()
+
+
+def test_master_counts_a_resent_batch_once(tmp_path: Path) -> None:
+    from locust.rpc import Message
+
+    from locustfiles.lib.recorder import MSG_FINAL, MSG_SAMPLES, Recorder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = Environment(events=Events(), parsed_options=parsed())
+    env.create_master_runner("127.0.0.1", port)
+    try:
+        recorder = Recorder(env, final_wait_s=2.0)
+        recorder.start("r", tmp_path, participants={"w1"})
+
+        def batch(seq: int, n: int) -> Message:
+            cols = {name: [None] * n for name in HOT_COLUMNS}
+            cols.update(t_start=[float(seq)] * n, duration_ms=[1.0] * n, success=[True] * n, type=["T"] * n)
+            cols.update(name=[f"b{seq}"] * n)
+            return Message(MSG_SAMPLES, {"run": "r", "worker": "h:1", "seq": seq, "cols": cols}, "w1")
+
+        recorder._on_samples(env, batch(0, 3))
+        recorder._on_samples(env, batch(1, 2))
+        recorder._on_samples(env, batch(1, 2))  # sent again after an interrupted send that got through
+        recorder._on_final(
+            env, Message(MSG_FINAL, {"run": "r", "worker": "h:1", "batches": 2, "rows": 5}, "w1")
+        )
+        result = recorder.finish()
+    finally:
+        env.runner.quit()
+    assert result.complete and result.rows == 5 and result.workers["h:1"]["batches"] == 2
+    df = pd.read_parquet(tmp_path / "samples.parquet")
+    assert sorted(df["name"].astype(str)) == ["b0", "b0", "b0", "b1", "b1"] and set(df["worker"]) == {"h:1"}
+
+
+def test_master_reports_a_worker_that_never_sent_its_count(tmp_path: Path) -> None:
+    from locustfiles.lib.recorder import Recorder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = Environment(events=Events(), parsed_options=parsed())
+    env.create_master_runner("127.0.0.1", port)
+    try:
+        recorder = Recorder(env, final_wait_s=0.5)
+        recorder.start("r", tmp_path, participants={"gone"})  # not connected: nothing to wait for
+        started = time.monotonic()
+        result = recorder.finish()
+    finally:
+        env.runner.quit()
+    assert time.monotonic() - started < 5
+    assert not result.complete and "no final count" in result.problems[0]

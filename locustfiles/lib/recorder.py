@@ -173,14 +173,16 @@ class PartWriter:
 
     def wait(self) -> None:
         """Wait (cooperatively) until the last batch handed over is written."""
-        pending, self._pending = self._pending, None
-        if pending is None:
+        if self._pending is None:
             return
         try:
-            self.rows += pending.get()
+            rows = self._pending.get()  # if Ctrl-C interrupts this, the next wait() collects it
         except Exception as exc:
+            rows = 0
             self.errors.append(f"{self._pending_rows} samples not written: {type(exc).__name__}: {exc}")
             logger.error("gateload recorder: writing part %s failed: %s", self.seq - 1, exc)
+        self._pending = None
+        self.rows += rows
 
 
 # --- the recorder -----------------------------------------------------------------------------------
@@ -198,7 +200,15 @@ class Columns:
     def __len__(self) -> int:
         return len(self.t_start)
 
+    def trim(self) -> None:
+        """Drop a row cut short: Ctrl-C raises KeyboardInterrupt in whichever greenlet runs, possibly
+        between two appends. Columns are appended in order, so ``server`` (the last) counts whole rows."""
+        n = len(self.server)
+        for name in HOT_COLUMNS:
+            del getattr(self, name)[n:]
+
     def as_dict(self) -> dict[str, list]:
+        self.trim()
         return {name: getattr(self, name) for name in HOT_COLUMNS}
 
 
@@ -210,6 +220,7 @@ class Source:
     batches: int = 0
     rows: int = 0
     final: dict[str, Any] | None = None
+    seqs: set[int] = field(default_factory=set)  # batch numbers received (a re-sent one counts once)
 
     @property
     def done(self) -> bool:
@@ -272,6 +283,8 @@ class Recorder:
         self._broadcaster: gevent.Greenlet | None = None
         self._sent_batches = 0
         self._sent_rows = 0
+        self._unsent: dict[str, Any] | None = None
+        self._unwritten: list[Chunk] = []
         self._others = 0  # worker: users running on the other workers, as the master last said
         self._slots = 1
         self._sources: dict[str, Source] = {}
@@ -294,6 +307,7 @@ class Recorder:
         self.run_id, self.name = run_id, process_name()
         self._cols, self._chunks, self._chunk_rows = Columns(), [], 0
         self._sent_batches = self._sent_rows = self._cpu_warnings = self._dropped = 0
+        self._unsent, self._unwritten = None, []
         self._others, self._slots = -1, max(1, slots)
         self._sources, self._participants = {}, set(participants or ())
         if run_dir is not None:
@@ -317,6 +331,8 @@ class Recorder:
         self.active = False
         self._stop_flusher()
         if self.role == "worker":
+            if self._unsent is not None:
+                self._send_batch(self._unsent)
             self._flush_to_master()
             self._push_stats()
             self._send_final(extra or {})
@@ -357,6 +373,8 @@ class Recorder:
             return
         ctx = context if isinstance(context, dict) else _EMPTY
         c = self._cols
+        if len(c.t_start) != len(c.server):  # the previous row was cut short (see Columns.trim)
+            c.trim()
         if start_time is None:
             start_time = ctx.get("start_time")
             if start_time is None:
@@ -414,8 +432,12 @@ class Recorder:
         cols = self._take()
         if cols is not None:
             chunks.append((cols, self.name))
+        chunks = self._unwritten + chunks
         if chunks:
+            # Kept until handed over: if this greenlet dies here (Ctrl-C), finish() writes them.
+            self._unwritten = chunks
             self._writer.submit(chunks)
+            self._unwritten = []
 
     def _flush_to_master(self) -> None:
         cols = self._take()
@@ -424,7 +446,14 @@ class Recorder:
         data = {"run": self.run_id, "worker": self.name, "seq": self._sent_batches, "cols": cols}
         self._sent_batches += 1
         self._sent_rows += len(cols["t_start"])
+        self._send_batch(data)
+
+    def _send_batch(self, data: dict[str, Any]) -> None:
+        # Kept until sent: if this greenlet dies mid-send (Ctrl-C), finish() sends it again with the
+        # same number, and the master counts it once.
+        self._unsent = data
         self.env.runner.send_message(MSG_SAMPLES, data)
+        self._unsent = None
 
     # --- distributed: messages --------------------------------------------------------------------
 
@@ -449,6 +478,9 @@ class Recorder:
             )
             return
         source = self._sources.setdefault(msg.node_id, Source(data["worker"]))
+        if data["seq"] in source.seqs:
+            return  # re-sent after an interrupted send that had got through after all
+        source.seqs.add(data["seq"])
         source.batches += 1
         source.rows += rows
         self._chunks.append((data["cols"], data["worker"]))
