@@ -1,0 +1,27 @@
+"""gateload analysis: turns run folders into decisions. Reads the results schema; never imports Locust.
+
+Modules, one concern each:
+
+- :mod:`analysis.schema`      the results schema (shared with the recorder) and reader helpers
+- :mod:`analysis.runs`        load and validate a run folder, a label folder of replicates, a results folder
+- :mod:`analysis.steady`      warm-up cut per load step: the ramp from the schedule, then MSER-5
+- :mod:`analysis.stats`       log-bucketed histograms, circular block bootstrap, Student-t intervals,
+                              replicate pooling and ratios
+- :mod:`analysis.metrics`     per run and step: throughput, percentiles, errors, servers, paced ops
+- :mod:`analysis.health`      coordinated omission, paced-rate shortfall, Little's law
+- :mod:`analysis.usl`         Universal Scalability Law fit (and ``gateload usl``)
+- :mod:`analysis.capacity`    knee and USL fit of a step run
+- :mod:`analysis.acceptance`  acceptance files (TOML), strictly typed
+- :mod:`analysis.compare`     criteria, verdicts, before/after comparison and single-run checks
+- :mod:`analysis.report`      report.html, summary.md, junit.xml, verdict.json (figures: analysis.plots)
+- :mod:`analysis.cli`         ``gateload usl | compare | check | report``
+- :mod:`analysis.synthetic`   synthetic runs with known truth (tests, benchmark)
+
+From Python (the campaign)::
+
+    from analysis.compare import compare_runs, check_runs
+    verdict = compare_runs(before_dirs, after_dirs, "targets/acceptance/reference.toml", out_dir)
+    verdict.verdict, verdict.exit_code, verdict.to_dict()
+
+Bad input raises :class:`gateload.errors.InputError` with a one-line message.
+"""

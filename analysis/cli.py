@@ -12,8 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateload.errors import InputError
+
+if TYPE_CHECKING:
+    from analysis.compare import Verdict
+    from analysis.runs import Run
 
 SIDES_HELP = (
     "Runs are grouped by label (meta.json 'label', else the name of the folder above the run); runs that "
@@ -117,7 +122,7 @@ def cmd_usl(args: argparse.Namespace) -> int:
     return 0
 
 
-def split_sides(runs: list, before: str | None, after: str | None) -> tuple[list, list]:
+def split_sides(runs: list[Run], before: str | None, after: str | None) -> tuple[list[Run], list[Run]]:
     """Split loaded runs into (before, after) by label; see the module docstring."""
     from analysis.runs import group_by_label
 
@@ -190,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(verdict, out: Path | None) -> None:
+def _print(verdict: Verdict, out: Path | None) -> None:
     from analysis.report import fmt
 
     print(f"{verdict.kind}: {verdict.verdict}")

@@ -6,11 +6,12 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 from analysis.capacity import fit_runs, logon_p95
@@ -48,7 +49,13 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _errorbar(ax, x: Sequence[float], ests: Sequence[Estimate | None], **kw) -> None:
+def _legend(ax: Axes, fontsize: int) -> None:
+    """A legend only when something is labelled (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
+def _errorbar(ax: Axes, x: Sequence[float], ests: Sequence[Estimate | None], **kw: Any) -> None:
     pts = [(xi, e) for xi, e in zip(x, ests, strict=True) if e is not None and math.isfinite(e.value)]
     if not pts:
         return
@@ -87,8 +94,8 @@ def capacity(sides: dict[str, list[RunStats]], sla: dict[str, float]) -> str:
         ax_r.axhline(limit, color="#d62728", lw=0.8, ls=":")
     ax_x.set(xlabel="concurrent sessions", ylabel="successful ops/s", title="Throughput X(N)")
     ax_r.set(xlabel="concurrent sessions", ylabel="ms", title="p95 latency (SLA dotted)", yscale="log")
-    ax_x.legend(fontsize=8)
-    ax_r.legend(fontsize=7)
+    _legend(ax_x, fontsize=8)
+    _legend(ax_r, fontsize=7)
     return _png(fig)
 
 
@@ -114,7 +121,7 @@ def usl(sides: dict[str, list[RunStats]]) -> str:
         if math.isfinite(fit.n_star) and fit.n_star <= n_max:
             ax.axvline(fit.n_star, color=COLORS[side], lw=0.8, ls=":")
     ax.set(xlabel="concurrent sessions N", ylabel="successful ops/s", title="Universal Scalability Law fit")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return _png(fig)
 
 
@@ -142,8 +149,7 @@ def cdfs(sides: dict[str, list[StepStats]], ops: Sequence[str]) -> str:
         ax.set(xscale="log", xlabel="ms", ylabel="fraction <= x", title=op)
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
         ax.axhline(0.95, color="#999", lw=0.6, ls=":")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     return _png(fig)
 
 

@@ -49,6 +49,7 @@ class Step:
     end: float
     users: int
     spawn_rate: float
+    spawned: float | None = None  # when the recorder saw every user of the step spawned, if it says
 
 
 @dataclass
@@ -330,6 +331,7 @@ def _steps(run: Run) -> list[Step]:
         end = s.get("end")
         end_t = float(end) - run.origin if _is_number(end) else last_t  # an interrupted last step has no end
         rate = s.get("spawn_rate")
+        spawned = s.get("spawned")
         steps.append(
             Step(
                 index=int(s["index"]) if _is_number(s.get("index")) else i,
@@ -337,6 +339,7 @@ def _steps(run: Run) -> list[Step]:
                 end=end_t,
                 users=int(s["users"]),
                 spawn_rate=float(rate) if _is_number(rate) else 0.0,
+                spawned=float(spawned) - run.origin if _is_number(spawned) else None,
             )
         )
     return sorted((s for s in steps if s.end > s.start), key=lambda s: s.start)

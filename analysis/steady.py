@@ -128,9 +128,13 @@ def _transient(run: Run, t0: float, t1: float) -> tuple[float, bool]:
 
 
 def _ramp_end(
-    run: Run, start: float, end: float, users: int, prev_users: int, spawn_rate: float
+    run: Run, start: float, end: float, users: int, prev_users: int, spawn_rate: float, spawned: float | None
 ) -> tuple[float, bool]:
+    """End of a step's ramp: the planned spawn time, the recorder's "spawned" mark, and the first sample
+    reporting the full user count, whichever is latest; and whether the step reached its users."""
     planned = start + (abs(users - prev_users) / spawn_rate if spawn_rate > 0 else 0.0)
+    if spawned is not None:
+        planned = max(planned, spawned)
     s = run.samples
     a, b = np.searchsorted(s.t, [start, end])
     full = np.flatnonzero(s.user_count[a:b] >= users)
@@ -147,16 +151,16 @@ def steady_windows(run: Run) -> list[Window]:
     steps = run.steps
     if not steps:
         users = int(s.user_count.max()) if len(s) else 0
-        plan = [(0, float(s.t[0]), float(s.t[-1]) + 1e-9, users, 0, 0.0)]
+        plan = [(0, float(s.t[0]), float(s.t[-1]) + 1e-9, users, 0, 0.0, None)]
     else:
         plan = []
         prev = 0
         for st in steps:
-            plan.append((st.index, st.start, st.end, st.users, prev, st.spawn_rate))
+            plan.append((st.index, st.start, st.end, st.users, prev, st.spawn_rate, st.spawned))
             prev = st.users
     windows = []
-    for index, start, end, users, prev, rate in plan:
-        ramp_end, reached = _ramp_end(run, start, end, users, prev, rate)
+    for index, start, end, users, prev, rate, spawned in plan:
+        ramp_end, reached = _ramp_end(run, start, end, users, prev, rate, spawned)
         cut, ok = _transient(run, ramp_end, end)
         steady_start = ramp_end + cut if ok else ramp_end + (end - ramp_end) / 2.0
         windows.append(

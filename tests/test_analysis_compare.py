@@ -12,7 +12,7 @@ from analysis_fixtures import NEW, OLD, SMALL, before_after
 from analysis import capacity
 from analysis.acceptance import Acceptance
 from analysis.compare import FAIL, INCONCLUSIVE, PASS, compare_runs, evaluate_check, evaluate_compare
-from analysis.metrics import analyze_run
+from analysis.metrics import RunStats, analyze_run
 from analysis.runs import load_run
 from analysis.synthetic import (
     OpSpec,
@@ -27,7 +27,7 @@ from gateload.errors import InputError
 BOOT = 300
 
 
-def stats(spec: SynthSpec):
+def stats(spec: SynthSpec) -> RunStats:
     return analyze_run(build_run(spec), n_boot=BOOT)
 
 
