@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from targets.link import LinkProxy, LinkSpec, LinkStats, Routes
+from targets.link import LinkProxy, LinkSpec, LinkStats, Routes, raise_priority
 
 _REPO = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 10.0
@@ -112,6 +112,7 @@ def _wait_for_stdin_eof(loop: asyncio.AbstractEventLoop, done: asyncio.Event) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_priority()
     stats = asyncio.run(_serve(_parse(argv)))
     print(json.dumps({"stats": {n: dataclasses.asdict(s) for n, s in stats.items()}}), flush=True)
     return 0
