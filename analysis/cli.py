@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 SIDES_HELP = (
     "Runs are grouped by label (meta.json 'label', else the name of the folder above the run); runs that "
     "share a label are replicates. --before LABEL / --after LABEL choose the sides; by default the label "
-    "of the first run given is the baseline (before) and the one other label is after."
+    "'before' is the baseline if there is one, else the label of the first run given, and the one other "
+    "label is after."
 )
 
 
@@ -131,7 +132,7 @@ def split_sides(runs: list[Run], before: str | None, after: str | None) -> tuple
     for name, label in (("--before", before), ("--after", after)):
         if label is not None and label not in groups:
             raise InputError(f"{name} {label!r}: no run has that label; labels found: {', '.join(labels)}")
-    base = before or labels[0]
+    base = before or ("before" if "before" in groups else labels[0])
     others = [lb for lb in labels if lb != base]
     if after is None:
         if len(others) != 1:

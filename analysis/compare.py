@@ -521,7 +521,7 @@ def evaluate_compare(before: list[RunStats], after: list[RunStats], acc: Accepta
     # new servers take their share
     new = [s for s in servers_after if s not in set(servers_before)]
     shares = [share_of_even(rs, servers_after) for rs in after]
-    metrics["servers"] = _server_table(shares, new, conf)
+    metrics["servers"] = _server_table(shares, new, conf, a_ref)
     if acc.min_share_of_even is not None:
         judged = new or servers_after
         what = "every new server" if new else "every server (no new servers)"
@@ -692,7 +692,7 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
         )
     servers = side[0].run.servers
     shares = [share_of_even(rs, servers) for rs in side]
-    metrics["servers"] = _server_table(shares, [], conf)
+    metrics["servers"] = _server_table(shares, [], conf, ref)
     if acc.min_share_of_even is not None:
         mins = [min_share(s, conf) for s in shares]
         desc = "every server: share / even share"
@@ -755,7 +755,11 @@ def _op_table(b_ref: list[StepStats], a_ref: list[StepStats], acc: Acceptance) -
                     )
                     for q in ("p50", "p90", "p95", "p99")
                 },
-                "max": _num(max((s.max for s in stats), default=math.nan)),
+                "max": _num(
+                    max((st.paced[op].max_ms for st in steps), default=math.nan)
+                    if op in steps[0].paced
+                    else max((s.max for s in stats), default=math.nan)
+                ),
                 "raw_p95": _est(pooled([s.q["p95"] for s in stats], conf)) if op in steps[0].paced else None,
             }
         if b_ref and a_ref:
@@ -767,24 +771,35 @@ def _op_table(b_ref: list[StepStats], a_ref: list[StepStats], acc: Acceptance) -
     return table
 
 
-def _errors_by_class(side: Sequence[RunStats]) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _errors_by_class(side: Sequence[RunStats]) -> dict[str, dict[str, float]]:
+    """Failures per error class over every steady window: count, and rate per operation."""
+    counts: dict[str, int] = {}
+    total = 0.0
     for rs in side:
         for st in rs.steps:
+            total += float(st.blk_n.sum())
             for k, v in st.errors.items():
-                out[k] = out.get(k, 0) + v
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+                counts[k] = counts.get(k, 0) + v
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    return {k: {"count": v, "rate": v / total if total else math.nan} for k, v in ordered}
 
 
-def _server_table(shares: list[dict[str, Estimate]], new: list[str], conf: float) -> dict[str, Any]:
+def _server_table(
+    shares: list[dict[str, Estimate]], new: list[str], conf: float, ref: Sequence[StepStats] = ()
+) -> dict[str, Any]:
+    """Per server: new or not, share of an even split (all steps), and latency at the reference load."""
     names = list(shares[0]) if shares else []
-    return {
-        name: {
+    out = {}
+    for name in names:
+        at_ref = [st.servers[name] for st in ref if name in st.servers]
+        out[name] = {
             "new": name in new,
             "share_of_even": _est(pooled([s[name] for s in shares if name in s], conf)),
+            "ops_at_reference": int(sum(x.count for x in at_ref)),
+            "p50_ms_at_reference": _num(float(np.mean([x.p50 for x in at_ref]))) if at_ref else None,
+            "p95_ms_at_reference": _num(float(np.mean([x.p95 for x in at_ref]))) if at_ref else None,
         }
-        for name in names
-    }
+    return out
 
 
 def _usl(side: Sequence[RunStats]) -> dict[str, Any]:

@@ -53,11 +53,11 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 
 def _ci(lo: float | None, hi: float | None) -> str:
-    return (
-        f"[{fmt(lo)}, {fmt(hi)}]"
-        if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
-        else "n/a"
-    )
+    if lo is None or not math.isfinite(lo):
+        return "n/a"
+    if hi is None or not math.isfinite(hi):
+        return f"[{fmt(lo)}, unbounded)"  # e.g. N* when some replicates show no coherency penalty
+    return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _est(d: dict[str, Any] | None) -> str:
@@ -274,7 +274,7 @@ def _key_metrics(v: Verdict) -> str:
                 "peak sessions/s",
                 fmt(ps["before"]),
                 fmt(ps["after"]),
-                f"{fmt(ps['ratio'])} {_ci(*ps['ci'])}",
+                f"{fmt(ps['ratio'])} {_ci(*ps['ci'])}" if ps["ratio"] is not None else "n/a",
                 "",
             ]
         )
@@ -435,9 +435,19 @@ def _operations_section(v: Verdict) -> str:
         out.append(_img(plots.cdfs(ref_sides, ["ALL", "SESSION logon", "SSH keystroke"]), "latency CDFs"))
     errs = v.metrics.get("errors_by_class", {})
     if any(errs.values()):
-        out.append("<h3>Errors by class (steady windows, all steps)</h3>")
+        out.append("<h3>Errors by class (steady windows, all steps): count (rate per operation)</h3>")
         classes = sorted({k for e in errs.values() for k in e})
-        out.append(_table(["class", *errs], [[c, *[errs[s].get(c, 0) for s in errs]] for c in classes]))
+        rows = [
+            [
+                c,
+                *[
+                    f"{errs[s][c]['count']} ({fmt(errs[s][c]['rate'])})" if c in errs[s] else "0"
+                    for s in errs
+                ],
+            ]
+            for c in classes
+        ]
+        out.append(_table(["class", *errs], rows))
     return "\n".join(out)
 
 
@@ -445,7 +455,17 @@ def _servers_section(v: Verdict) -> str:
     table = v.metrics.get("servers") or {}
     if not table:
         return "<h2>Servers</h2><p>No sample names its backend server: per-server share unavailable.</p>"
-    rows = [[name, "new" if d["new"] else "", _est(d["share_of_even"])] for name, d in table.items()]
+    rows = [
+        [
+            name,
+            "new" if d["new"] else "",
+            _est(d["share_of_even"]),
+            d["ops_at_reference"],
+            fmt(d["p50_ms_at_reference"]),
+            fmt(d["p95_ms_at_reference"]),
+        ]
+        for name, d in table.items()
+    ]
     return (
         "<h2>Per-server share</h2><p>Share of the operations with a known server, over all steady windows, "
         "divided by an even share (1.0 = fair share).</p>"

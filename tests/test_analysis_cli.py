@@ -118,36 +118,15 @@ def test_before_after_chosen_by_label(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pair: tuple[Path, Path]
 ) -> None:
     acc = acceptance(tmp_path, 1.3)
-    # after given first, --before puts it right
-    rc = main(
-        [
-            "compare",
-            str(pair[1]),
-            str(pair[0]),
-            "--before",
-            "before",
-            "--acceptance",
-            str(acc),
-            "--out",
-            str(tmp_path / "r"),
-            *BOOT,
-        ]
-    )
-    assert rc == 0
-    # without it, the first label is the baseline: the gain is inverted and fails
-    rc = main(
-        [
-            "compare",
-            str(pair[1]),
-            str(pair[0]),
-            "--acceptance",
-            str(acc),
-            "--out",
-            str(tmp_path / "r2"),
-            *BOOT,
-        ]
-    )
-    assert rc == 1
+
+    def compare(*args: str) -> int:
+        return main(["compare", *args, "--acceptance", str(acc), "--out", str(tmp_path / "r"), *BOOT])
+
+    # the label "before" is the baseline whatever the order; a results folder holds both label folders
+    assert compare(str(pair[1]), str(pair[0])) == 0
+    assert compare(str(pair[0].parent.parent)) == 0
+    # --before chooses otherwise: the gain is inverted and fails
+    assert compare(str(pair[0]), str(pair[1]), "--before", "after") == 1
     capsys.readouterr()
 
 
