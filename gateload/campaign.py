@@ -168,13 +168,14 @@ def _target(profile_path: Path, profile: Profile, out: Path) -> Iterator[Path]:
 def finish(run_dirs: dict[str, list[Path]], args: argparse.Namespace) -> int:
     """Compare, write the report, and point at it."""
     from analysis.compare import compare_runs
+    from analysis.report import markdown
 
     report_dir = args.out / "report"
     started = time.monotonic()
     verdict = compare_runs(run_dirs["before"], run_dirs["after"], args.acceptance, report_dir)
     print(f"\n== comparison ({time.monotonic() - started:.1f} s)")
-    print(verdict.summary_text())
-    print(f"\nverdict: {verdict.verdict}")
+    print(markdown(verdict))
+    print(f"verdict: {verdict.verdict}")
     print(f"report:  {report_dir / 'report.html'}")
     print(f"summary: {report_dir / 'summary.md'}")
     return verdict.exit_code

@@ -18,6 +18,7 @@ LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
 PROGRESS_PREFIX = "[gateload]"
 # Seconds allowed beyond the planned duration for logon, shutdown and writing results.
 GRACE_S = 60.0
+USER_CLASS = "HomeofficeUser"
 
 
 def plan_of(locust_args: list[str]) -> Plan:
@@ -44,7 +45,9 @@ class LocustRun:
         cmd += ["--label", self.label, "--run-id", self.run_id]
         if self.processes > 1:
             cmd += ["--processes", str(self.processes)]
-        return cmd + list(self.extra)
+        # A campaign measures whole employee sessions unless user classes are named explicitly.
+        user_classes = [] if any(a.endswith("User") for a in self.extra) else [USER_CLASS]
+        return cmd + list(self.extra) + user_classes
 
     def run(self) -> Path:
         """Run to the end, echoing progress lines; returns the run folder."""
