@@ -386,13 +386,37 @@ def compare_runs(
 
 
 def evaluate_compare(before: list[RunStats], after: list[RunStats], acc: Acceptance) -> Verdict:
+    """Criteria and metrics of a before/after comparison (runs already analysed)."""
+    sides = {"before": before, "after": after}
+    metrics: dict[str, Any] = {"interval_method": interval_method(len(before), len(after))}
+    criteria = _throughput_part(before, after, acc, metrics)
+    b_ref, b_why = ref_steps(before, acc)
+    a_ref, a_why = ref_steps(after, acc)
+    metrics["reference"] = {
+        "users": acc.reference_users,
+        "before_step_users": [st.users for st in b_ref],
+        "after_step_users": [st.users for st in a_ref],
+    }
+    # latency: the after side must meet the SLAs at the reference load; ratios per operation
+    criteria += _sla_criteria(a_ref, a_why, acc, len(after))
+    metrics["operations"] = _op_table(b_ref, a_ref, acc) if b_ref and a_ref else {}
+    criteria += _latency_ratio_criteria(b_ref, a_ref, b_why or a_why, acc, min(len(before), len(after)))
+    criteria += _error_part(sides, "after", acc, metrics)
+    # the new servers must take their share
+    servers_before, servers_after = before[0].run.servers, after[0].run.servers
+    new = [s for s in servers_after if s not in set(servers_before)]
+    what = "every new server" if new else "every server (no new servers)"
+    criteria += _share_part(after, servers_after, new, a_ref, acc, metrics, "new_server_share", what)
+    metrics.update(_capacity_metrics(sides, acc))
+    return _finish("compare", criteria, metrics, _side_warnings(sides), acc, sides)
+
+
+def _throughput_part(
+    before: list[RunStats], after: list[RunStats], acc: Acceptance, metrics: dict[str, Any]
+) -> list[Criterion]:
+    """Peak throughput and sessions per side, their ratios, and the scaling efficiency."""
     conf = acc.confidence
     runs = min(len(before), len(after))
-    criteria: list[Criterion] = []
-    metrics: dict[str, Any] = {"interval_method": interval_method(len(before), len(after))}
-    warnings = _side_warnings({"before": before, "after": after})
-
-    # peak throughput and scaling efficiency
     b_peak = [peak(rs)[0] for rs in before]
     a_peak = [peak(rs)[0] for rs in after]
     gain = ratio(a_peak, b_peak, conf)
@@ -407,160 +431,115 @@ def evaluate_compare(before: list[RunStats], after: list[RunStats], acc: Accepta
         "after_ci": [_num(pa.lo), _num(pa.hi)],
         "change": change_label(gain, acc.noise, lower_is_better=False),
     }
-    sess_gain = ratio(
-        [peak(rs, "sessions")[0] for rs in after], [peak(rs, "sessions")[0] for rs in before], conf
-    )
+    b_sess = [peak(rs, "sessions")[0] for rs in before]
+    a_sess = [peak(rs, "sessions")[0] for rs in after]
+    sess_gain = ratio(a_sess, b_sess, conf)
     metrics["peak_sessions_per_s"] = {
-        "before": _num(pooled([peak(rs, "sessions")[0] for rs in before], conf).value),
-        "after": _num(pooled([peak(rs, "sessions")[0] for rs in after], conf).value),
+        "before": _num(pooled(b_sess, conf).value),
+        "after": _num(pooled(a_sess, conf).value),
         "ratio": _num(sess_gain.value),
         "ci": [_num(sess_gain.lo), _num(sess_gain.hi)],
     }
-    servers_before, servers_after = before[0].run.servers, after[0].run.servers
-    expected = len(servers_after) / len(servers_before) if servers_before and servers_after else math.nan
+    n_before, n_after = len(before[0].run.servers), len(after[0].run.servers)
+    expected = n_after / n_before if n_before and n_after else math.nan
     eff = (
         Estimate(gain.value / expected, gain.lo / expected, gain.hi / expected)
         if math.isfinite(expected)
         else Estimate(math.nan)
     )
     metrics["scaling_efficiency"] = {
-        "servers_before": len(servers_before),
-        "servers_after": len(servers_after),
+        "servers_before": n_before,
+        "servers_after": n_after,
         "expected_gain": _num(expected),
         "observed_gain": _num(gain.value),
         **_est(eff),
     }
-    generator = _generator_flags(before, after)
+    flags = _generator_flags(before, after)
+    criteria = []
     if acc.min_peak_gain is not None:
-        c = _criterion(
-            "peak_throughput_gain",
-            "peak throughput after / before (successful ops/s, best step)",
-            gain,
-            acc.min_peak_gain,
-            ">=",
-            "x",
-            runs,
-        )
-        criteria.append(_generator_guard(c, generator))
+        desc = "peak throughput after / before (successful ops/s, best step)"
+        c = _criterion("peak_throughput_gain", desc, gain, acc.min_peak_gain, ">=", "x", runs)
+        criteria.append(_generator_guard(c, flags))
     if acc.min_scaling_efficiency is not None:
+        desc = f"observed gain / expected gain ({n_before} -> {n_after} servers)"
         if math.isfinite(expected):
-            c = _criterion(
-                "scaling_efficiency",
-                f"observed gain / expected gain ({len(servers_before)} -> {len(servers_after)} servers)",
-                eff,
-                acc.min_scaling_efficiency,
-                ">=",
-                "",
-                runs,
-            )
-            criteria.append(_generator_guard(c, generator))
+            c = _criterion("scaling_efficiency", desc, eff, acc.min_scaling_efficiency, ">=", "", runs)
+            criteria.append(_generator_guard(c, flags))
         else:
-            criteria.append(
-                _missing(
-                    "scaling_efficiency",
-                    "observed / expected gain",
-                    acc.min_scaling_efficiency,
-                    ">=",
-                    "",
-                    "server counts unknown: meta.profile.servers is empty and no sample names a server",
-                )
-            )
+            why = "server counts unknown: meta.profile.servers is empty and no sample names a server"
+            criteria.append(_missing("scaling_efficiency", desc, acc.min_scaling_efficiency, ">=", "", why))
+    return criteria
 
-    # latency at the reference load: after must meet the SLA; ratios per operation
-    b_ref, b_why = ref_steps(before, acc)
-    a_ref, a_why = ref_steps(after, acc)
-    metrics["reference"] = {
-        "users": acc.reference_users,
-        "before_step_users": [st.users for st in b_ref],
-        "after_step_users": [st.users for st in a_ref],
-    }
-    criteria += _sla_criteria(a_ref, a_why, acc, len(after))
-    metrics["operations"] = _op_table(b_ref, a_ref, acc) if b_ref and a_ref else {}
+
+def _latency_ratio_criteria(
+    b_ref: list[StepStats], a_ref: list[StepStats], why: str, acc: Acceptance, runs: int
+) -> list[Criterion]:
+    out = []
     for op, limit in acc.max_latency_ratio.items():
+        name = f"latency_ratio[{op}]"
         desc = f"p95 of {op} after / before at {acc.reference_users:g} users"
         if not (b_ref and a_ref):
-            criteria.append(_missing(f"latency_ratio[{op}]", desc, limit, "<=", "x", b_why or a_why))
+            out.append(_missing(name, desc, limit, "<=", "x", why))
             continue
-        r = ratio(_latency(a_ref, op), _latency(b_ref, op), conf)
-        if not math.isfinite(r.value):
-            criteria.append(
-                _missing(
-                    f"latency_ratio[{op}]",
-                    desc,
-                    limit,
-                    "<=",
-                    "x",
-                    f"no successful {op} at the reference load",
-                )
-            )
+        r = ratio(_latency(a_ref, op), _latency(b_ref, op), acc.confidence)
+        if math.isfinite(r.value):
+            out.append(_criterion(name, desc, r, limit, "<=", "x", runs))
         else:
-            criteria.append(_criterion(f"latency_ratio[{op}]", desc, r, limit, "<=", "x", runs))
+            out.append(_missing(name, desc, limit, "<=", "x", f"no successful {op} at the reference load"))
+    return out
 
-    # errors
+
+def _error_part(
+    sides: dict[str, list[RunStats]], judged: str, acc: Acceptance, metrics: dict[str, Any]
+) -> list[Criterion]:
+    """Error rate per side at loads up to the reference load, by class; the criterion on ``judged``."""
     ref_max = acc.reference_users * (1 + acc.reference_tolerance) if acc.reference_users else None
-    b_err = pooled([error_rate(rs, ref_max) for rs in before], conf)
-    a_err = pooled([error_rate(rs, ref_max) for rs in after], conf)
-    metrics["error_rate"] = {"scope_max_users": ref_max, "before": _est(b_err), "after": _est(a_err)}
-    metrics["errors_by_class"] = {
-        side: _errors_by_class(runs_) for side, runs_ in (("before", before), ("after", after))
+    rates = {
+        side: pooled([error_rate(rs, ref_max) for rs in runs], acc.confidence) for side, runs in sides.items()
     }
-    if acc.max_error_rate is not None:
-        scope = f"at loads <= {ref_max:g} users" if ref_max else "over all steps"
-        criteria.append(
-            _criterion(
-                "error_rate",
-                f"failed / all operations after, {scope}",
-                a_err,
-                acc.max_error_rate,
-                "<=",
-                "",
-                len(after),
-            )
-        )
+    metrics["error_rate"] = {"scope_max_users": ref_max, **{side: _est(e) for side, e in rates.items()}}
+    metrics["errors_by_class"] = {side: _errors_by_class(runs) for side, runs in sides.items()}
+    if acc.max_error_rate is None:
+        return []
+    scope = f"at loads <= {ref_max:g} users" if ref_max else "over all steps"
+    desc = f"failed / all operations{' after' if judged == 'after' else ''}, {scope}"
+    return [_criterion("error_rate", desc, rates[judged], acc.max_error_rate, "<=", "", len(sides[judged]))]
 
-    # new servers take their share
-    new = [s for s in servers_after if s not in set(servers_before)]
-    shares = [share_of_even(rs, servers_after) for rs in after]
-    metrics["servers"] = _server_table(shares, new, conf, a_ref)
-    if acc.min_share_of_even is not None:
-        judged = new or servers_after
-        what = "every new server" if new else "every server (no new servers)"
-        mins = [min_share({k: v for k, v in s.items() if k in judged}, conf) for s in shares]
-        if not any(math.isfinite(m.value) for m, _ in mins):
-            criteria.append(
-                _missing(
-                    "new_server_share",
-                    f"{what}: share / even share",
-                    acc.min_share_of_even,
-                    ">=",
-                    "",
-                    "no sample names its server (column server is empty); the target must reveal backends",
-                )
-            )
-        else:
-            est = pooled([m for m, _ in mins], conf)
-            who = ", ".join(sorted({n for _, n in mins if n}))
-            criteria.append(
-                _criterion(
-                    "new_server_share",
-                    f"{what}: share / even share (lowest: {who})",
-                    est,
-                    acc.min_share_of_even,
-                    ">=",
-                    "",
-                    len(after),
-                )
-            )
 
-    metrics["usl"] = {side: _usl(runs_) for side, runs_ in (("before", before), ("after", after))}
-    metrics["knees"] = {side: _knees(runs_, acc) for side, runs_ in (("before", before), ("after", after))}
-    metrics["steps"] = {
-        side: [_step_rows(rs) for rs in runs_] for side, runs_ in (("before", before), ("after", after))
+def _share_part(
+    side: list[RunStats],
+    servers: list[str],
+    judged: list[str],
+    ref: list[StepStats],
+    acc: Acceptance,
+    metrics: dict[str, Any],
+    name: str,
+    what: str,
+) -> list[Criterion]:
+    """Per-server shares of an even split; the criterion on the lowest of ``judged`` (all if empty)."""
+    conf = acc.confidence
+    shares = [share_of_even(rs, servers) for rs in side]
+    metrics["servers"] = _server_table(shares, judged if name == "new_server_share" else [], conf, ref)
+    if acc.min_share_of_even is None:
+        return []
+    judged = judged or servers
+    mins = [min_share({k: v for k, v in s.items() if k in judged}, conf) for s in shares]
+    if not any(math.isfinite(m.value) for m, _ in mins):
+        why = "no sample names its server (column server is empty); the target must reveal backends"
+        return [_missing(name, f"{what}: share / even share", acc.min_share_of_even, ">=", "", why)]
+    who = ", ".join(sorted({n for _, n in mins if n}))
+    est = pooled([m for m, _ in mins], conf)
+    desc = f"{what}: share / even share (lowest: {who})"
+    return [_criterion(name, desc, est, acc.min_share_of_even, ">=", "", len(side))]
+
+
+def _capacity_metrics(sides: dict[str, list[RunStats]], acc: Acceptance) -> dict[str, Any]:
+    return {
+        "usl": {side: _usl(runs) for side, runs in sides.items()},
+        "knees": {side: _knees(runs, acc) for side, runs in sides.items()},
+        "steps": {side: [_step_rows(rs) for rs in runs] for side, runs in sides.items()},
+        "health": {side: [_health(rs) for rs in runs] for side, runs in sides.items()},
     }
-    metrics["health"] = {
-        side: [_health(rs) for rs in runs_] for side, runs_ in (("before", before), ("after", after))
-    }
-    return _finish("compare", criteria, metrics, warnings, acc, {"before": before, "after": after})
 
 
 def _generator_flags(before: list[RunStats], after: list[RunStats]) -> dict[str, list[str]]:
@@ -653,10 +632,10 @@ def check_runs(
 
 
 def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
+    """Criteria and metrics of a single-configuration check (runs already analysed)."""
     conf = acc.confidence
-    criteria: list[Criterion] = []
+    sides = {"run": side}
     metrics: dict[str, Any] = {"interval_method": interval_method(len(side))}
-    warnings = _side_warnings({"run": side})
     p = pooled([peak(rs)[0] for rs in side], conf)
     metrics["peak_throughput"] = {
         "unit": "successful operations/s",
@@ -665,6 +644,7 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
     }
     ref, why = ref_steps(side, acc)
     metrics["reference"] = {"users": acc.reference_users, "step_users": [st.users for st in ref]}
+    criteria: list[Criterion] = []
     if acc.min_ops_per_s is not None:
         desc = f"throughput at {acc.reference_users:g} users (successful ops/s)"
         if ref:
@@ -673,59 +653,12 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
         else:
             criteria.append(_missing("throughput", desc, acc.min_ops_per_s, ">=", "ops/s", why))
     criteria += _sla_criteria(ref, why, acc, len(side))
-    ref_max = acc.reference_users * (1 + acc.reference_tolerance) if acc.reference_users else None
-    err = pooled([error_rate(rs, ref_max) for rs in side], conf)
-    metrics["error_rate"] = {"scope_max_users": ref_max, "run": _est(err)}
-    metrics["errors_by_class"] = {"run": _errors_by_class(side)}
-    if acc.max_error_rate is not None:
-        scope = f"at loads <= {ref_max:g} users" if ref_max else "over all steps"
-        criteria.append(
-            _criterion(
-                "error_rate",
-                f"failed / all operations, {scope}",
-                err,
-                acc.max_error_rate,
-                "<=",
-                "",
-                len(side),
-            )
-        )
+    criteria += _error_part(sides, "run", acc, metrics)
     servers = side[0].run.servers
-    shares = [share_of_even(rs, servers) for rs in side]
-    metrics["servers"] = _server_table(shares, [], conf, ref)
-    if acc.min_share_of_even is not None:
-        mins = [min_share(s, conf) for s in shares]
-        desc = "every server: share / even share"
-        if not any(math.isfinite(m.value) for m, _ in mins):
-            criteria.append(
-                _missing(
-                    "server_share",
-                    desc,
-                    acc.min_share_of_even,
-                    ">=",
-                    "",
-                    "no sample names its server (column server is empty)",
-                )
-            )
-        else:
-            who = ", ".join(sorted({n for _, n in mins if n}))
-            criteria.append(
-                _criterion(
-                    "server_share",
-                    f"{desc} (lowest: {who})",
-                    pooled([m for m, _ in mins], conf),
-                    acc.min_share_of_even,
-                    ">=",
-                    "",
-                    len(side),
-                )
-            )
+    criteria += _share_part(side, servers, [], ref, acc, metrics, "server_share", "every server")
     metrics["operations"] = _op_table([], ref, acc) if ref else {}
-    metrics["usl"] = {"run": _usl(side)}
-    metrics["knees"] = {"run": _knees(side, acc)}
-    metrics["steps"] = {"run": [_step_rows(rs) for rs in side]}
-    metrics["health"] = {"run": [_health(rs) for rs in side]}
-    return _finish("check", criteria, metrics, warnings, acc, {"run": side})
+    metrics.update(_capacity_metrics(sides, acc))
+    return _finish("check", criteria, metrics, _side_warnings(sides), acc, sides)
 
 
 # ------------------------------------------------------------------------------------ metric tables

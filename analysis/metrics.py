@@ -238,16 +238,7 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     logd = np.log(np.maximum(dur[ns_ok], 1e-3))
     with np.errstate(invalid="ignore", divide="ignore"):
         blk_lat = np.bincount(blk[ns_ok], weights=logd, minlength=nb) / blk_ok
-    # Twice the Politis-White (MSE-optimal) length: coverage needs less bias than MSE does; at least
-    # MIN_BLOCK_S, since Politis-White cannot see correlation in a short series. What bias remains is
-    # corrected from the series' memory, and the few independent blocks by Student t with
-    # df = blocks / length - 1 (stats.from_boot).
-    b_lat, mem_lat = block_memory(blk_lat)
-    b_cnt, mem_cnt = block_memory(blk_ok)
-    floor = math.ceil(MIN_BLOCK_S / width - 1e-9)
-    block_len = max(min(max(2 * b_lat, 2 * b_cnt, floor, math.ceil(nb / MAX_K)), nb // MIN_K), 1)
-    df = max(nb / block_len - 1.0, 1.0)
-    inflate = 1.0 / (1.0 - min(MAX_BIAS, max(mem_lat, mem_cnt) / block_len))
+    block_len, df, inflate = _design(blk_lat, blk_ok, width)
     weights = block_weights(nb, block_len, ctx.n_boot, rng)
     conf = ctx.confidence
     spread = (df, inflate)
@@ -275,17 +266,7 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     else:
         sessions = Estimate(math.nan)
 
-    err = s.error[a:b]
-    failed = ns & ~ok
-    errors: dict[str, int] = {}
-    if failed.any():
-        codes = err[failed]
-        for c, n in enumerate(np.bincount(codes[codes >= 0], minlength=len(s.errors))):
-            if n:
-                errors[s.errors[c]] = int(n)
-        if (codes < 0).any():
-            errors["unclassified"] = int((codes < 0).sum())
-
+    errors = _error_classes(s.errors, s.error[a:b][ns & ~ok])
     servers, blk_server = _servers(s.servers, s.server[a:b], blk, ns, ok, dur, nb, weights, conf, spread)
     uc = s.user_count[a:b]
     users_observed = float(uc[uc > 0].mean()) if np.any(uc > 0) else 0.0
@@ -318,6 +299,34 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
         blk_n=blk_n,
         blk_server=blk_server,
     )
+
+
+def _design(blk_lat: np.ndarray, blk_ok: np.ndarray, width: float) -> tuple[int, float, float]:
+    """Bootstrap block length (in time blocks), degrees of freedom and variance correction of a window.
+
+    Twice the Politis-White (MSE-optimal) length: coverage needs less bias than MSE does; at least
+    MIN_BLOCK_S, since Politis-White cannot see correlation in a short series; at most a fifth of the
+    window. What bias remains is corrected from the series' memory, and the few independent blocks by
+    Student t with df = blocks / length - 1 (stats.from_boot).
+    """
+    nb = len(blk_ok)
+    b_lat, mem_lat = block_memory(blk_lat)
+    b_cnt, mem_cnt = block_memory(blk_ok)
+    floor = math.ceil(MIN_BLOCK_S / width - 1e-9)
+    block_len = max(min(max(2 * b_lat, 2 * b_cnt, floor, math.ceil(nb / MAX_K)), nb // MIN_K), 1)
+    df = max(nb / block_len - 1.0, 1.0)
+    inflate = 1.0 / (1.0 - min(MAX_BIAS, max(mem_lat, mem_cnt) / block_len))
+    return block_len, df, inflate
+
+
+def _error_classes(labels: list[str], codes: np.ndarray) -> dict[str, int]:
+    """Failures per error class (codes of the failed samples; -1 = no class recorded)."""
+    out = {
+        labels[c]: int(n) for c, n in enumerate(np.bincount(codes[codes >= 0], minlength=len(labels))) if n
+    }
+    if (codes < 0).any():
+        out["unclassified"] = int((codes < 0).sum())
+    return out
 
 
 def _session_ops(ctx: _Ctx, w: Window, block_s: float, rng: np.random.Generator) -> dict[str, OpStats]:
