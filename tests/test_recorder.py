@@ -405,3 +405,14 @@ def test_master_reports_a_worker_that_never_sent_its_count(tmp_path: Path) -> No
         env.runner.quit()
     assert time.monotonic() - started < 5
     assert not result.complete and "no final count" in result.problems[0]
+
+
+def test_cpu_warnings_during_the_run_are_counted(run_env) -> None:
+    env, controller = run_env(firing_user(limit=5), "-u", "1")
+    env.events.cpu_warning.fire(environment=env, cpu_usage=99.0)  # before the run: not counted
+    env.runner.start(1, spawn_rate=1)
+    wait_until(lambda: controller.recorder.active, 10, "recording to start")
+    for _ in range(2):  # what Locust's CPU monitor fires every 10 s while usage is above 90 %
+        env.events.cpu_warning.fire(environment=env, cpu_usage=97.5)
+    finish_when_users_done(env)
+    assert meta_of(controller.last_run_dir)["locust"]["cpu_warnings"] == 2
