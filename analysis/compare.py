@@ -714,7 +714,7 @@ def _errors_by_class(side: Sequence[RunStats]) -> dict[str, dict[str, float]]:
             for k, v in st.errors.items():
                 counts[k] = counts.get(k, 0) + v
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-    return {k: {"count": v, "rate": v / total if total else math.nan} for k, v in ordered}
+    return {k: {"count": v, "rate": _num(v / total) if total else None} for k, v in ordered}
 
 
 def _server_table(

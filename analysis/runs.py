@@ -170,7 +170,14 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
             f"{run_dir}: the run is incomplete (status {status!r}); re-run it, or pass --allow-incomplete "
             "to analyse it anyway (every report then marks it INCOMPLETE)"
         )
-    return run_from_table(run_dir, meta, _read_parts(run_dir), complete=complete)
+    table = _read_parts(run_dir)
+    expected = meta.get("sample_count")
+    if complete and _is_number(expected) and table.num_rows < int(expected):
+        raise InputError(
+            f"{run_dir}: partial run: meta.json records {int(expected)} samples but the parts hold "
+            f"{table.num_rows}; a part file is missing, restore it or re-run"
+        )
+    return run_from_table(run_dir, meta, table, complete=complete)
 
 
 def run_from_table(run_dir: Path, meta: dict[str, Any], table: pa.Table, *, complete: bool = True) -> Run:

@@ -54,7 +54,8 @@ def before_after(tmp: Path, gain: float = 2.0, latency: float = 0.7, seed: int =
         seed=seed + 1000,
     )
     before = before.with_(load_latency=False)
-    return write_run(before, tmp), write_run(after, tmp)
+    # several part files per run, as the recorder writes them
+    return write_run(before, tmp, rows_per_part=5000), write_run(after, tmp, rows_per_part=5000)
 
 
 def write_toml(path: Path, text: str) -> Path:

@@ -166,6 +166,10 @@ def broken_meta(run: Path) -> None:
     (run / META_FILE).write_text('{"run_id": "b1", "status": ')
 
 
+def missing_part(run: Path) -> None:
+    part_files(run)[0].unlink()
+
+
 def empty_run(run: Path) -> None:
     for p in part_files(run):
         p.unlink()
@@ -187,6 +191,7 @@ def interrupted(run: Path) -> None:
         (corrupt_part, "corrupt Parquet part"),
         (missing_meta, "meta.json missing"),
         (broken_meta, "not valid JSON"),
+        (missing_part, "partial run"),
         (empty_run, "holds no part files"),
         (no_samples_dir, "samples.parquet/ missing"),
         (interrupted, "incomplete"),
