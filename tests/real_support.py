@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import selectors
+import shutil
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from targets.local.farm import LocalRealFarm
 from targets.local.process import MissingTool
 from targets.profile import Workload
 
@@ -63,3 +68,28 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder of our own, removed afterwards.
+
+    Not pytest's ``tmp_path_factory``: a concurrent pytest session on the same machine prunes old
+    ``pytest-of-<user>/pytest-N`` folders at its start, which would delete a running farm's state.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"gateload-{prefix}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_farm(prefix: str, **kwargs: Any) -> Iterator[LocalRealFarm]:
+    """A started :class:`LocalRealFarm` in a private folder (skipped when the software is missing)."""
+    with private_dir(prefix) as state:
+        farm = start_or_skip(lambda: LocalRealFarm(state, **kwargs).start())
+        try:
+            yield farm
+        finally:
+            farm.stop()

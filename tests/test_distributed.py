@@ -15,11 +15,12 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from real_support import private_dir
 from users_support import FAST
 
 from analysis.schema import SAMPLES_DIR
@@ -47,10 +48,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def distributed_run(reference_farm: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Run master + 2 workers once; returns the run folder, the processes and their tallies."""
+def distributed_run(reference_farm: Callable[..., Path]) -> Iterator[dict]:
+    """Run master + 2 workers once; the run folder, the worker names and every process's tally."""
     profile = reference_farm("reference-before", **FAST)
-    work = tmp_path_factory.mktemp("distributed")
+    with private_dir("distributed") as work:
+        yield _run(profile, work)
+
+
+def _run(profile: Path, work: Path) -> dict:
     port = free_port()
     common = ["-f", LOCUSTFILES, "--profile", str(profile)]
     master_args = [

@@ -12,17 +12,17 @@ import statistics
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import FAST_WORKLOAD, start_or_skip
-from users_support import run_users
+from real_support import FAST_WORKLOAD, running_farm
+from users_support import Run, run_users
 
 from locustfiles.lib.gateway import GatewayUser
 from locustfiles.lib.portal import PortalUser
-from targets.link import LinkedProfile, link_profile
+from targets.link import link_profile
 from targets.local.farm import LocalRealFarm
 from targets.profile import Link, dump_profile, load_profile
 
@@ -32,72 +32,68 @@ TOLERANCE_MS = 2.0  # the issue's bar
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRealFarm]:
-    state = tmp_path_factory.mktemp("real-link")
-    local = start_or_skip(lambda: LocalRealFarm(state, portal_backends=1, gateways=1).start())
-    try:
+def farm() -> Iterator[LocalRealFarm]:
+    with running_farm("real-link", portal_backends=1, gateways=1) as local:
         yield local
-    finally:
-        local.stop()
 
 
-def _median_ms(samples: list[dict], kind: str, name: str) -> float:
-    values = [s["response_time"] for s in samples if (s["request_type"], s["name"]) == (kind, name)]
-    assert len(values) >= 20, f"too few {kind} {name} samples: {len(values)}"
-    return statistics.median(values)
+ROUNDS = 3  # direct and linked runs alternate (ABABAB), so a burst of load elsewhere hits both sides
 
 
-def _linked(path: Path, out: Path) -> tuple[Path, LinkedProfile]:
-    """The profile at ``path`` behind a custom link of DELAY_MS each way; returns (profile path, linked)."""
-    profile = dataclasses.replace(load_profile(path), link=Link(preset="custom", delay_ms=DELAY_MS))
-    linked = link_profile(profile)
-    return dump_profile(linked.profile, out), linked
+def _latencies(samples: list[dict], kind: str, name: str) -> list[float]:
+    return [s["response_time"] for s in samples if (s["request_type"], s["name"]) == (kind, name)]
 
 
-def test_link_delay_shows_in_keystroke_echo_latency(farm: LocalRealFarm, tmp_path: Path) -> None:
+def _abab(direct_path: Path, collect: Callable[[Path], list[float]]) -> tuple[float, float]:
+    """Median latency direct and through a DELAY_MS link, from alternating runs."""
+    profile = dataclasses.replace(load_profile(direct_path), link=Link(preset="custom", delay_ms=DELAY_MS))
+    direct: list[float] = []
+    linked_values: list[float] = []
+    with link_profile(profile) as linked:
+        linked_path = dump_profile(linked.profile, direct_path.with_name(f"linked-{direct_path.name}"))
+        for _ in range(ROUNDS):
+            direct += collect(direct_path)
+            linked_values += collect(linked_path)
+    assert len(direct) >= 20 * ROUNDS and len(linked_values) >= 20 * ROUNDS
+    return statistics.median(direct), statistics.median(linked_values)
+
+
+def test_link_delay_shows_in_keystroke_echo_latency(farm: LocalRealFarm) -> None:
     workload = dataclasses.replace(
         FAST_WORKLOAD, mix={"typing": 1.0}, burst_keys=10, typing_interval_ms=DELAY_MS * 4
     )
-    direct_path = farm.write_profile("typing", accounts="gateway", workload=workload)
 
-    def keystrokes(path: Path) -> list[dict]:
-        run = run_users(
-            path, GatewayUser, users=2, until=lambda r: r.count("SSH", "keystroke") >= 60, timeout_s=60
-        )
+    def keystrokes(path: Path) -> list[float]:
+        def enough(r: Run) -> bool:
+            return r.count("SSH", "keystroke") >= 30
+
+        run = run_users(path, GatewayUser, users=2, until=enough, timeout_s=60)
         assert run.operations(ok=False).total() == 0, run.errors()
-        return run.samples
+        return _latencies(run.samples, "SSH", "keystroke")
 
-    direct = _median_ms(keystrokes(direct_path), "SSH", "keystroke")
-    linked_path, linked = _linked(direct_path, tmp_path / "linked.toml")
-    try:
-        through_link = _median_ms(keystrokes(linked_path), "SSH", "keystroke")
-    finally:
-        linked.stop()
-    added = through_link - direct
+    direct, through_link = _abab(
+        farm.write_profile("typing", accounts="gateway", workload=workload), keystrokes
+    )
     print(f"keystroke echo median: direct {direct:.2f} ms, through link {through_link:.2f} ms")
-    assert added == pytest.approx(2 * DELAY_MS, abs=TOLERANCE_MS)
+    assert through_link - direct == pytest.approx(2 * DELAY_MS, abs=TOLERANCE_MS)
 
 
-def test_link_delay_shows_in_portal_request_latency(farm: LocalRealFarm, tmp_path: Path) -> None:
+def test_link_delay_shows_in_portal_request_latency(farm: LocalRealFarm) -> None:
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.0, think_max_s=0.02)
-    direct_path = farm.write_profile("portal-fast", accounts="portal", workload=workload)
 
-    def requests(path: Path) -> list[dict]:
-        run = run_users(
-            path, PortalUser, users=2, until=lambda r: r.count("HTTP", "GET /api/apps") >= 30, timeout_s=60
-        )
+    def requests(path: Path) -> list[float]:
+        def enough(r: Run) -> bool:
+            return r.count("HTTP", "GET /api/apps") >= 20
+
+        run = run_users(path, PortalUser, users=2, until=enough, timeout_s=60)
         assert run.operations(ok=False).total() == 0, run.errors()
-        return run.samples
+        return _latencies(run.samples, "HTTP", "GET /api/apps")
 
-    direct = _median_ms(requests(direct_path), "HTTP", "GET /api/apps")
-    linked_path, linked = _linked(direct_path, tmp_path / "linked.toml")
-    try:
-        through_link = _median_ms(requests(linked_path), "HTTP", "GET /api/apps")
-    finally:
-        linked.stop()
-    added = through_link - direct
+    direct, through_link = _abab(
+        farm.write_profile("portal-fast", accounts="portal", workload=workload), requests
+    )
     print(f"GET /api/apps median: direct {direct:.2f} ms, through link {through_link:.2f} ms (TLS verified)")
-    assert added == pytest.approx(2 * DELAY_MS, abs=TOLERANCE_MS)
+    assert through_link - direct == pytest.approx(2 * DELAY_MS, abs=TOLERANCE_MS)
 
 
 def test_link_thread_keeps_time_under_gevent_monkey_patching() -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import pandas as pd
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import run_async, start_or_skip
+from real_support import run_async, running_farm
 from users_support import Run, run_users
 
 from locustfiles.lib.portal import PortalUser
@@ -33,13 +33,9 @@ USERS = 6
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRealFarm]:
-    state = tmp_path_factory.mktemp("real-portal")
-    local = start_or_skip(lambda: LocalRealFarm(state, portal_backends=3, gateways=0).start())
-    try:
+def farm() -> Iterator[LocalRealFarm]:
+    with running_farm("real-portal", portal_backends=3, gateways=0) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def _tls(farm: LocalRealFarm) -> ssl.SSLContext:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from real_support import FAST_WORKLOAD, start_or_skip
+from real_support import FAST_WORKLOAD, running_farm
 
 from analysis.compare import share_of_even
 from analysis.metrics import analyze_run
@@ -31,13 +31,9 @@ USERS = 6
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRealFarm]:
-    state = tmp_path_factory.mktemp("real-shares")
-    local = start_or_skip(lambda: LocalRealFarm(state, portal_backends=3, gateways=2).start())
-    try:
+def farm() -> Iterator[LocalRealFarm]:
+    with running_farm("real-shares", portal_backends=3, gateways=2) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def _locust_run(profile: Path, user_class: str, results: Path, seconds: int = 8) -> Path:
@@ -65,12 +61,12 @@ def _check_against_haproxy(run_dir: Path, lb_delta: dict[str, int], kind: str) -
     return counted / counted.sum()
 
 
-def test_portal_share_per_backend_through_haproxy(farm: LocalRealFarm, tmp_path: Path) -> None:
+def test_portal_share_per_backend_through_haproxy(farm: LocalRealFarm) -> None:
     assert farm.portal_lb is not None
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.05, think_max_s=0.1)
     profile = farm.write_profile("shares-portal", accounts="portal", workload=workload)
     before = farm.portal_lb.counts(HTTP_BACKEND, "req_tot")
-    run_dir = _locust_run(profile, "PortalUser", tmp_path)
+    run_dir = _locust_run(profile, "PortalUser", farm.state_dir / "results")
     after = farm.portal_lb.counts(HTTP_BACKEND, "req_tot")
     share = _check_against_haproxy(run_dir, {s: after[s] - before[s] for s in after}, "HTTP")
     assert ((share - 1 / 3).abs() < 0.1).all(), share
@@ -85,12 +81,12 @@ def test_portal_share_per_backend_through_haproxy(farm: LocalRealFarm, tmp_path:
     print("portal share of even per backend:", {s: round(e.value, 3) for s, e in even.items()})
 
 
-def test_gateway_share_per_sshd_through_haproxy_tcp(farm: LocalRealFarm, tmp_path: Path) -> None:
+def test_gateway_share_per_sshd_through_haproxy_tcp(farm: LocalRealFarm) -> None:
     assert farm.gateway_lb is not None
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.05, think_max_s=0.1)
     profile = farm.write_profile("shares-gateway", accounts="gateway", workload=workload)
     before = farm.gateway_lb.counts(TCP_BACKEND)
-    run_dir = _locust_run(profile, "GatewayUser", tmp_path)
+    run_dir = _locust_run(profile, "GatewayUser", farm.state_dir / "results")
     after = farm.gateway_lb.counts(TCP_BACKEND)
     samples = pd.read_parquet(run_dir / SAMPLES_DIR)
     connects = samples[(samples["type"] == "SSH") & (samples["name"] == "connect")]

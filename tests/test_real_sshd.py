@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import FAST_WORKLOAD, run_async, start_or_skip
+from real_support import FAST_WORKLOAD, run_async, running_farm
 from users_support import run_users
 
 from locustfiles.lib.gateway import GatewayUser
@@ -41,13 +41,9 @@ SSH_ACTIVITIES = {
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRealFarm]:
-    state = tmp_path_factory.mktemp("real-gateway")
-    local = start_or_skip(lambda: LocalRealFarm(state, portal_backends=0, gateways=2).start())
-    try:
+def farm() -> Iterator[LocalRealFarm]:
+    with running_farm("real-gateway", portal_backends=0, gateways=2) as local:
         yield local
-    finally:
-        local.stop()
 
 
 class _Client(asyncssh.SSHClient):
@@ -187,11 +183,12 @@ def test_gateway_user_with_public_key_auth(farm: LocalRealFarm) -> None:
     assert "Accepted publickey for gateload-test" in logs
 
 
-def test_sshd_stops_with_its_sessions_and_leaves_no_process(tmp_path: Path) -> None:
-    def start() -> LocalRealFarm:
-        return LocalRealFarm(tmp_path, portal_backends=0, gateways=1).start()
+def test_sshd_stops_with_its_sessions_and_leaves_no_process() -> None:
+    with running_farm("real-stop", portal_backends=0, gateways=1) as local:
+        _stop_with_open_session(local)
 
-    local = start_or_skip(start)
+
+def _stop_with_open_session(local: LocalRealFarm) -> None:
     sshd = local.sshds[0]
     assert sshd.daemon is not None and sshd.daemon.proc is not None
     leader = sshd.daemon.proc.pid
