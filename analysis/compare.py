@@ -454,7 +454,7 @@ def _throughput_part(
         "observed_gain": _num(gain.value),
         **_est(eff),
     }
-    flags = _generator_flags(before, after)
+    flags = _guard_flags(before, after, acc.noise)
     criteria = []
     if acc.min_peak_gain is not None:
         desc = "peak throughput after / before (successful ops/s, best step)"
@@ -542,23 +542,42 @@ def _capacity_metrics(sides: dict[str, list[RunStats]], acc: Acceptance) -> dict
     }
 
 
-def _generator_flags(before: list[RunStats], after: list[RunStats]) -> dict[str, list[str]]:
-    return {
-        side: [
-            f"{rs.run.name} ({rs.run.cpu_warnings} Locust CPU warnings)" for rs in runs if rs.run.cpu_warnings
+def unsaturated(rs: RunStats, noise: float) -> str | None:
+    """Why the run's peak may not be its capacity: the peak is at its highest load and still rising."""
+    steps = sorted(rs.steps, key=lambda st: st.users)
+    if len(steps) < 2:
+        return None
+    last, prev = steps[-1], steps[-2]
+    if max(steps, key=lambda st: st.throughput.value) is not last:
+        return None
+    rise = ratio([last.throughput], [prev.throughput], rs.confidence)
+    if rise.has_ci and rise.lo > 1.0 + noise:
+        return f"{rs.run.name} (throughput still rising at its highest load, {last.users} users)"
+    return None
+
+
+def _guard_flags(before: list[RunStats], after: list[RunStats], noise: float) -> dict[str, list[str]]:
+    """Runs whose peak throughput under-states their capacity: a saturated load generator (Locust CPU
+    warnings), or a staircase that stopped before the target saturated."""
+    flags: dict[str, list[str]] = {}
+    for side, runs in (("before", before), ("after", after)):
+        flags[side] = [
+            f"{rs.run.name} (load generator saturated: {rs.run.cpu_warnings} Locust CPU warnings)"
+            for rs in runs
+            if rs.run.cpu_warnings
         ]
-        for side, runs in (("before", before), ("after", after))
-    }
+        flags[side] += [why for rs in runs if (why := unsaturated(rs, noise))]
+    return flags
 
 
 def _generator_guard(c: Criterion, flags: dict[str, list[str]]) -> Criterion:
-    """A saturated generator under-measures throughput: a PASS resting on a low 'before' or a FAIL resting
-    on a low 'after' cannot be trusted."""
+    """A peak that under-states capacity cannot carry the verdict it would give: a PASS resting on a low
+    'before', or a FAIL resting on a low 'after', becomes INCONCLUSIVE."""
     suspect = flags["before"] if c.verdict == PASS else flags["after"] if c.verdict == FAIL else []
     if suspect:
         c.note = (
-            f"would be {c.verdict}, but the load generator was saturated in {', '.join(suspect)}; add load "
-            "generator processes (--processes) and re-run"
+            f"would be {c.verdict}, but the peak under-states capacity in {'; '.join(suspect)}: add load "
+            "generator processes (--processes) or extend the staircase, and re-run"
         )
         c.verdict = INCONCLUSIVE
     return c

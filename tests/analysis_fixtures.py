@@ -6,15 +6,17 @@ from pathlib import Path
 
 from analysis.synthetic import OpSpec, SynthSpec, write_run
 
+REF = 30  # users of the reference step
+REF_STEPS = ((10, 20.0), (30, 40.0), (60, 20.0))
 OLD = ("old-01", "old-02", "old-03", "old-04")
 NEW = tuple(f"new-{i:02d}" for i in range(1, 9))
 
-# Small and quick: three 20-s steps, a few thousand samples.
+# Small and quick: three 20-s steps past the knee (USL N* ~ 31 users), some 10k samples.
 SMALL = SynthSpec(
-    steps=((5, 20.0), (10, 20.0), (20, 20.0)),
+    steps=((10, 20.0), (30, 20.0), (60, 20.0)),
     ramp_s=2.0,
     usl=(30.0, 0.03, 0.001),
-    paced_rate=2.0,
+    paced_rate=0.5,
     session_s=10.0,
 )
 
@@ -38,10 +40,10 @@ COVERAGE = SynthSpec(
 def before_after(tmp: Path, gain: float = 2.0, latency: float = 0.7, seed: int = 0) -> tuple[Path, Path]:
     """A 4-server before run and a 12-server after run with known throughput gain and latency factor.
 
-    The reference step (20 users) is held 40 s, long enough for a 30 % latency shift to be resolved.
+    The reference step (30 users) is held 40 s, long enough for a 30 % latency shift to be resolved.
     """
     lam, sigma, kappa = SMALL.usl
-    steps = ((5, 20.0), (10, 20.0), (20, 40.0))
+    steps = REF_STEPS
     before = SMALL.with_(label="before", run_id="b1", servers=OLD, seed=seed, steps=steps)
     after = SMALL.with_(
         label="after",

@@ -38,7 +38,7 @@ def acceptance(tmp_path: Path, min_gain: float) -> Path:
         f"""
 version = 1
 [load]
-reference_users = 20
+reference_users = 30
 [throughput]
 min_peak_gain = {min_gain}
 [errors]
@@ -133,8 +133,8 @@ def test_before_after_chosen_by_label(
 def test_check_exit_codes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pair: tuple[Path, Path]
 ) -> None:
-    loose = write_toml(tmp_path / "loose.toml", '[load]\nreference_users = 20\n[sla]\n"SSH exec" = 5000\n')
-    tight = write_toml(tmp_path / "tight.toml", '[load]\nreference_users = 20\n[sla]\n"SSH exec" = 1\n')
+    loose = write_toml(tmp_path / "loose.toml", '[load]\nreference_users = 30\n[sla]\n"SSH exec" = 5000\n')
+    tight = write_toml(tmp_path / "tight.toml", '[load]\nreference_users = 30\n[sla]\n"SSH exec" = 1\n')
     assert main(["check", str(pair[1]), "--acceptance", str(loose), *BOOT]) == 0
     assert main(["check", str(pair[1]), "--acceptance", str(tight), *BOOT]) == 1
     assert capsys.readouterr().out.count("FAIL") >= 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from analysis_fixtures import NEW, OLD, SMALL, before_after
+from analysis_fixtures import NEW, OLD, REF, REF_STEPS, SMALL, before_after
 
 from analysis import capacity
 from analysis.acceptance import Acceptance
@@ -34,12 +34,12 @@ def stats(spec: SynthSpec) -> RunStats:
 def test_known_shift_found_with_right_sign_and_covered(tmp_path: Path) -> None:
     b_dir, a_dir = before_after(tmp_path, gain=2.0, latency=0.7)
     acc = Acceptance(
-        reference_users=20, min_peak_gain=1.3, sla={"SSH exec": 1000.0}, max_latency_ratio={"SSH exec": 1.0}
+        reference_users=REF, min_peak_gain=1.3, sla={"SSH exec": 1000.0}, max_latency_ratio={"SSH exec": 1.0}
     )
     v = compare_runs(b_dir, a_dir, acc, n_boot=BOOT)
     b_spec, a_spec = load_run(b_dir), load_run(a_dir)
     assert b_spec.samples.servers and a_spec.samples.servers
-    before = SMALL.with_(load_latency=False, steps=((5, 20.0), (10, 20.0), (20, 40.0)))
+    before = SMALL.with_(load_latency=False, steps=REF_STEPS)
     lam, sigma, kappa = SMALL.usl
     after = before.with_(usl=(2 * lam, sigma, kappa), latency_scale=0.7)
     truth_gain = truth_peak_throughput(after) / truth_peak_throughput(before)
@@ -162,7 +162,7 @@ def test_saturated_generator_cannot_pass_a_throughput_gain() -> None:
     after = stats(SMALL.with_(label="after", servers=OLD + NEW, usl=(3 * lam, s, k), seed=9))
     v = evaluate_compare([before], [after], Acceptance(min_peak_gain=1.2))
     c = v.criteria[0]
-    assert c.verdict == INCONCLUSIVE and "saturated" in c.note
+    assert c.verdict == INCONCLUSIVE and "load generator saturated" in c.note
     assert any("CPU warning" in w for w in v.warnings)
 
 
@@ -209,12 +209,12 @@ def test_three_replicates_per_side_use_between_run_variance() -> None:
 
 def test_check_gates_a_single_run_on_its_slas() -> None:
     rs = stats(SMALL.with_(servers=OLD + NEW))
-    truth = truth_quantile(SMALL, "SSH exec", 20, 0.95)
+    truth = truth_quantile(SMALL, "SSH exec", REF, 0.95)
     loose = Acceptance(
-        reference_users=20, sla={"SSH exec": truth * 3}, max_error_rate=0.05, min_share_of_even=0.3
+        reference_users=REF, sla={"SSH exec": truth * 3}, max_error_rate=0.05, min_share_of_even=0.3
     )
     assert evaluate_check([rs], loose).verdict == PASS
-    tight = Acceptance(reference_users=20, sla={"SSH exec": truth / 3})
+    tight = Acceptance(reference_users=REF, sla={"SSH exec": truth / 3})
     v = evaluate_check([rs], tight)
     assert v.verdict == FAIL and v.exit_code == 1
     missing = Acceptance(reference_users=500, sla={"SSH exec": 100.0})
@@ -231,3 +231,16 @@ def test_inconclusive_says_what_would_settle_it() -> None:
     c = evaluate_compare([b], [a], Acceptance(min_peak_gain=near)).criteria[0]
     assert c.verdict == INCONCLUSIVE
     assert "replicates" in c.note or "longer" in c.note or "sits on the margin" in c.note
+
+
+def test_an_unsaturated_staircase_cannot_fail_a_throughput_gain() -> None:
+    """The after farm was never pushed to its capacity: its peak is a lower bound, so no FAIL on it."""
+    lam, s, k = SMALL.usl
+    before = stats(SMALL.with_(servers=OLD))
+    short = stats(
+        SMALL.with_(label="after", servers=OLD + NEW, usl=(2 * lam, s, k), steps=((5, 20.0), (10, 20.0)))
+    )
+    c = evaluate_compare([before], [short], Acceptance(min_peak_gain=3.0)).criteria[0]
+    assert c.verdict == INCONCLUSIVE and "still rising" in c.note
+    full = stats(SMALL.with_(label="after", servers=OLD + NEW, usl=(2 * lam, s, k), seed=8))
+    assert evaluate_compare([before], [full], Acceptance(min_peak_gain=3.0)).criteria[0].verdict == FAIL

@@ -72,7 +72,7 @@ def test_mser_keeps_a_stationary_series_and_rejects_a_trend() -> None:
 def test_steady_windows_cut_the_ramp_and_warmup() -> None:
     run = build_run(SMALL.with_(warmup_factor=4.0, warmup_s=4.0, seed=5))
     windows = steady_windows(run)
-    assert [w.users for w in windows] == [5, 10, 20]
+    assert [w.users for w in windows] == [10, 30, 60]
     for w in windows:
         assert w.ramp_s == pytest.approx(2.0, abs=0.2)
         assert w.steady_start >= w.start + 2.0
