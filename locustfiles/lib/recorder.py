@@ -499,9 +499,12 @@ class Recorder:
             environment.runner.stop()  # test_stop -> finish(): the rest, stats, final
             if self.active:  # nobody called finish() from test_stop
                 self.finish()
-        else:  # finished already (say it again: it is idempotent), or never recorded that run
-            final = self._finals.get(run) or {"run": run, "worker": process_name(), "batches": 0, "rows": 0}
+        elif run in self._finals:  # finished already: say it again, it is idempotent
+            environment.runner.send_message(MSG_FINAL, self._finals[run])
+        elif run != self.run_id:  # never recorded that run (it started no users here)
+            final = {"run": run, "worker": process_name(), "batches": 0, "rows": 0}
             environment.runner.send_message(MSG_FINAL, final)
+        # else: finishing this run right now; its final message follows the last batch
 
     def _on_users(self, environment: Any, msg: Any, **_kw: Any) -> None:
         if self.active and msg.data.get("run") == self.run_id:
