@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     samples = args.samples or (20_000 if args.smoke else 1_000_000)
+    load_before = os.getloadavg()[0]  # a busy machine slows everything: say how busy it was
     with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_compare_vs_baseline": round(comp["wall_s"] / base["wall_s"], 2),
         "verdict": verdict["verdict"],
         "within_target": comp["total_s"] <= TARGET_S and comp["peak_mb"] <= TARGET_MB,
+        "load_avg_1min": round(load_before, 2),
     }
     notes = (
         f"target <= {TARGET_S:g} s and <= {TARGET_MB:g} MB; baseline = pandas read_parquet + groupby "
