@@ -47,6 +47,20 @@ class FiringUser(User):
         )
 
 
+class ProfileEchoUser(User):
+    """Records which target profile its process was given, as the sample's server."""
+
+    wait_time = constant(0.01)
+
+    @task
+    def fire(self):
+        profile = getattr(self.environment.parsed_options, "profile", None) or "none"
+        self.environment.events.request.fire(
+            request_type="TEST", name="op", response_time=1.0, response_length=0, exception=None,
+            context={"user_id": 1, "server": profile.rsplit("/", 1)[-1]}, start_time=time.time(),
+        )
+
+
 class PacedUser(User):
     """One session per arrival (logon-storm mode): sleeps until its arrival, records it as t_intended."""
 
@@ -226,41 +240,15 @@ def test_processes_2_records_every_sample_once(users_file: Path, tmp_path: Path)
 
 def test_master_and_two_workers_on_loopback(users_file: Path, tmp_path: Path) -> None:
     port = free_port()
-    workers = [
-        start_locust(
-            users_file,
-            "--worker",
-            "--master-host",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "FiringUser",
-            log=tmp_path / f"worker{i}.log",
-        )
-        for i in range(2)
-    ]
+    master_only = ["--profile", "targets/profiles/reference-before.toml"]  # the workers get none
+    worker_args = ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), "ProfileEchoUser"]
+    workers = [start_locust(users_file, *worker_args, log=tmp_path / f"worker{i}.log") for i in range(2)]
     try:
         out = run_locust(
             users_file,
-            "--master",
-            "--master-bind-host",
-            "127.0.0.1",
-            "--master-bind-port",
-            str(port),
-            "--expect-workers",
-            "2",
-            "--headless",
-            "-u",
-            "4",
-            "-r",
-            "4",
-            "-t",
-            "4s",
-            "--results-dir",
-            str(tmp_path),
-            "--label",
-            "dist",
-            "FiringUser",
+            *["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)],
+            *["--expect-workers", "2", "--headless", "-u", "4", "-r", "4", "-t", "4s", *master_only],
+            *["--results-dir", str(tmp_path), "--label", "dist", "ProfileEchoUser"],
         )
         assert out.returncode == 0, out.stderr[-2000:]
         for w in workers:
@@ -273,6 +261,7 @@ def test_master_and_two_workers_on_loopback(users_file: Path, tmp_path: Path) ->
     meta, df = assert_counts_match(only_run(tmp_path, "dist"))
     assert meta["status"] == "completed" and meta["processes"] == 2
     assert df["worker"].nunique() == 2
+    assert set(df["server"].astype(str)) == {"reference-before.toml"}  # the master's --profile reached them
 
 
 def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Path) -> None:

@@ -160,7 +160,10 @@ class RunController:
         self.run, self.last_run_dir = run, run_dir
         if self.role == "master":
             slots = {cid: i for i, cid in enumerate(sorted(participants))}
-            setattr(environment.parsed_options, RUN_INFO, {"id": run_id, "t0": started, "slots": slots})
+            # Locust sends only custom options to workers; --profile is Locust's own, so it rides along.
+            profile = options.profile_path(environment.parsed_options)
+            info = {"id": run_id, "t0": started, "slots": slots, "profile": profile}
+            setattr(environment.parsed_options, RUN_INFO, info)
         self._install_arrivals(resolved.plan, started, 0, 1)
         self.recorder.start(run_id, run_dir, participants)
         if resolved.plan.shape == "none":
@@ -183,6 +186,8 @@ class RunController:
     def _start_worker(self) -> None:
         info = getattr(self.env.parsed_options, RUN_INFO, None) or {}
         run_id = str(info.get("id") or "unknown")
+        if info.get("profile") and not options.profile_path(self.env.parsed_options):
+            self.env.parsed_options.profile = info["profile"]  # a worker started without --profile
         plan = None
         try:
             plan = options.build_plan(self.env.parsed_options)
