@@ -72,20 +72,23 @@ def load_average() -> tuple[float, float, float]:
 
 
 def report(bench: str, result: dict[str, Any], *, smoke: bool) -> int:
-    """Print the figures; append them to bench/RESULTS.md (``_report.record``) unless smoke. Exit code 0."""
+    """Print the figures and append them to bench/RESULTS.md with ``_report.record``.
+
+    Smoke runs print the same way but record into a temporary file, so CI never dirties the repo.
+    Exit code: 0, or 1 when a full run missed its target (as ``bench_analysis.py``).
+    """
+    from _report import record
+
     verdict = "target met" if result["target_met"] else "TARGET MISSED"
     notes = f"{result['notes']} {verdict}."
     if smoke:
-        print(f"== {bench} (smoke: not appended to RESULTS.md)")
-        for key, value in result["figures"].items():
-            print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
-        print(f"notes: {notes}")
+        with tempfile.TemporaryDirectory(prefix="gateload-bench-smoke-") as tmp:
+            record(bench, result["figures"], notes, results=Path(tmp) / "RESULTS.md")
+        print("  (smoke run: not appended to bench/RESULTS.md)")
     else:
-        from _report import record
-
         record(bench, result["figures"], notes)
     sys.stdout.flush()
-    return 0
+    return 0 if result["target_met"] or smoke else 1
 
 
 # --- the echo server (runs in its own process) -------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The benchmarks (bench/, issue 7) in their seconds-long smoke mode: each runs, exits 0, prints its figures.
+
+Only the smoke mode runs in CI: the figures are not checked against targets here (no timed asserts),
+only that every headline figure is printed with a finite number, and that a smoke run leaves
+bench/RESULTS.md as it was. ``make bench`` runs the full benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "RESULTS.md"
+
+#: bench script -> the figures its smoke run must print with a number.
+FIGURES = {
+    "bench_portal.py": ["portal_ratio", "portaluser_rps", "fasthttpuser_rps", "cpu_efficiency_ratio"],
+    "bench_ssh.py": ["ssh_ratio", "gateway_ops_per_s", "baseline_ops_per_s", "cpu_efficiency_ratio"],
+    "bench_timing.py": [
+        "no_hog_error_vs_baseline_p50_ms",
+        "no_hog_error_vs_baseline_p99_ms",
+        "hog_error_vs_baseline_p50_ms",
+        "hog_error_vs_baseline_p99_ms",
+        "no_hog_error_vs_injected_p50_ms",
+        "hog_error_vs_injected_p99_ms",
+    ],
+    "bench_scale.py": ["sessions_held", "client_rss_mb", "sessions_per_gb", "baseline_sessions_per_gb"],
+    "bench_recorder.py": ["recorder_samples_per_s", "recorder_ratio", "recorder_us_per_fire", "samples_lost"],
+    "bench_analysis.py": ["compare_s", "compare_peak_rss_mb", "baseline_pandas_s"],
+}
+_NUMBER = r"(-?\d[\d.]*(?:e[+-]?\d+)?|-?nan|-?inf)"
+
+
+def _results_state() -> bytes | None:
+    return RESULTS.read_bytes() if RESULTS.exists() else None
+
+
+def _figure(output: str, name: str) -> float:
+    found = re.search(rf"^\s*{re.escape(name)}:?\s+{_NUMBER}\s*$", output, re.MULTILINE)
+    assert found, f"{name} not printed with a number:\n{output[-3000:]}"
+    return float(found.group(1))
+
+
+def _smoke(*args: str, timeout: float = 150) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", sorted(FIGURES))
+def test_benchmark_smoke_prints_its_figures(script: str) -> None:
+    before = _results_state()
+    output = _smoke(str(BENCH / script), "--smoke")
+    for name in FIGURES[script]:
+        assert math.isfinite(_figure(output, name)), name
+    assert _results_state() == before, "a smoke run must not append to bench/RESULTS.md"
+
+
+def test_run_all_runs_the_chosen_benchmarks_and_summarises() -> None:
+    before = _results_state()
+    output = _smoke(str(BENCH / "run_all.py"), "--smoke", "--only", "recorder")
+    assert "### recorder (smoke" in output
+    assert re.search(r"^\s+recorder\s+[\d.]+ s\s+load\s+[\d.]+\s+ok$", output, re.MULTILINE), output[-2000:]
+    _figure(output, "recorder_samples_per_s")
+    assert _results_state() == before
+
+
+def test_run_all_refuses_an_unknown_benchmark() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--smoke", "--only", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
