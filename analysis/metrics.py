@@ -84,6 +84,7 @@ class PacedStats:
     max_ms: float  # from the intended start
     late_max_ms: float
     flagged: bool
+    cdf: tuple[np.ndarray, np.ndarray] = field(repr=False, default=(np.zeros(0), np.zeros(0)))
 
 
 @dataclass
@@ -489,6 +490,7 @@ def _paced(
             rate=rate,
             corrected=_quantiles(hist, lat, weights, ctx.confidence, spread),
             max_ms=float(lat.max()),
+            cdf=(hist.values, hist.total()),
             late_max_ms=float(np.nanmax(late)) if np.isfinite(late).any() else math.nan,
             flagged=flagged,
         )

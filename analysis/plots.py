@@ -126,28 +126,37 @@ def usl(sides: dict[str, list[RunStats]]) -> str:
 
 
 def cdfs(sides: dict[str, list[StepStats]], ops: Sequence[str]) -> str:
-    """Latency CDFs at the reference load (first run of each side)."""
-    from matplotlib.ticker import NullFormatter
+    """Latency CDFs at the reference load (first run of each side); paced ops from the intended start."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, axes = _figure(1, len(ops), (4.5 * len(ops), 3.4))
     for ax, op in zip(axes, ops, strict=False):
+        title = op
         for side, steps in sides.items():
             if not steps:
                 continue
             st = steps[0]
-            stats = st.op(op)
-            if stats is None or len(stats.cdf[1]) == 0:
+            if op in st.paced:
+                values, counts = st.paced[op].cdf
+                title = f"{op} (from intended start)"
+            elif st.op(op) is not None:
+                values, counts = st.op(op).cdf
+            else:
                 continue
-            values, counts = stats.cdf
-            ax.step(
-                values,
-                np.cumsum(counts) / counts.sum(),
-                where="post",
-                color=COLORS[side],
-                label=f"{side} ({st.users} users)",
-            )
-        ax.set(xscale="log", xlabel="ms", ylabel="fraction <= x", title=op)
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+            if len(counts) == 0:
+                continue
+            frac = np.cumsum(counts) / counts.sum()
+            if len(frac) > 600:  # thin to ~600 points: invisible at this size, much faster to draw
+                keep = np.unique(np.searchsorted(frac, np.linspace(0, 1, 600)).clip(0, len(frac) - 1))
+                values, frac = values[keep], frac[keep]
+            ax.step(values, frac, where="post", color=COLORS[side], label=f"{side} ({st.users} users)")
+        ax.set(xscale="log", xlabel="ms", ylabel="fraction <= x", title=title)
+        # 1-2-5 ticks on a short axis (a log axis shorter than a decade would have no label), decades else
+        lo, hi = ax.get_xlim()
+        subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-9) < 100 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axhline(0.95, color="#999", lw=0.6, ls=":")
         _legend(ax, fontsize=8)
     return _png(fig)
