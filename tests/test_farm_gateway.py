@@ -98,7 +98,7 @@ def test_no_ticket_wrong_user_and_forged_tickets_are_refused(fast_profile: Calla
         async with _connect(farm, launch["username"], launch["ticket"]):
             pass  # the genuine ticket was not burnt by the failed attempts
 
-    run(fast_profile(), scenario)
+    run(fast_profile(farm__static_credentials=False), scenario)
 
 
 def test_expired_ticket_is_refused(fast_profile: Callable[..., Profile]) -> None:
