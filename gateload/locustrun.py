@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,7 +45,10 @@ class LocustRun:
         cmd += ["--profile", str(self.profile), "--results-dir", str(self.results_dir)]
         cmd += ["--label", self.label, "--run-id", self.run_id]
         if self.processes > 1:
-            cmd += ["--processes", str(self.processes)]
+            # The master must listen on loopback only, on a port no other run is using.
+            port = str(free_port())
+            cmd += ["--processes", str(self.processes), "--master-bind-host", "127.0.0.1"]
+            cmd += ["--master-bind-port", port, "--master-port", port]
         # A campaign measures whole employee sessions unless user classes are named explicitly.
         user_classes = [] if any(a.endswith("User") for a in self.extra) else [USER_CLASS]
         return cmd + list(self.extra) + user_classes
@@ -90,6 +94,13 @@ class LocustRun:
         if status != "completed":
             raise InputError(f"run {self.run_id} ended {status}; its partial results are in {self.run_dir}")
         return self.run_dir
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _follow(proc: subprocess.Popen, log) -> None:
