@@ -9,6 +9,8 @@ and the profile in the ConfigMap loads with ``load_profile``.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,15 @@ def test_compose_image_and_mounts_exist(compose: dict[str, Any]) -> None:
     assert results in {v["target"] for v in master["volumes"]}  # run folders land on the host
 
 
+def test_compose_file_matches_the_compose_specification() -> None:
+    pytest.importorskip("check_jsonschema", reason="pip install -e .[dev] (check-jsonschema)")
+    argv = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    done = subprocess.run(
+        [*argv, str(DEPLOY / "docker-compose.yml")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # --- Kubernetes -----------------------------------------------------------------------------------------
 
 
@@ -112,6 +123,16 @@ def test_k8s_objects_are_well_formed(k8s: dict[tuple[str, str], dict[str, Any]])
             volumes = {v["name"] for v in doc["spec"]["template"]["spec"].get("volumes", [])}
             mounted = {m["name"] for m in _container(doc).get("volumeMounts", [])}
             assert mounted <= volumes, f"{name}: mounts a volume it does not define"
+
+
+def test_k8s_manifests_match_the_kubernetes_schema(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install -e .[dev] (kubernetes-validate)")
+    for key, doc in k8s.items():
+        try:
+            # strict: an unknown or misspelt field (replica: 2) is an error, as kubectl would report it
+            kv.validate(doc, kv.latest_version(), strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{key}: {exc}")
 
 
 def test_k8s_master_service_and_workers_are_wired(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
