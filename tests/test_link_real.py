@@ -22,8 +22,8 @@ from users_support import Run, run_users
 
 from locustfiles.lib.gateway import GatewayUser
 from locustfiles.lib.portal import PortalUser
-from targets.link import link_profile
-from targets.local.farm import LocalRealFarm
+from targets.link import LinkedProfile, link_profile
+from targets.local.farm import DOCUMENTS, LocalRealFarm
 from targets.profile import Link, dump_profile, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,3 +127,53 @@ def test_link_thread_keeps_time_under_gevent_monkey_patching() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(30.0, abs=TOLERANCE_MS), out.stderr
+
+
+def _through_link(
+    farm: LocalRealFarm, name: str, link: Link, **changes: object
+) -> tuple[Path, LinkedProfile]:
+    """A gateway profile behind ``link``; the caller stops the returned LinkedProfile."""
+    path = farm.write_profile(name, accounts="gateway", **changes)
+    linked = link_profile(dataclasses.replace(load_profile(path), link=link), seed=7)
+    return dump_profile(linked.profile, path.with_name(f"linked-{path.name}")), linked
+
+
+def test_link_loss_shows_as_reset_connections_to_the_users(farm: LocalRealFarm) -> None:
+    workload = dataclasses.replace(FAST_WORKLOAD, mix={"exec": 1.0})
+    lossy = Link(preset="custom", loss_reset_pct=50.0)
+    path, linked = _through_link(farm, "lossy", lossy, workload=workload)
+    try:
+
+        def enough(r: Run) -> bool:
+            return r.count("SSH", "connect", ok=False) + r.count("SSH", "connect") >= 6
+
+        run = run_users(path, GatewayUser, users=3, until=enough, timeout_s=60)
+    finally:
+        linked.stop()
+    connects = [s for s in run.samples if (s["request_type"], s["name"]) == ("SSH", "connect")]
+    failed = [s for s in connects if s["exception"] is not None]
+    # Every connection the link reset is a failed connect classified "reset", and nothing else failed.
+    assert len(failed) == linked.stats["gateway"].resets > 0
+    assert set(run.operations(ok=False)) == {("SSH", "connect")}
+    assert {s["context"]["error"] for s in failed} == {"reset"}
+    assert run.count("SSH", "connect") > 0  # the others got through (about half of the attempts)
+    print(f"link reset {len(failed)} of {len(connects)} SSH connections; all recorded as 'reset'")
+
+
+def test_link_bandwidth_shows_in_sftp_download_time(farm: LocalRealFarm) -> None:
+    kbit = 2000.0  # 250 kB/s: the 64 KiB document takes 262 ms on the wire
+    workload = dataclasses.replace(FAST_WORKLOAD, mix={"sftp_get": 1.0})
+    path, linked = _through_link(
+        farm, "narrow", Link(preset="custom", bandwidth_kbit=kbit), workload=workload
+    )
+    try:
+        run = run_users(path, GatewayUser, users=1, until=lambda r: r.count("SFTP", "get") >= 5, timeout_s=60)
+    finally:
+        linked.stop()
+    gets = _latencies(run.samples, "SFTP", "get")
+    assert len(gets) >= 5, run.errors()
+    wire_ms = DOCUMENTS["memo.pdf"] * 8 / kbit  # kbit/s = bit/ms
+    # SFTP framing and requests add a little on top of the payload; never faster than the wire.
+    median = statistics.median(gets)
+    print(f"SFTP get of 64 KiB at {kbit:.0f} kbit/s: median {median:.1f} ms, wire {wire_ms:.1f} ms")
+    assert wire_ms < median < wire_ms * 1.25, gets
