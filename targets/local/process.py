@@ -54,8 +54,9 @@ def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
 class Daemon:
     """One foreground daemon process, its log file, and the ports it must open.
 
-    The process gets its own session, so stopping it also stops any children it forked (sshd's
-    per-connection processes) without touching anything else on the machine.
+    The process gets its own session (a Ctrl-C in the test's terminal does not reach it half-way), and
+    :meth:`stop` signals it and every process it forked (sshd's per-connection children), found from
+    its process tree, so nothing else on the machine is touched and nothing is left behind.
     """
 
     def __init__(
