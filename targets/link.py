@@ -168,14 +168,15 @@ class LinkProxy:
     def __init__(
         self,
         upstream: tuple[str, int],
-        spec: LinkSpec,
+        spec: LinkSpec | Link,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         *,
         reset_mode: Literal["connection", "chunk"] = "connection",
         seed: int | None = None,
     ) -> None:
         self.upstream = upstream
-        self.spec = spec
+        # A profile's [link] works too; preset "none" is a plain, undelayed proxy.
+        self.spec = (link_spec(spec) or LinkSpec()) if isinstance(spec, Link) else spec
         self.listen = listen
         self.reset_mode = reset_mode
         self.rng = random.Random(seed)

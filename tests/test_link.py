@@ -73,7 +73,7 @@ def sink() -> Iterator[socketserver.ThreadingTCPServer]:
     yield from _serve(_Sink)
 
 
-def _proxy(upstream: tuple[str, int], spec: LinkSpec, **kw: object) -> tuple[LinkThread, LinkProxy]:
+def _proxy(upstream: tuple[str, int], spec: LinkSpec | Link, **kw: object) -> tuple[LinkThread, LinkProxy]:
     thread = LinkThread()
     proxy = LinkProxy(upstream, spec, **kw)  # type: ignore[arg-type]
     thread.add(proxy)
@@ -342,6 +342,16 @@ def test_presets_are_selected_from_the_profile_link_section() -> None:
     assert custom == LinkSpec(delay_ms=7, jitter_ms=1, down_kbit=2000, up_kbit=2000)
     slow_dsl = link_spec(Link(preset="dsl", delay_ms=30))
     assert slow_dsl == dataclasses.replace(PRESETS["dsl"], delay_ms=30)
+
+
+def test_proxy_takes_a_profile_link_section_directly(echo: tuple[str, int]) -> None:
+    thread, proxy = _proxy(echo, Link(preset="custom", delay_ms=5.0))
+    try:
+        added = statistics.median(_rtts_ms(proxy.address, 30)) - statistics.median(_rtts_ms(echo, 30))
+    finally:
+        thread.stop()
+    assert proxy.spec == LinkSpec(delay_ms=5.0)
+    assert added == pytest.approx(10.0, abs=DELAY_TOLERANCE_MS)
 
 
 @pytest.mark.parametrize("isolation", ["process", "thread"])
