@@ -133,6 +133,42 @@ class ServiceTimes:
     sftp_mb_per_s: float = 50.0  # per transfer
 
 
+FAULT_KINDS = ("reset", "stall", "auth_fail", "http_503", "down", "slow_sftp")
+ALL_SERVERS = "*"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the reference farm (``targets/reference/faults.py``); it ends by itself."""
+
+    # reset: open SSH connections are reset; stall: operations wait until the fault ends; auth_fail:
+    # logins refused; http_503: portal answers 503; down: the server dies and comes back; slow_sftp
+    kind: Literal["reset", "stall", "auth_fail", "http_503", "down", "slow_sftp"]
+    duration_s: float
+    server: str = ALL_SERVERS  # a server id such as "old-02", or "*" for every server
+    start_s: float = 0.0  # after the farm started (profile) or after the request (admin endpoint)
+    percent: float = 100.0  # auth_fail, http_503: share of logins / requests hit
+    factor: float = 10.0  # slow_sftp: transfers take this many times longer
+    every_s: float = 0.0  # reset: reset again every this many seconds while active; 0 = once
+
+
+def fault_problem(fault: Fault, server_ids: list[str]) -> str | None:
+    """What is wrong with a fault (``"'key' problem"``), or None; shared by the profile and admin checks."""
+    if fault.server != ALL_SERVERS and fault.server not in server_ids:
+        return f"'server' is {fault.server!r}; use '*' or one of {', '.join(server_ids)}"
+    if not 0 < fault.duration_s <= 86400:
+        return "'duration_s' must be > 0 and at most 86400 (a fault ends by itself)"
+    if fault.start_s < 0:
+        return "'start_s' must be >= 0"
+    if not 0 < fault.percent <= 100:
+        return "'percent' must be > 0 and <= 100"
+    if fault.factor < 1:
+        return "'factor' must be >= 1"
+    if fault.every_s < 0 or 0 < fault.every_s < 0.1:
+        return "'every_s' must be 0 (once) or at least 0.1"
+    return None
+
+
 @dataclass(frozen=True)
 class Farm:
     """The embedded reference farm (kind = "reference" only). Ports come from [portal] and [gateway]."""
@@ -149,6 +185,9 @@ class Farm:
     intranet_port: int = 0  # the internal HTTP service reached through tunnels; 0 = free port
     tunnel_allow: list[str] = field(default_factory=lambda: ["intranet:80"])
     documents: dict[str, int] = field(default_factory=lambda: {"memo.pdf": 65536})  # name -> bytes
+    # loopback-only admin endpoint (faults at runtime, token in <state_dir>/admin_token); 0 = free port
+    admin_port: int = 0
+    faults: list[Fault] = field(default_factory=list)  # [[farm.faults]]: a schedule from farm start
 
 
 @dataclass(frozen=True)
@@ -266,7 +305,7 @@ def _convert(tp: Any, value: Any, path: Path, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, key)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         return _convert(inner, value, path, key)
     if origin is Literal:
         if value not in args:
@@ -302,7 +341,7 @@ def _describe(tp: Any) -> str:
     if origin is dict:
         return f"a table of {_describe(args[1])}"
     if origin in (typing.Union, types.UnionType):
-        return _describe([a for a in args if a is not type(None)][0])
+        return _describe(next(a for a in args if a is not type(None)))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -324,7 +363,8 @@ def _check(profile: Profile, path: Path) -> None:
         raise bad("gateway.port", "must be between 0 and 65535")
     if profile.gateway.host_key and profile.gateway.host_key_fingerprint:
         raise bad("gateway.host_key", "and 'gateway.host_key_fingerprint' are both set; keep one")
-    if profile.gateway.host_key_fingerprint and not profile.gateway.host_key_fingerprint.startswith("SHA256:"):
+    pin = profile.gateway.host_key_fingerprint
+    if pin and not pin.startswith("SHA256:"):
         raise bad("gateway.host_key_fingerprint", "must start with 'SHA256:' (ssh-keygen -lf KEY prints it)")
     w = profile.workload
     for name, weight in w.mix.items():
@@ -339,6 +379,12 @@ def _check(profile: Profile, path: Path) -> None:
     for key in ("activities_per_session", "burst_keys", "screen_bursts", "screen_bytes"):
         if getattr(w, key) < 1:
             raise bad(f"workload.{key}", "must be >= 1")
+    if w.timeout_s <= 0:
+        raise bad("workload.timeout_s", "must be > 0")
+    if w.typing_interval_ms < 0:
+        raise bad("workload.typing_interval_ms", "must be >= 0")
+    if profile.gateway.keepalive_s < 0:
+        raise bad("gateway.keepalive_s", "must be >= 0 (0 = no keepalive)")
     if (profile.target.kind == "reference") != (profile.farm is not None):
         raise bad("farm", "is required when target.kind = 'reference' and not allowed otherwise")
     if profile.farm is not None:
@@ -367,3 +413,13 @@ def _check_farm(profile: Profile, bad: Any) -> None:
             raise bad("workload.documents", f"names '{doc}', which is not in farm.documents; add it there")
     if farm.accounts < 1:
         raise bad("farm.accounts", "must be >= 1")
+    if farm.ticket_ttl_s <= 0:
+        raise bad("farm.ticket_ttl_s", "must be > 0")
+    for key in ("intranet_port", "admin_port"):
+        if not 0 <= getattr(farm, key) <= 65535:
+            raise bad(f"farm.{key}", "must be between 0 and 65535 (0 = a free port)")
+    for i, fault in enumerate(farm.faults):
+        problem = fault_problem(fault, profile.server_ids)
+        if problem:
+            key, _, rest = problem.partition("' ")
+            raise bad(f"farm.faults[{i}].{key.strip(chr(39))}", rest)

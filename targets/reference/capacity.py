@@ -13,8 +13,12 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from targets.profile import Farm, ServerGroup, ServiceTimes
+
+if TYPE_CHECKING:
+    from targets.reference.faults import ServerFaults
 
 #: Operation name -> ServiceTimes field holding its mean (ms on a speed-1.0 server).
 OP_MEANS = {
@@ -73,6 +77,9 @@ class SimServer:
         self.busy_s = 0.0
         self.served = dict.fromkeys(OPS, 0)
         self.refused = {"portal": 0, "ssh": 0}
+        # Set by the fault controller while a fault is active on this server (faults.py); the hot
+        # paths test it for None and nothing else when no fault is active.
+        self.fault: ServerFaults | None = None
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -92,14 +99,18 @@ class SimServer:
 
     def try_admit(self, kind: str) -> bool:
         """Whether new work of ``kind`` ("portal") fits; a refusal is counted."""
-        if self.has_room():
+        if self.has_room() and (self.fault is None or self.fault.admits(kind)):
             return True
         self.refused[kind] += 1
         return False
 
     def try_open_ssh_session(self) -> bool:
         """Count a new gateway session if the server accepts one (sessions and queue below limits)."""
-        if self.ssh_sessions >= self.max_sessions or not self.has_room():
+        if (
+            self.ssh_sessions >= self.max_sessions
+            or not self.has_room()
+            or (self.fault is not None and not self.fault.admits("ssh"))
+        ):
             self.refused["ssh"] += 1
             return False
         self.ssh_sessions += 1
@@ -121,6 +132,8 @@ class SimServer:
         """Hold a worker slot for one operation's service time, waiting FIFO if all are busy."""
         if seconds is None:
             seconds = self._sampler(self._means[op])
+        if self.fault is not None:
+            seconds = await self.fault.delay(op, seconds)
         if self._busy < self.workers and not self._waiters:
             self._busy += 1
         else:
@@ -191,7 +204,8 @@ class Cluster:
         """The backend for a new portal session, SSH connection or session-less request."""
         start = next(self._rr)
         if self.balancer == "round-robin":
-            return self.servers[start]
+            server = self.servers[start]
+            return server if server.fault is None or not server.fault.down else self._next_up(start)
         # least-connections: fewest open sessions, then least in-flight work; ties rotate so that an
         # idle farm still spreads new sessions over every server
         n = len(self.servers)
@@ -199,11 +213,21 @@ class Cluster:
         best_key: tuple[int, int] | None = None
         for k in range(n):
             s = self.servers[(start + k) % n]
+            if s.fault is not None and s.fault.down:
+                continue  # a dead server gets no new work (the balancer's health check)
             key = (s.portal_sessions + s.ssh_sessions, s.busy + s.queue_depth)
             if best_key is None or key < best_key:
                 best, best_key = s, key
-        assert best is not None
-        return best
+        return best if best is not None else self.servers[start]
+
+    def _next_up(self, start: int) -> SimServer:
+        """The next server after ``start`` that is not down (round-robin around a dead server)."""
+        n = len(self.servers)
+        for k in range(1, n):
+            s = self.servers[(start + k) % n]
+            if s.fault is None or not s.fault.down:
+                return s
+        return self.servers[start]  # all down: it refuses the work itself
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Per-server counters, keyed by server id, in profile order."""

@@ -9,6 +9,7 @@ import asyncssh
 
 from targets.profile import Profile
 from targets.reference.capacity import Cluster, SimServer
+from targets.reference.faults import FaultController
 from targets.reference.state import FarmState
 from targets.reference.tickets import TicketBook
 
@@ -29,6 +30,7 @@ class FarmContext:
     # open SSH connections, so that stop() can close them (asyncssh's listener leaves them open)
     ssh_connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
+    faults: FaultController | None = None  # fault injection (faults.py); None in bare test contexts
 
     def snapshot(self) -> dict[str, object]:
         """Everything /metrics reports, as plain data (no secrets)."""
@@ -42,4 +44,5 @@ class FarmContext:
                 "rejected": self.tickets.rejected,
             },
             "servers": self.cluster.snapshot(),
+            **({"faults": self.faults.snapshot()} if self.faults is not None else {}),
         }

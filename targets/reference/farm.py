@@ -29,6 +29,7 @@ from gateload.errors import InputError
 from targets.profile import Profile, is_loopback
 from targets.reference.capacity import Cluster
 from targets.reference.context import FarmContext
+from targets.reference.faults import FaultController, admin_token, build_admin_app
 from targets.reference.gateway import start_gateway
 from targets.reference.intranet import build_intranet_app
 from targets.reference.portal import Portal
@@ -73,6 +74,7 @@ class ReferenceFarm:
         self.portal_url = ""
         self.gateway_port = 0
         self.intranet_port = 0
+        self.admin_port = 0  # the fault admin endpoint, always on 127.0.0.1
         self._effective: Profile | None = None
 
     async def __aenter__(self) -> ReferenceFarm:
@@ -103,12 +105,14 @@ class ReferenceFarm:
     async def start(self) -> None:
         """Prepare the state folder and start intranet, gateway and portal; returns when they listen."""
         state = prepare_state(self.state_dir, self.farm)
+        cluster = Cluster(self.farm, self._rng)
         ctx = FarmContext(
             profile=self.profile,
-            cluster=Cluster(self.farm, self._rng),
+            cluster=cluster,
             tickets=TicketBook(self.farm.ticket_ttl_s),
             state=state,
         )
+        ctx.faults = FaultController(cluster, ctx.ssh_connections, seed=self._rng.random())
         self.context = ctx
         try:
             await self._start_services(ctx)
@@ -136,9 +140,19 @@ class ReferenceFarm:
         portal_sock = _listen(self.bind, url.port or 0, "portal.url")
         self.portal = Portal(ctx)
         await self._serve_app(self.portal.app(), portal_sock)
+        await self._start_faults(ctx)
         host = self._public_host(url.hostname or self.bind)
         shown = f"[{host}]" if ":" in host else host
         self.portal_url = f"http://{shown}:{portal_sock.getsockname()[1]}"
+
+    async def _start_faults(self, ctx: FarmContext) -> None:
+        """The fault schedule (from now) and its admin endpoint, which is loopback-only whatever the bind."""
+        assert ctx.faults is not None and self.portal is not None
+        ctx.faults.on_restart.append(self.portal.forget_server)
+        admin_sock = _listen("127.0.0.1", self.farm.admin_port, "farm.admin_port")
+        self.admin_port = admin_sock.getsockname()[1]
+        await self._serve_app(build_admin_app(ctx.faults, admin_token(self.state_dir)), admin_sock)
+        ctx.faults.start(self.farm.faults)
 
     async def _serve_app(self, app: web.Application, sock: socket.socket) -> None:
         # access_log=None: no per-request logging on the hot path
@@ -165,7 +179,11 @@ class ReferenceFarm:
             ),
             credentials=dataclasses.replace(p.credentials, file=str(state.credentials_path)),
             farm=dataclasses.replace(
-                self.farm, state_dir=str(self.state_dir), bind=self.bind, intranet_port=self.intranet_port
+                self.farm,
+                state_dir=str(self.state_dir),
+                bind=self.bind,
+                intranet_port=self.intranet_port,
+                admin_port=self.admin_port,
             ),
         )
 
@@ -175,6 +193,8 @@ class ReferenceFarm:
             self._gateway.close()
             await self._gateway.wait_closed()
             self._gateway = None
+        if self.context is not None and self.context.faults is not None:
+            await self.context.faults.stop()  # a stall releases its waiters, so nothing hangs on it
         if self.context is not None:
             conns = list(self.context.ssh_connections)
             for conn in conns:
@@ -205,10 +225,10 @@ def _busy_port(key: str, host: str, port: int, exc: OSError) -> InputError:
 
 
 def with_free_ports(profile: Profile) -> Profile:
-    """The profile with portal, gateway and intranet ports set to 0 (the farm picks free ones)."""
+    """The profile with portal, gateway, intranet and admin ports set to 0 (the farm picks free ones)."""
     url = urlsplit(profile.portal.url)
     host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname
-    farm = dataclasses.replace(profile.farm, intranet_port=0) if profile.farm else None
+    farm = dataclasses.replace(profile.farm, intranet_port=0, admin_port=0) if profile.farm else None
     return dataclasses.replace(
         profile,
         portal=dataclasses.replace(profile.portal, url=f"{url.scheme}://{host}:0"),

@@ -77,6 +77,8 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     def validate_password(self, username: str, password: str) -> bool:
+        if self.server.fault is not None and self.server.fault.fails_auth():  # auth_fail (faults.py)
+            return False
         if self.ctx.tickets.consume(username, password):
             return True
         if self._static:

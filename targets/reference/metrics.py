@@ -53,7 +53,22 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
     lines += [f'gateload_tickets_total{{outcome="{k}"}} {v}' for k, v in snapshot["tickets"].items()]
     lines += _header("gateload_uptime_seconds", "gauge", "Seconds since the farm started.")
     lines.append(f"gateload_uptime_seconds {snapshot['uptime_s']}")
+    if snapshot.get("faults") is not None:
+        lines += _fault_lines(snapshot["faults"])
     return "\n".join(lines) + "\n"
+
+
+def _fault_lines(faults: dict[str, Any]) -> list[str]:
+    """Active faults (one series each, value = planned end, epoch s), faults started, SSH resets."""
+    lines = _header("gateload_fault_active", "gauge", "Active injected faults; the value is the planned end.")
+    for f in faults["active"]:
+        labels = f'id="{f["id"]}",kind="{f["kind"]}",server="{f["server"]}"'
+        lines.append(f"gateload_fault_active{{{labels}}} {f['planned_end']}")
+    lines += _header("gateload_faults_started_total", "counter", "Injected faults started, by kind.")
+    lines += [f'gateload_faults_started_total{{kind="{k}"}} {n}' for k, n in faults["started_total"].items()]
+    lines += _header("gateload_fault_resets_total", "counter", "SSH connections reset by injected faults.")
+    lines.append(f"gateload_fault_resets_total {faults['ssh_resets']}")
+    return lines
 
 
 def _header(name: str, kind: str, help_text: str) -> list[str]:

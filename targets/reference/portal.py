@@ -159,6 +159,8 @@ class Portal:
         if not self._csrf_ok(session, form.get("csrf_token")):  # type: ignore[arg-type]
             return self._reply(server, 403, {"error": "missing or wrong CSRF token; GET /login first"})
         assert session is not None
+        if server.fault is not None and server.fault.fails_auth():  # auth_fail fault (faults.py)
+            return self._reply(server, 401, {"error": "wrong username or password"})
         account = self.ctx.state.accounts.get(str(form.get("username", "")))
         password = str(form.get("password", ""))
         if account is None or not hmac.compare_digest(account.password.encode(), password.encode()):
@@ -262,6 +264,13 @@ class Portal:
             text=render_prometheus(snapshot),
             headers={**headers, "Content-Type": PROMETHEUS_CONTENT_TYPE},
         )
+
+    def forget_server(self, server: SimServer) -> int:
+        """Forget the sessions pinned to ``server`` (it died and came back); returns how many."""
+        gone = [sid for sid, s in self.sessions.items() if s.server is server]
+        for sid in gone:
+            self._drop(sid)
+        return len(gone)
 
     # --- idle sessions -------------------------------------------------------------------------
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections.abc import Callable
+
+#: Test-only: when set, every issued ticket is appended to this file, so a security test can grep a
+#: run's outputs for the real ticket values. Never set by gateload itself; off by default.
+TEST_TICKET_LOG_ENV = "GATELOAD_TEST_TICKET_LOG"
 
 
 def _b64(data: bytes) -> str:
@@ -36,6 +41,7 @@ class TicketBook:
         self.issued = 0
         self.consumed = 0
         self.rejected = 0
+        self._test_log = os.environ.get(TEST_TICKET_LOG_ENV) or None
 
     def __repr__(self) -> str:
         return f"TicketBook(issued={self.issued}, consumed={self.consumed}, rejected={self.rejected})"
@@ -50,7 +56,11 @@ class TicketBook:
         expires_at = self._clock() + self.ttl_s
         payload = f"{username}\0{int(expires_at * 1000)}\0{secrets.token_hex(12)}".encode()
         self.issued += 1
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}", expires_at
+        ticket = f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        if self._test_log is not None:
+            with open(self._test_log, "a") as fh:
+                fh.write(ticket + "\n")
+        return ticket, expires_at
 
     def consume(self, username: str, ticket: str) -> bool:
         """True, once, for a genuine unexpired ticket issued to ``username``; False otherwise."""
