@@ -25,6 +25,7 @@ import numpy as np
 
 from analysis import capacity
 from analysis.acceptance import Acceptance, load_acceptance
+from analysis.faults import fault_metrics, fault_warnings
 from analysis.metrics import ALL, LOGON, RunStats, StepStats, analyze_run
 from analysis.runs import Run, load_runs
 from analysis.stats import (
@@ -539,6 +540,7 @@ def _capacity_metrics(sides: dict[str, list[RunStats]], acc: Acceptance) -> dict
         "knees": {side: _knees(runs, acc) for side, runs in sides.items()},
         "steps": {side: [_step_rows(rs) for rs in runs] for side, runs in sides.items()},
         "health": {side: [_health(rs) for rs in runs] for side, runs in sides.items()},
+        "faults": fault_metrics(sides),
     }
 
 
@@ -614,6 +616,7 @@ def _finish(
 ) -> Verdict:
     incomplete = any(not rs.run.complete for runs in sides.values() for rs in runs)
     verdict = overall(criteria)
+    warnings += fault_warnings(metrics.get("faults"))
     if not criteria and acc.path is not None:
         warnings.append(f"{acc.name} declares no criteria: nothing to pass")
     if incomplete and verdict == PASS:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from analysis import plots
+from analysis import faults, plots
 from analysis.compare import FAIL, INCONCLUSIVE, PASS, Criterion, Verdict, ref_steps
 from gateload.errors import InputError
 
@@ -133,6 +133,7 @@ def markdown(v: Verdict) -> str:
         for k in knees:
             where = f"{k['users']} users" if k["users"] is not None else "none (SLA held at every step)"
             lines.append(f"Knee {side} `{k['run']}` {k['op']} (p95 > {fmt(k['limit_ms'])} ms): {where}.")
+    lines += faults.markdown_lines(m.get("faults"))
     if v.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in v.warnings]
     return "\n".join(lines) + "\n"
@@ -248,6 +249,7 @@ def html_report(v: Verdict) -> str:
     parts.append(_capacity_section(v))
     parts.append(_operations_section(v))
     parts.append(_servers_section(v))
+    parts.append(faults.html_section(m.get("faults")))
     parts.append(_health_section(v))
     parts.append(_method_section())
     parts.append("</body></html>")
