@@ -13,10 +13,11 @@ both):
 Phases alternate (baseline, recorder, ...). Per phase: fires per second; for the recorder also the
 time ``finish()`` needs to get the rest on disk, so the **sustained** rate is rows on disk / (firing +
 draining) and every row fired must be on disk. "Without slowing users": the recorder's cost per fire
-in microseconds (1/rate difference), and a probe greenlet that sleeps 2 ms in a loop and measures how
-late it wakes (p99 and max), under both phases: a flush that held the GIL or the hub would show there.
+in microseconds (1/rate difference), and paced phases (``PACED_RATE`` samples/s, baseline and
+recorder again) in which a probe greenlet sleeps 2 ms in a loop and measures how late it wakes (p99 and
+max): a flush that held the GIL or the hub for long would show there as lateness the baseline has not.
 
-    .venv/bin/python bench/bench_recorder.py            # full (about 40 s)
+    .venv/bin/python bench/bench_recorder.py            # full (about a minute)
     .venv/bin/python bench/bench_recorder.py --smoke    # a few seconds, nothing appended to RESULTS.md
 """
 
@@ -41,6 +42,7 @@ TARGET_PER_S = 100_000
 GREENLETS = 8
 YIELD_EVERY = 100
 PROBE_SLEEP_S = 0.002
+PACED_RATE = 50_000.0  # samples/s in the paced phases (half the target), where the probe runs
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,15 @@ def _environment(with_recorder: bool) -> tuple[Any, Any]:
     return env, Recorder(env) if with_recorder else None
 
 
-def _fire_loop(env: Any, budget: list[int], deadline: float, user_id: int) -> int:
+def _fire_loop(env: Any, budget: list[int], deadline: float, user_id: int, rate: float = 0.0) -> int:
+    """Fire in chunks of ``YIELD_EVERY``, yielding between chunks; paced at ``rate``/s if given."""
     import gevent
 
     fire = env.events.request.fire
     n = 0
     clock = time.time
     perf = time.perf_counter
+    t0 = perf()
     while budget[0] > 0 and perf() < deadline:
         budget[0] -= YIELD_EVERY
         for _ in range(YIELD_EVERY):
@@ -111,7 +115,7 @@ def _fire_loop(env: Any, budget: list[int], deadline: float, user_id: int) -> in
                 response=None,
             )  # fmt: skip
         n += YIELD_EVERY
-        gevent.sleep(0)
+        gevent.sleep(max(0.0, t0 + n / rate - perf()) if rate else 0.0)
     return n
 
 
@@ -124,17 +128,19 @@ def _probe(stop: list[bool], lateness: list[float]) -> None:
         lateness.append((time.perf_counter() - t0 - PROBE_SLEEP_S) * 1000.0)
 
 
-def run_phase(s: Settings, with_recorder: bool, run_dir: Path) -> Phase:
+def run_phase(s: Settings, with_recorder: bool, run_dir: Path, paced: bool = False) -> Phase:
+    """One phase: as fast as possible, or (``paced``) at ``PACED_RATE`` with the probe greenlet."""
     import gevent
 
     env, recorder = _environment(with_recorder)
     if recorder is not None:
         recorder.start(run_dir.name, run_dir)
     stop, lateness = [False], []
-    probe = gevent.spawn(_probe, stop, lateness)
+    probe = gevent.spawn(_probe, stop, lateness) if paced else None
     budget = [s.max_fires]
+    rate = PACED_RATE / GREENLETS if paced else 0.0
     t0 = time.perf_counter()
-    loops = [gevent.spawn(_fire_loop, env, budget, t0 + s.seconds, i) for i in range(GREENLETS)]
+    loops = [gevent.spawn(_fire_loop, env, budget, t0 + s.seconds, i, rate) for i in range(GREENLETS)]
     gevent.joinall(loops, timeout=s.seconds + 30, raise_error=True)
     fire_s = time.perf_counter() - t0
     phase = Phase(sum(g.value or 0 for g in loops), fire_s)
@@ -144,7 +150,8 @@ def run_phase(s: Settings, with_recorder: bool, run_dir: Path) -> Phase:
         phase.drain_s = time.perf_counter() - t1
         phase.rows, phase.problems = result.rows, len(result.problems)
     stop[0] = True
-    probe.join(1)
+    if probe is not None:
+        probe.join(1)
     ordered = sorted(lateness)
     phase.probe_p99_ms = ordered[int(0.99 * (len(ordered) - 1))] if ordered else float("nan")
     phase.probe_max_ms = ordered[-1] if ordered else float("nan")
@@ -161,12 +168,15 @@ def run(s: Settings) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gateload-bench-recorder-"))
     base: list[Phase] = []
     rec: list[Phase] = []
+    paced_base: list[Phase] = []
+    paced_rec: list[Phase] = []
     for i in range(s.rounds):
-        gc.collect()
-        base.append(run_phase(s, False, work / f"base-{i}"))
-        gc.collect()
-        rec.append(run_phase(s, True, work / f"rec-{i}"))
-    lost = sum(p.fired - p.rows for p in rec)
+        for paced, (b, r) in ((False, (base, rec)), (True, (paced_base, paced_rec))):
+            gc.collect()
+            b.append(run_phase(s, False, work / f"base-{i}-{paced}", paced))
+            gc.collect()
+            r.append(run_phase(s, True, work / f"rec-{i}-{paced}", paced))
+    lost = sum(p.fired - p.rows for p in rec + paced_rec)
     base_rate = statistics.median(p.fire_rate for p in base)
     rec_rate = statistics.median(p.fire_rate for p in rec)
     sustained = statistics.median(p.sustained_rate for p in rec)
@@ -177,15 +187,18 @@ def run(s: Settings) -> dict[str, Any]:
         "recorder_ratio": rec_rate / base_rate,
         "recorder_us_per_fire": 1e6 / rec_rate - 1e6 / base_rate,
         "recorder_drain_s": statistics.median(p.drain_s for p in rec),
-        "probe_p99_late_ms_recorder": statistics.median(p.probe_p99_ms for p in rec),
-        "probe_p99_late_ms_baseline": statistics.median(p.probe_p99_ms for p in base),
-        "probe_max_late_ms_recorder": max(p.probe_max_ms for p in rec),
-        "probe_max_late_ms_baseline": max(p.probe_max_ms for p in base),
+        "paced_rate_per_s": statistics.median(p.fire_rate for p in paced_rec),
+        "probe_p99_late_ms_recorder": statistics.median(p.probe_p99_ms for p in paced_rec),
+        "probe_p99_late_ms_baseline": statistics.median(p.probe_p99_ms for p in paced_base),
+        "probe_max_late_ms_recorder": max(p.probe_max_ms for p in paced_rec),
+        "probe_max_late_ms_baseline": max(p.probe_max_ms for p in paced_base),
         "samples_lost": lost,
     }
     notes = (
         f"{GREENLETS} greenlets firing, yield every {YIELD_EVERY}; {s.rounds} round(s) of {s.seconds:g} s "
-        f"per phase (baseline first), {sum(p.rows for p in rec):,} rows written, "
+        f"per phase (baseline first; flat out, then paced at {PACED_RATE:,.0f}/s with a probe greenlet "
+        f"sleeping {PROBE_SLEEP_S * 1000:g} ms in a loop), {sum(p.rows for p in rec + paced_rec):,} rows "
+        "written, "
         f"{sum(p.problems for p in rec)} recorder problems; Locust's stats listener in both phases; "
         f"switch interval {sys.getswitchinterval() * 1000:g} ms; load average before {load_before[0]:.2f}, "
         f"after {load_average()[0]:.2f}. Target: recorder_samples_per_s >= {TARGET_PER_S:,}, none lost."
