@@ -585,6 +585,14 @@ def _generator_guard(c: Criterion, flags: dict[str, list[str]]) -> Criterion:
     return c
 
 
+def _at(ref: Sequence[StepStats], acc: Acceptance) -> str:
+    """'the reference load (N users)', naming the step actually used when it differs."""
+    used = sorted({st.users for st in ref})
+    if not used or used == [acc.reference_users]:
+        return f"{acc.reference_users:g} users"
+    return f"{'/'.join(map(str, used))} users (reference load {acc.reference_users:g})"
+
+
 def _sla_criteria(ref: list[StepStats], why: str, acc: Acceptance, runs: int) -> list[Criterion]:
     out = []
     for op, limit in acc.sla_limits().items():
@@ -594,7 +602,7 @@ def _sla_criteria(ref: list[StepStats], why: str, acc: Acceptance, runs: int) ->
             else f"sla_p95[{op}]"
         )
         paced = bool(ref) and op in ref[0].paced
-        desc = f"p95 of {op}{' (from intended start)' if paced else ''} at {acc.reference_users:g} users"
+        desc = f"p95 of {op}{' (from intended start)' if paced else ''} at {_at(ref, acc)}"
         if not ref:
             out.append(_missing(name, desc, limit, "<=", "ms", why))
             continue
@@ -668,7 +676,7 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
     metrics["reference"] = {"users": acc.reference_users, "step_users": [st.users for st in ref]}
     criteria: list[Criterion] = []
     if acc.min_ops_per_s is not None:
-        desc = f"throughput at {acc.reference_users:g} users (successful ops/s)"
+        desc = f"throughput at {_at(ref, acc)} (successful ops/s)"
         if ref:
             est = pooled([st.throughput for st in ref], conf)
             criteria.append(_criterion("throughput", desc, est, acc.min_ops_per_s, ">=", "ops/s", len(side)))

@@ -1,20 +1,18 @@
 """Fault windows: stretches of a run where a server's errors or latency depart from the run's baseline.
 
 The detector is blind to what was injected: it reads the samples only, so it finds real incidents too.
-Per server (samples whose server is unknown form their own group), over non-SESSION operations:
+Per server (samples whose server is unknown form their own group), over non-SESSION operations, each
+sample is *bad* when it failed, or when it was slow: ``latency_factor`` times the median duration of
+the same operation in the same load step (on all servers: a robust baseline while under half of the
+samples are hit) and ``min_excess_ms`` above it.
 
-- **errors**: failures are counted in bins of ``bin_s`` seconds. A bin departs when it holds at least
-  ``min_errors`` failures and its error rate exceeds the baseline of its load step (the step's error
-  rate on that server) by ``error_margin``.
-- **latency**: each successful operation is scored as its duration over the median duration of the
-  same operation in the same load step, on all servers (a robust baseline while under half of the
-  samples are hit). Per (server, operation) the scores are binned, the bin widened for sparse
-  operations so that it expects ``min_samples``; a bin departs when it holds ``min_samples``, its
-  median score is at least ``latency_factor`` and its median is ``min_excess_ms`` above the baseline.
-
-Departing bins that touch (a gap of at most one bin) are merged into windows; per server, error and
-latency windows that overlap are one window. Saturation past the knee raises a whole step's errors and
-latency, which the step baseline absorbs; a window is a departure *within* a step.
+Bad samples are counted in bins of ``bin_s`` seconds (by start time). A bin departs when its share of
+bad samples exceeds its load step's baseline (the median of the step's per-bin shares on that server)
+by ``margin`` and by three standard errors. Departing bins that touch (a gap of at most one bin) form
+a window, kept when it holds ``min_bad`` bad samples; it lasts from the first bad sample's start to
+the last one's end. A stalled server yields few samples, each very late, so the evidence is counted
+per sample, not per operation. Saturation past the knee raises a whole step's errors and latency,
+which the step baseline absorbs: a window is a departure *within* a step.
 """
 
 from __future__ import annotations
@@ -37,13 +35,10 @@ class Settings:
     """Detector thresholds (defaults suit runs of seconds to hours)."""
 
     bin_s: float = 1.0
-    min_errors: int = 3  # failures in a bin before it can depart
-    error_margin: float = 0.2  # error rate above the step baseline (absolute)
-    min_window_errors: int = 3  # an error window holds at least this many failures
-    latency_factor: float = 6.0  # median duration over the step's median, per operation
-    min_excess_ms: float = 50.0  # ...and at least this much slower: queueing jitter of fast ops is no fault
-    min_samples: int = 5  # successful operations in a latency bin
-    max_bin_s: float = 10.0  # a sparse operation's bins grow at most to this width
+    margin: float = 0.05  # share of bad samples above the step baseline: at least this, and 3 std errors
+    min_bad: int = 3  # bad samples in a window
+    latency_factor: float = 6.0  # slow: this many times the step's median of the operation...
+    min_excess_ms: float = 50.0  # ...and this much above it (queueing jitter of fast operations is no fault)
 
 
 @dataclass
@@ -57,11 +52,12 @@ class FaultWindow:
     end_epoch: float
     kinds: list[str]  # "errors" and/or "latency"
     errors: int = 0
+    slow: int = 0
     error_classes: dict[str, int] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)
-    peak_error_rate: float = 0.0
-    baseline_error_rate: float = 0.0
-    peak_latency_factor: float = 0.0
+    peak_bad_share: float = 0.0  # of the server's samples in the worst bin
+    baseline_bad_share: float = 0.0
+    peak_latency_factor: float = 0.0  # the slowest sample over its baseline
 
     @property
     def duration(self) -> float:
@@ -69,7 +65,7 @@ class FaultWindow:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("start", "end", "peak_error_rate", "baseline_error_rate", "peak_latency_factor"):
+        for key in ("start", "end", "peak_bad_share", "baseline_bad_share", "peak_latency_factor"):
             out[key] = round(out[key], 4)
         out["duration"] = round(self.duration, 4)
         return out
@@ -81,7 +77,7 @@ class FaultWindow:
 def detect_faults(run: Run, settings: Settings | None = None) -> list[FaultWindow]:
     """The run's fault windows, sorted by start then server."""
     cfg = settings or Settings()
-    view = _View.of(run)
+    view = _View.of(run, cfg)
     if view is None:
         return []
     windows: list[FaultWindow] = []
@@ -89,14 +85,13 @@ def detect_faults(run: Run, settings: Settings | None = None) -> list[FaultWindo
     codes, first = np.unique(view.server[order], return_index=True)
     for code, rows in zip(codes, np.split(order, first[1:]), strict=True):
         name = run.samples.servers[code] if code >= 0 else UNKNOWN
-        found = _error_windows(view, rows, cfg) + _latency_windows(view, rows, cfg)
-        windows += _merge(name, found, run.origin)
+        windows += _server_windows(view, rows[np.argsort(view.t[rows], kind="stable")], name, cfg)
     return sorted(windows, key=lambda w: (w.start, w.server))
 
 
 @dataclass
 class _View:
-    """The non-SESSION samples of a run, with each one's step (segment) and latency baseline."""
+    """The non-SESSION samples of a run: step (segment), latency score and badness of each."""
 
     t: np.ndarray
     dur: np.ndarray
@@ -105,12 +100,14 @@ class _View:
     error: np.ndarray
     server: np.ndarray
     seg: np.ndarray
-    baseline: np.ndarray  # median duration of successful samples of the same op in the same segment
+    score: np.ndarray  # duration over the median of the same operation and segment
+    slow: np.ndarray
+    origin: float
     ops: list[str]
     errors: list[str]
 
     @classmethod
-    def of(cls, run: Run) -> _View | None:
+    def of(cls, run: Run, cfg: Settings) -> _View | None:
         s = run.samples
         if not len(s):
             return None
@@ -120,8 +117,11 @@ class _View:
         t = s.t[keep]
         seg = np.searchsorted(_segments(run), t, side="right") - 1
         op, dur, ok = s.op[keep], s.dur[keep], s.success[keep]
+        baseline = _baselines(op, seg, dur, ok)
+        score = dur / np.maximum(baseline, 1e-3)
+        slow = ok & (score >= cfg.latency_factor) & (dur - baseline >= cfg.min_excess_ms)
         return cls(
-            t, dur, op, ok, s.error[keep], s.server[keep], seg, _baselines(op, seg, dur, ok), s.ops, s.errors
+            t, dur, op, ok, s.error[keep], s.server[keep], seg, score, slow, run.origin, s.ops, s.errors
         )
 
 
@@ -141,112 +141,62 @@ def _baselines(op: np.ndarray, seg: np.ndarray, dur: np.ndarray, ok: np.ndarray)
     for k, rows in zip(uniq, np.split(order, first[1:]), strict=True):
         medians[int(k)] = float(np.median(dur[rows]))
     fallback = float(np.median(list(medians.values()))) if medians else 1.0
-    lookup = np.vectorize(lambda k: medians.get(int(k), fallback), otypes=[float])
     uniq_all, inverse = np.unique(key, return_inverse=True)
-    return lookup(uniq_all)[inverse] if len(uniq_all) else np.zeros(0)
+    values = np.array([medians.get(int(k), fallback) for k in uniq_all], dtype=float)
+    return values[inverse]
 
 
-@dataclass
-class _Piece:
-    start: float
-    end: float
-    kind: str
-    ops: set[str] = field(default_factory=set)
-    errors: int = 0
-    classes: dict[str, int] = field(default_factory=dict)
-    peak_error_rate: float = 0.0
-    baseline_error_rate: float = 0.0
-    peak_latency: float = 0.0
-
-
-def _error_windows(v: _View, rows: np.ndarray, cfg: Settings) -> list[_Piece]:
-    """Bins of one server's samples whose error rate departs from its step's (median bin) rate."""
-    failed = ~v.ok[rows]
-    if failed.sum() < cfg.min_window_errors:
+def _server_windows(v: _View, rows: np.ndarray, name: str, cfg: Settings) -> list[FaultWindow]:
+    """One server's windows (``rows`` sorted by time)."""
+    bad = ~v.ok[rows] | v.slow[rows]
+    if bad.sum() < cfg.min_bad:
         return []
     t, seg = v.t[rows], v.seg[rows]
     bins = np.floor(t / cfg.bin_s).astype(np.int64)
-    n_bins = int(bins.max()) + 1
+    n_bins = int(bins[-1]) + 1
     total = np.bincount(bins, minlength=n_bins)
-    errs = np.bincount(bins, weights=failed, minlength=n_bins)
-    rate = np.where(total > 0, errs / np.maximum(total, 1), 0.0)
-    # the step baseline: the median of the step's per-bin error rates (robust to the fault's own bins)
-    base_rate = np.zeros(n_bins)
+    share = np.bincount(bins, weights=bad, minlength=n_bins) / np.maximum(total, 1)
+    # the step baseline: the median of the step's per-bin shares (robust to the fault's own bins)
+    base = np.zeros(n_bins)
     for k in np.unique(seg):
         seg_bins = np.unique(bins[seg == k])
-        base_rate[seg_bins] = np.median(rate[seg_bins])
-    hot = (errs >= cfg.min_errors) & (rate >= base_rate + cfg.error_margin)
-    pieces = []
+        base[seg_bins] = np.median(share[seg_bins])
+    noise = 3.0 * np.sqrt(base * (1.0 - base) / np.maximum(total, 1))
+    hot = (total > 0) & (share > base + np.maximum(cfg.margin, noise)) & (share > 0)
+    out = []
     for b0, b1 in _runs(hot):
-        inside = (t >= b0 * cfg.bin_s) & (t < (b1 + 1) * cfg.bin_s) & failed
-        if inside.sum() < cfg.min_window_errors:
-            continue
-        classes: dict[str, int] = {}
-        for code, n in zip(*np.unique(v.error[rows][inside], return_counts=True), strict=True):
-            label = v.errors[code] if code >= 0 else "other"
-            classes[label] = classes.get(label, 0) + int(n)
-        pieces.append(
-            _Piece(
-                start=float(t[inside].min()),
-                end=float(t[inside].max()),
-                kind="errors",
-                ops={v.ops[o] for o in np.unique(v.op[rows][inside])},
-                errors=int(inside.sum()),
-                classes=classes,
-                peak_error_rate=float(rate[b0 : b1 + 1].max()),
-                baseline_error_rate=float(base_rate[b0 : b1 + 1].min()),
-            )
-        )
-    return pieces
+        lo, hi = np.searchsorted(bins, [b0, b1 + 1])
+        sel = rows[lo:hi][bad[lo:hi]]
+        if len(sel) >= cfg.min_bad:
+            out.append(_window(v, sel, name, float(share[b0 : b1 + 1].max()), float(base[b0 : b1 + 1].min())))
+    return _merge(out)
 
 
-def _latency_windows(v: _View, rows: np.ndarray, cfg: Settings) -> list[_Piece]:
-    """Per operation of one server: bins whose median duration departs from the step's median."""
-    rows = rows[v.ok[rows]]
-    order = rows[np.argsort(v.op[rows], kind="stable")]
-    codes, first = np.unique(v.op[order], return_index=True)
-    pieces = []
-    for op, sel in zip(codes, np.split(order, first[1:]), strict=True):
-        if len(sel) < cfg.min_samples:
-            continue
-        sel = sel[np.argsort(v.t[sel], kind="stable")]
-        pieces += _op_latency(v, sel, v.ops[int(op)], cfg)
-    return pieces
-
-
-def _op_latency(v: _View, sel: np.ndarray, op: str, cfg: Settings) -> list[_Piece]:
-    t, dur, baseline = v.t[sel], v.dur[sel], v.baseline[sel]
-    score = dur / np.maximum(baseline, 1e-3)
-    excess = dur - baseline
-    # sparse operations get wider bins, so that a bin expects min_samples of them
-    span = max(float(t[-1] - t[0]), cfg.bin_s)
-    width = min(cfg.max_bin_s, max(cfg.bin_s, cfg.min_samples * span / len(t)))
-    bins = np.floor(t / width).astype(np.int64)
-    uniq, first, counts = np.unique(bins, return_index=True, return_counts=True)
-    hot = np.zeros(int(bins[-1]) + 1, dtype=bool)
-    peak = np.zeros(len(hot))
-    for b, i, n in zip(uniq, first, counts, strict=True):
-        if n < cfg.min_samples:
-            continue
-        median = float(np.median(score[i : i + n]))
-        if median >= cfg.latency_factor and np.median(excess[i : i + n]) >= cfg.min_excess_ms:
-            hot[b], peak[b] = True, median
-    pieces = []
-    for b0, b1 in _runs(hot):
-        slow = (t >= b0 * width) & (t < (b1 + 1) * width)
-        slow &= (score >= cfg.latency_factor) & (excess >= cfg.min_excess_ms)
-        if not slow.any():
-            continue
-        pieces.append(
-            _Piece(
-                start=float(t[slow].min()),
-                end=float((t[slow] + dur[slow] / 1000.0).max()),  # until the slow operations ended
-                kind="latency",
-                ops={op},
-                peak_latency=float(peak[b0 : b1 + 1].max()),
-            )
-        )
-    return pieces
+def _window(v: _View, sel: np.ndarray, name: str, peak: float, base: float) -> FaultWindow:
+    failed = sel[~v.ok[sel]]
+    slow = sel[v.ok[sel]]
+    classes: dict[str, int] = {}
+    for code, n in zip(*np.unique(v.error[failed], return_counts=True), strict=True):
+        label = v.errors[code] if code >= 0 else "other"
+        classes[label] = classes.get(label, 0) + int(n)
+    start = float(v.t[sel].min())
+    end = float((v.t[sel] + v.dur[sel] / 1000.0).max())  # until the last bad operation ended
+    kinds = (["errors"] if len(failed) else []) + (["latency"] if len(slow) else [])
+    return FaultWindow(
+        server=name,
+        start=start,
+        end=end,
+        start_epoch=v.origin + start,
+        end_epoch=v.origin + end,
+        kinds=kinds,
+        errors=len(failed),
+        slow=len(slow),
+        error_classes=classes,
+        ops=sorted({v.ops[o] for o in np.unique(v.op[sel])}),
+        peak_bad_share=peak,
+        baseline_bad_share=base,
+        peak_latency_factor=float(v.score[slow].max()) if len(slow) else 0.0,
+    )
 
 
 def _runs(hot: np.ndarray, gap: int = 1) -> list[tuple[int, int]]:
@@ -265,28 +215,23 @@ def _runs(hot: np.ndarray, gap: int = 1) -> list[tuple[int, int]]:
     return out
 
 
-def _merge(server: str, pieces: list[_Piece], origin: float) -> list[FaultWindow]:
-    """Overlapping (or touching within a second) pieces of one server become one window."""
+def _merge(windows: list[FaultWindow]) -> list[FaultWindow]:
+    """Windows of one server that overlap (a slow operation outlasting its bins) become one."""
     out: list[FaultWindow] = []
-    for p in sorted(pieces, key=lambda p: p.start):
-        w = out[-1] if out else None
-        if w is None or p.start > w.end + 1.0:
-            w = FaultWindow(server, p.start, p.end, origin + p.start, origin + p.end, [])
+    for w in sorted(windows, key=lambda w: w.start):
+        last = out[-1] if out else None
+        if last is None or w.start > last.end:
             out.append(w)
-        w.end = max(w.end, p.end)
-        w.end_epoch = origin + w.end
-        if p.kind not in w.kinds:
-            w.kinds.append(p.kind)
-        w.ops = sorted(set(w.ops) | p.ops)
-        w.errors += p.errors
-        for c, n in p.classes.items():
-            w.error_classes[c] = w.error_classes.get(c, 0) + n
-        w.peak_error_rate = max(w.peak_error_rate, p.peak_error_rate)
-        if p.kind == "errors":
-            w.baseline_error_rate = p.baseline_error_rate
-        w.peak_latency_factor = max(w.peak_latency_factor, p.peak_latency)
-    for w in out:
-        w.kinds.sort()
+            continue
+        last.end, last.end_epoch = max(last.end, w.end), max(last.end_epoch, w.end_epoch)
+        last.kinds = sorted(set(last.kinds) | set(w.kinds))
+        last.errors += w.errors
+        last.slow += w.slow
+        for c, n in w.error_classes.items():
+            last.error_classes[c] = last.error_classes.get(c, 0) + n
+        last.ops = sorted(set(last.ops) | set(w.ops))
+        last.peak_bad_share = max(last.peak_bad_share, w.peak_bad_share)
+        last.peak_latency_factor = max(last.peak_latency_factor, w.peak_latency_factor)
     return out
 
 
@@ -335,9 +280,10 @@ def _describe(w: dict[str, Any]) -> str:
     classes = ", ".join(f"{c} {n}" for c, n in sorted(w["error_classes"].items(), key=lambda x: -x[1]))
     parts = []
     if "errors" in w["kinds"]:
-        parts.append(f"{w['errors']} failures ({classes}), peak error rate {w['peak_error_rate']:.0%}")
+        parts.append(f"{w['errors']} failures ({classes})")
     if "latency" in w["kinds"]:
-        parts.append(f"latency up to {w['peak_latency_factor']:.3g}x the step median")
+        parts.append(f"{w['slow']} slow, up to {w['peak_latency_factor']:.3g}x the step median")
+    parts.append(f"{w['peak_bad_share']:.0%} of the server's operations at worst")
     return "; ".join(parts)
 
 
