@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -27,17 +28,8 @@ DEFAULT_ACCEPTANCE = ROOT / "targets" / "acceptance" / "reference.toml"
 # Demo workloads: a staircase that takes the before farm past its knee and stays within what this
 # 2-core machine can generate. ~5 minutes in all by default, ~90 s with --quick.
 DEMO_SHAPES = {
-    "full": [
-        "--shape",
-        "step",
-        "--step-users",
-        "10,25,50,75,100,130",
-        "--step-hold",
-        "18",
-        "--step-ramp",
-        "4",
-    ],
-    "quick": ["--shape", "step", "--step-users", "15,50,110", "--step-hold", "9", "--step-ramp", "3"],
+    "full": "--shape step --step-users 20,45,70,110,160,220 --step-hold 18 --step-ramp 4",
+    "quick": "--shape step --step-users 20,90,200 --step-hold 10 --step-ramp 4",
 }
 
 
@@ -90,7 +82,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
 def _run_demo_command(args: argparse.Namespace) -> int:
     args.before = PROFILES / "reference-before.toml"
     args.after = PROFILES / "reference-after.toml"
-    args.locust_args = list(DEMO_SHAPES["quick" if args.quick else "full"]) + args.locust_args
+    args.locust_args = shlex.split(DEMO_SHAPES["quick" if args.quick else "full"]) + args.locust_args
     return _run_campaign_command(args)
 
 
