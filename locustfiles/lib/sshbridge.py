@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -30,6 +31,9 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 T = TypeVar("T")
+
+# asyncssh logs every channel open/close at INFO: megabytes per run and a cost on the hot path.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 _start_new_thread = get_original("_thread", "start_new_thread")
 _allocate_lock = get_original("_thread", "allocate_lock")

@@ -1,0 +1,152 @@
+"""The main job: campaign planning and guards, the headless-CI recipe, and `gateload demo --quick`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from gateload.campaign import plan_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+GATELOAD = [sys.executable, "-m", "gateload.cli"]
+LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / "homeoffice.py")]
+
+
+def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_replicates_are_interleaved_abab() -> None:
+    runs = plan_runs(Path("b.toml"), Path("a.toml"), 3)
+    assert [r.label for r in runs] == ["before", "after"] * 3
+    assert [r.run_id for r in runs[:2]] == ["before-1", "after-1"]
+    assert len({r.run_id for r in runs}) == 6
+
+
+def test_campaign_refuses_a_remote_target_without_consent(tmp_path: Path) -> None:
+    # 192.0.2.1 is TEST-NET-1: it is only looked at, never contacted; the command must stop first.
+    text = (ROOT / "targets/profiles/local-real.toml").read_text()
+    remote = tmp_path / "remote.toml"
+    remote.write_text(text.replace("127.0.0.1", "192.0.2.1"))
+    out = run(
+        [
+            *GATELOAD,
+            "campaign",
+            "--before",
+            str(remote),
+            "--after",
+            str(remote),
+            "--out",
+            str(tmp_path / "c"),
+        ],
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "not on loopback" in out.stderr and "--allow-remote" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_campaign_rejects_bad_replicates(tmp_path: Path) -> None:
+    before = ROOT / "targets/profiles/reference-before.toml"
+    out = run(
+        [
+            *GATELOAD,
+            "campaign",
+            "--before",
+            str(before),
+            "--after",
+            str(before),
+            "--replicates",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        timeout=60,
+    )
+    assert out.returncode == 2 and "--replicates" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_headless_ci_recipe_gates_a_run(reference_farm, tmp_path: Path) -> None:
+    """README recipe: locust headless with a profile, then `gateload check` -> exit code + JUnit."""
+    profile = reference_farm("reference-before")
+    results = tmp_path / "results"
+    locust = run(
+        [
+            *LOCUST,
+            "--headless",
+            "-u",
+            "20",
+            "-r",
+            "10",
+            "-t",
+            "25s",
+            "--profile",
+            str(profile),
+            "--results-dir",
+            str(results),
+            "--label",
+            "smoke",
+            "--run-id",
+            "ci-1",
+            "HomeofficeUser",
+        ],
+        timeout=120,
+    )
+    assert locust.returncode == 0, locust.stderr[-2000:]
+    run_dir = results / "smoke" / "ci-1"
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "completed"
+
+    report = tmp_path / "report"
+    ok = run(
+        [
+            *GATELOAD,
+            "check",
+            str(run_dir),
+            "--acceptance",
+            str(ROOT / "targets/acceptance/ci-smoke.toml"),
+            "--out",
+            str(report),
+        ],
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    junit = ET.parse(report / "junit.xml").getroot()
+    assert list(junit.iter("testcase")) and not list(junit.iter("failure"))
+    assert json.loads((report / "verdict.json").read_text())["verdict"] == "PASS"
+
+    strict = tmp_path / "strict.toml"
+    strict.write_text('version = 1\n[load]\nreference_users = 20\n[sla]\n"SSH keystroke" = 0.001\n')
+    failed = run(
+        [*GATELOAD, "check", str(run_dir), "--acceptance", str(strict), "--out", str(tmp_path / "r2")],
+        timeout=120,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    junit = (tmp_path / "r2" / "junit.xml").read_text()
+    assert "<failure" in junit
+
+
+@pytest.mark.slow
+def test_demo_quick_passes_with_the_gain_shown(tmp_path: Path) -> None:
+    out_dir = tmp_path / "demo"
+    out = run([*GATELOAD, "demo", "--quick", "--out", str(out_dir)], timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    report = out_dir / "report"
+    for name in ("report.html", "summary.md", "junit.xml", "verdict.json"):
+        assert (report / name).stat().st_size > 0, name
+    verdict = json.loads((report / "verdict.json").read_text())
+    assert verdict["verdict"] == "PASS"
+    peak = verdict["metrics"]["peak_throughput"]
+    assert peak["after"] / peak["before"] >= 2 and peak["ratio"] >= 2
+    assert all(c["verdict"] == "PASS" for c in verdict["criteria"])
+    # the last lines point at the report
+    assert str(report / "report.html") in out.stdout.strip().splitlines()[-2]
+    for label in ("before", "after"):
+        meta = json.loads((out_dir / label / f"{label}-1" / "meta.json").read_text())
+        assert meta["status"] == "completed" and len(meta["steps"]) == 3
