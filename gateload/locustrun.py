@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from gateload.errors import InputError
 from locustfiles.lib.schedule import Plan, plan_from_args
@@ -19,6 +23,9 @@ LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
 PROGRESS_PREFIX = "[gateload]"
 # Seconds allowed beyond the planned duration for logon, shutdown and writing results.
 GRACE_S = 60.0
+# Seconds Locust may take to exit once it has written its run folder.
+EXIT_GRACE_S = 20.0
+RUN_ENDED = re.compile(r"^\S+ run \S+ (completed|interrupted|failed)")
 USER_CLASS = "HomeofficeUser"
 
 
@@ -55,7 +62,7 @@ class LocustRun:
 
     def run(self) -> Path:
         """Run to the end, echoing progress lines; returns the run folder."""
-        plan = plan_of(self.extra)
+        deadline = time.monotonic() + plan_of(self.extra).duration_s + GRACE_S
         log_path = self.results_dir / f".{self.label}-{self.run_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w") as log:
@@ -68,17 +75,16 @@ class LocustRun:
                 cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+            follower = _Follower(proc, log)
             try:
-                _follow(proc, log)
-                proc.wait(timeout=plan.duration_s + GRACE_S)
+                _wait(proc, follower, deadline)
             except KeyboardInterrupt:
                 # Locust marks the run interrupted and flushes what it has; give it the time to.
                 proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=GRACE_S)
+                _stop(proc, GRACE_S)
                 raise
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                proc.wait(timeout=GRACE_S)
+            finally:
+                follower.join(timeout=5)
         if self.run_dir.is_dir():
             log_path.replace(self.run_dir / "locust.log")
             log_path = self.run_dir / "locust.log"
@@ -103,10 +109,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _follow(proc: subprocess.Popen, log) -> None:
-    """Copy Locust's output to the log; show progress lines and problems on the console."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        log.write(line)
-        if line.startswith(PROGRESS_PREFIX) or " ERROR/" in line or "CPU usage" in line:
-            print("  " + line.rstrip(), flush=True)
+class _Follower(threading.Thread):
+    """Copies Locust's output to the log; shows progress lines and problems on the console."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: TextIO) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.log = proc, log
+        self.finished = threading.Event()  # the run folder is final: Locust has only to exit
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.write(line)
+            if line.startswith(PROGRESS_PREFIX) or " ERROR/" in line or "CPU usage" in line:
+                print("  " + line.rstrip(), flush=True)
+            if line.startswith(PROGRESS_PREFIX) and RUN_ENDED.search(line):
+                self.finished.set()
+
+
+def _wait(proc: subprocess.Popen[str], follower: _Follower, deadline: float) -> None:
+    """Wait for Locust to exit; stop it if it overruns its plan or lingers after its run ended."""
+    while proc.poll() is None:
+        if follower.finished.wait(timeout=0.5):
+            if _exited(proc, EXIT_GRACE_S):
+                return
+            print(f"  Locust did not exit {EXIT_GRACE_S:.0f} s after its run ended; stopping it", flush=True)
+            _stop(proc, EXIT_GRACE_S)
+            return
+        if time.monotonic() > deadline:
+            print("  Locust overran its planned duration; stopping it", flush=True)
+            _stop(proc, GRACE_S)
+            return
+
+
+def _exited(proc: subprocess.Popen[str], seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _stop(proc: subprocess.Popen[str], grace: float) -> None:
+    """SIGTERM (Locust then writes an interrupted run), SIGKILL if that is not enough."""
+    if proc.poll() is None:
+        proc.terminate()
+        if not _exited(proc, grace):
+            proc.kill()
+            proc.wait()
