@@ -4,7 +4,8 @@ The detector is blind to what was injected: it reads the samples only, so it fin
 Per server (samples whose server is unknown form their own group), over non-SESSION operations, each
 sample is *bad* when it failed, or when it was slow: ``latency_factor`` times the median duration of
 the same operation in the same load step (on all servers: a robust baseline while under half of the
-samples are hit) and ``min_excess_ms`` above it.
+samples are hit) and ``min_excess_ms`` above it; not in a step's ramp or the ``settle_s`` after it,
+where a herd of new users logging on at once is slow by nature.
 
 Bad samples are counted in bins of ``bin_s`` seconds (by start time). A bin departs when its share of
 bad samples exceeds its load step's baseline (the median of the step's per-bin shares on that server)
@@ -35,10 +36,15 @@ class Settings:
     """Detector thresholds (defaults suit runs of seconds to hours)."""
 
     bin_s: float = 1.0
-    margin: float = 0.05  # share of bad samples above the step baseline: at least this, and 3 std errors
     min_bad: int = 3  # bad samples in a window
+    # all operations of a server: failed or stalled samples above the baseline share by at least this
+    error_margin: float = 0.05
+    stalled_ms: float = 1000.0  # a success this much slower than its baseline counts as stalled
+    # one operation of a server: slow samples above the baseline share by at least this
+    latency_margin: float = 0.25
     latency_factor: float = 6.0  # slow: this many times the step's median of the operation...
     min_excess_ms: float = 50.0  # ...and this much above it (queueing jitter of fast operations is no fault)
+    settle_s: float = 2.0  # after a step's users are spawned, slowness is the ramp's (failures still count)
 
 
 @dataclass
@@ -55,7 +61,7 @@ class FaultWindow:
     slow: int = 0
     error_classes: dict[str, int] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)
-    peak_bad_share: float = 0.0  # of the server's samples in the worst bin
+    peak_bad_share: float = 0.0  # of an operation's samples on the server, in the worst bin
     baseline_bad_share: float = 0.0
     peak_latency_factor: float = 0.0  # the slowest sample over its baseline
 
@@ -85,7 +91,16 @@ def detect_faults(run: Run, settings: Settings | None = None) -> list[FaultWindo
     codes, first = np.unique(view.server[order], return_index=True)
     for code, rows in zip(codes, np.split(order, first[1:]), strict=True):
         name = run.samples.servers[code] if code >= 0 else UNKNOWN
-        windows += _server_windows(view, rows[np.argsort(view.t[rows], kind="stable")], name, cfg)
+        rows = rows[np.argsort(view.t[rows], kind="stable")]
+        # every operation together: failures and stalled operations
+        found = _windows(view, rows, ~view.ok[rows] | view.stalled[rows], cfg.error_margin, name, cfg)
+        # each operation alone: slow ones (a slowdown of one kind of work, e.g. SFTP)
+        by_op = rows[np.argsort(view.op[rows], kind="stable")]
+        _, op_first = np.unique(view.op[by_op], return_index=True)
+        for op_rows in np.split(by_op, op_first[1:]):
+            op_rows = op_rows[np.argsort(view.t[op_rows], kind="stable")]
+            found += _windows(view, op_rows, view.slow[op_rows], cfg.latency_margin, name, cfg)
+        windows += _merge(found)
     return sorted(windows, key=lambda w: (w.start, w.server))
 
 
@@ -102,6 +117,7 @@ class _View:
     seg: np.ndarray
     score: np.ndarray  # duration over the median of the same operation and segment
     slow: np.ndarray
+    stalled: np.ndarray
     origin: float
     ops: list[str]
     errors: list[str]
@@ -120,8 +136,22 @@ class _View:
         baseline = _baselines(op, seg, dur, ok)
         score = dur / np.maximum(baseline, 1e-3)
         slow = ok & (score >= cfg.latency_factor) & (dur - baseline >= cfg.min_excess_ms)
+        slow &= ~_settling(run, t, cfg.settle_s)
+        stalled = slow & (dur - baseline >= cfg.stalled_ms)
         return cls(
-            t, dur, op, ok, s.error[keep], s.server[keep], seg, score, slow, run.origin, s.ops, s.errors
+            t,
+            dur,
+            op,
+            ok,
+            s.error[keep],
+            s.server[keep],
+            seg,
+            score,
+            slow,
+            stalled,
+            run.origin,
+            s.ops,
+            s.errors,
         )
 
 
@@ -129,6 +159,17 @@ def _segments(run: Run) -> np.ndarray:
     """Start times of the baseline segments: the load steps (one segment when there are none)."""
     starts = sorted({0.0, *(max(0.0, st.start) for st in run.steps)})
     return np.asarray(starts, dtype=float)
+
+
+def _settling(run: Run, t: np.ndarray, settle_s: float) -> np.ndarray:
+    """Samples in a step's ramp or in the ``settle_s`` after it (a herd of new users logs on at once)."""
+    out = np.zeros(len(t), dtype=bool)
+    for st in run.steps or ():
+        ramp_end = st.spawned if st.spawned is not None else st.start
+        out |= (t >= st.start) & (t < max(st.start, ramp_end) + settle_s)
+    if not run.steps:
+        out |= t < settle_s
+    return out
 
 
 def _baselines(op: np.ndarray, seg: np.ndarray, dur: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -146,9 +187,10 @@ def _baselines(op: np.ndarray, seg: np.ndarray, dur: np.ndarray, ok: np.ndarray)
     return values[inverse]
 
 
-def _server_windows(v: _View, rows: np.ndarray, name: str, cfg: Settings) -> list[FaultWindow]:
-    """One server's windows (``rows`` sorted by time)."""
-    bad = ~v.ok[rows] | v.slow[rows]
+def _windows(
+    v: _View, rows: np.ndarray, bad: np.ndarray, margin: float, name: str, cfg: Settings
+) -> list[FaultWindow]:
+    """Windows where the share of ``bad`` among ``rows`` (sorted by time) departs from its baseline."""
     if bad.sum() < cfg.min_bad:
         return []
     t, seg = v.t[rows], v.seg[rows]
@@ -162,14 +204,14 @@ def _server_windows(v: _View, rows: np.ndarray, name: str, cfg: Settings) -> lis
         seg_bins = np.unique(bins[seg == k])
         base[seg_bins] = np.median(share[seg_bins])
     noise = 3.0 * np.sqrt(base * (1.0 - base) / np.maximum(total, 1))
-    hot = (total > 0) & (share > base + np.maximum(cfg.margin, noise)) & (share > 0)
+    hot = (total > 0) & (share > base + np.maximum(margin, noise)) & (share > 0)
     out = []
     for b0, b1 in _runs(hot):
         lo, hi = np.searchsorted(bins, [b0, b1 + 1])
         sel = rows[lo:hi][bad[lo:hi]]
         if len(sel) >= cfg.min_bad:
             out.append(_window(v, sel, name, float(share[b0 : b1 + 1].max()), float(base[b0 : b1 + 1].min())))
-    return _merge(out)
+    return out
 
 
 def _window(v: _View, sel: np.ndarray, name: str, peak: float, base: float) -> FaultWindow:
@@ -216,11 +258,11 @@ def _runs(hot: np.ndarray, gap: int = 1) -> list[tuple[int, int]]:
 
 
 def _merge(windows: list[FaultWindow]) -> list[FaultWindow]:
-    """Windows of one server that overlap (a slow operation outlasting its bins) become one."""
+    """Windows of one server that overlap or lie within a second of each other become one."""
     out: list[FaultWindow] = []
     for w in sorted(windows, key=lambda w: w.start):
         last = out[-1] if out else None
-        if last is None or w.start > last.end:
+        if last is None or w.start > last.end + 1.0:
             out.append(w)
             continue
         last.end, last.end_epoch = max(last.end, w.end), max(last.end_epoch, w.end_epoch)

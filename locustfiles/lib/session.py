@@ -60,6 +60,8 @@ class HomeofficeUser(User):
             gevent.sleep(max(0.0, t_intended - time.time()))
         start, t0 = time.time(), time.perf_counter()
         portal = PortalClient(self, self.target, self.target.account_for(self.user_id), self.user_id)
+        assert self.ssh is not None
+        self.ssh.server = None  # a new session has no gateway backend yet: a portal failure is the portal's
         try:
             failure = self._logon(portal)
             self._fire_session("logon", start, t0, failure, t_intended, portal)

@@ -150,6 +150,7 @@ class FaultController:
         fault = ActiveFault(self._ids, spec, source, start, start + spec.duration_s)
         self.faults.append(fault)
         self.apply()
+        self._poke()
         return fault
 
     def clear(self, fault_id: int | None = None) -> int:
@@ -160,7 +161,13 @@ class FaultController:
             f.end = min(f.end, now)
             f.start = min(f.start, f.end)
         self.apply()
+        self._poke()
         return len(hit)
+
+    def _poke(self) -> None:
+        """Wake the timer: the next start or end may be sooner now."""
+        if self._wake is not None:
+            self._wake.set()
 
     def start(self, schedule: list[Fault]) -> None:
         """Schedule the profile's faults from now and run the timer (call inside the farm's loop)."""
@@ -216,8 +223,6 @@ class FaultController:
             self.faults = [f for f in self.faults if f.state != "ended"] + [
                 f for f in self.faults if f.state == "ended"
             ][-LOG_LIMIT:]
-        if self._wake is not None and changed:
-            self._wake.set()
         return self._next_due()
 
     def _next_due(self) -> float | None:

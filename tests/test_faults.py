@@ -1,0 +1,427 @@
+"""Fault injection: the farm breaks on purpose, the harness keeps measuring, the analysis finds it.
+
+Two layers:
+
+- in process, per fault kind, what a client sees on the wire (fast and exact);
+- per fault kind, a short headless ``locust`` run of ``HomeofficeUser`` against a farm subprocess with
+  the fault injected through the admin endpoint: the run completes, the failures carry the right
+  error class and server, users recover after the fault window (successes on that server again), and
+  ``analysis.faults`` finds a window on that server overlapping the injected one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncssh
+import pandas as pd
+import pytest
+
+from analysis.faults import FaultWindow, detect_faults, overlaps
+from analysis.runs import load_run
+from targets.profile import Profile
+from targets.reference.farm import ReferenceFarm
+from targets.reference.faults import FaultClient
+from targets.reference.harness import FarmProcess, portal_login, portal_ticket, write_profile_variant
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
+
+# A three-server farm, so that a fault on one server hits a third of the users, with fast service
+# times and a workload of short sessions: a 12 s run holds dozens of sessions. Three, not two: the
+# farm's one round-robin cursor serves the portal and the gateway, and with two servers and two picks
+# per session a few users settle into "portal on one server, SSH on the other".
+FARM = {
+    "farm.accounts": 20,
+    "farm.servers.0.count": 3,
+    "farm.service.distribution": "constant",
+    "farm.service.portal_page_ms": 1.0,
+    "farm.service.portal_login_ms": 1.0,
+    "farm.service.portal_launch_ms": 1.0,
+    "farm.service.ssh_auth_ms": 1.0,
+    "farm.service.keystroke_ms": 1.0,
+    "farm.service.screen_update_ms": 1.0,
+    "farm.service.tunnel_request_ms": 1.0,
+    "farm.service.sftp_mb_per_s": 20.0,
+}
+WORKLOAD = {
+    "workload.activities_per_session": 8,
+    "workload.think_min_s": 0.2,
+    "workload.think_max_s": 0.4,
+    "workload.typing_interval_ms": 20.0,
+    "workload.burst_keys": 4,
+    "workload.screen_bursts": 2,
+    "workload.screen_bytes": 512,
+    "workload.timeout_s": 2.0,
+}
+USERS = 9
+RUN_S = 12
+FAULT_START_S = 4.0  # after the injection request, which comes just before Locust starts
+FAULT_S = 3.0
+
+
+# --- in process: what a client sees -----------------------------------------------------------------
+
+
+def run(profile: Profile, scenario: Callable[[ReferenceFarm], Any]) -> Any:
+    async def main() -> Any:
+        async with ReferenceFarm(profile, seed=3) as farm:
+            return await scenario(farm)
+
+    return asyncio.run(main())
+
+
+def _jar() -> aiohttp.CookieJar:
+    return aiohttp.CookieJar(unsafe=True)
+
+
+def _inject(farm: ReferenceFarm, kind: str, duration_s: float, **params: Any) -> dict[str, Any]:
+    """Inject a fault in process, as the admin endpoint does."""
+    from targets.reference.faults import parse_fault
+
+    assert farm.context is not None and farm.context.faults is not None
+    spec = parse_fault({"kind": kind, "duration_s": duration_s, **params}, farm.effective_profile.server_ids)
+    return farm.context.faults.add(spec, "test").as_dict(farm.context.faults._now)
+
+
+async def _ssh(farm: ReferenceFarm, launch: dict[str, Any]) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        farm.gateway_port,
+        username=launch["username"],
+        password=launch["ticket"],
+        known_hosts=None,
+        client_keys=None,
+        agent_path=None,
+    )
+
+
+def test_http_503_storm_hits_the_chosen_server_only(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> None:
+        _inject(farm, "http_503", 30, server="old-02")
+        seen: dict[str, set[int]] = {}
+        async with aiohttp.ClientSession(cookie_jar=_jar()) as http:
+            for _ in range(8):  # round-robin: both servers get new sessions
+                http.cookie_jar.clear()
+                async with http.get(f"{farm.portal_url}/login") as r:
+                    seen.setdefault(r.headers["X-Gateload-Server"], set()).add(r.status)
+        assert seen == {"old-01": {200}, "old-02": {503}}
+        assert farm.metrics_snapshot()["servers"]["old-02"]["refused"]["portal"] >= 4
+
+    run(fast_profile(**{"farm__servers__0__count": 2}), scenario)
+
+
+def test_auth_fail_refuses_portal_and_gateway_logins_until_it_ends(
+    fast_profile: Callable[..., Profile],
+) -> None:
+    async def scenario(farm: ReferenceFarm) -> None:
+        account = next(iter(farm.state.accounts.values()))
+        launch = await portal_ticket(farm.portal_url, account)  # before the fault
+        fault = _inject(farm, "auth_fail", 0.6, server="*")
+        with pytest.raises(AssertionError, match="POST /login: 401"):
+            await portal_ticket(farm.portal_url, account)
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _ssh(farm, launch)
+        await asyncio.sleep(max(0.0, fault["planned_end"] - time.time()) + 0.1)
+        async with await _ssh(farm, launch) as conn:  # the ticket was not consumed by the refusal
+            assert (await conn.run("echo back", check=True)).stdout == "back\n"
+
+    run(fast_profile(), scenario)
+
+
+def test_stall_holds_operations_until_it_ends(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> float:
+        fault = _inject(farm, "stall", 0.8, server="*")
+        async with (
+            aiohttp.ClientSession(cookie_jar=_jar()) as http,
+            http.get(f"{farm.portal_url}/login") as r,
+        ):
+            assert r.status == 200
+        return time.time() - fault["planned_end"]
+
+    late = run(fast_profile(), scenario)
+    assert late >= -0.05  # answered only once the stall was over (and not much later)
+    assert late < 2.0
+
+
+def test_reset_drops_open_ssh_connections_with_a_tcp_reset(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> None:
+        account = next(iter(farm.state.accounts.values()))
+        conn = await _ssh(farm, await portal_ticket(farm.portal_url, account))
+        _inject(farm, "reset", 5, server="*")
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        with pytest.raises((asyncssh.ConnectionLost, asyncssh.ChannelOpenError, OSError)):
+            await conn.run("echo after", check=True)
+        assert farm.metrics_snapshot()["faults"]["ssh_resets"] == 1
+        # new connections are accepted while the fault lasts (it resets only at its ticks)
+        async with await _ssh(farm, await portal_ticket(farm.portal_url, account)) as again:
+            assert (await again.run("echo again", check=True)).stdout == "again\n"
+
+    run(fast_profile(), scenario)
+
+
+def test_down_server_drops_its_sessions_and_comes_back_empty(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> None:
+        accounts = list(farm.state.accounts.values())
+        async with aiohttp.ClientSession(cookie_jar=_jar()) as http:
+            await portal_login(http, farm.portal_url, accounts[0])  # pinned to old-01 (first pick)
+            async with http.get(f"{farm.portal_url}/api/apps") as r:
+                assert r.headers["X-Gateload-Server"] == "old-01" and r.status == 200
+            fault = _inject(farm, "down", 0.8, server="old-01")
+            async with http.get(f"{farm.portal_url}/api/apps") as r:
+                assert (r.status, r.headers["X-Gateload-Server"]) == (503, "old-01")
+            async with aiohttp.ClientSession(cookie_jar=_jar()) as fresh:
+                for _ in range(3):  # new sessions go to the servers that are up
+                    fresh.cookie_jar.clear()
+                    async with fresh.get(f"{farm.portal_url}/login") as r:
+                        assert r.status == 200 and r.headers["X-Gateload-Server"] != "old-01"
+            await asyncio.sleep(max(0.0, fault["planned_end"] - time.time()) + 0.1)
+            async with http.get(f"{farm.portal_url}/api/apps") as r:
+                assert r.status == 401  # back, but it forgot its sessions: log in again
+
+    run(fast_profile(), scenario)
+
+
+def test_slow_sftp_multiplies_transfer_time(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> tuple[float, float]:
+        account = next(iter(farm.state.accounts.values()))
+        async with (
+            await _ssh(farm, await portal_ticket(farm.portal_url, account)) as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            times = []
+            for slow in (False, True):
+                if slow:
+                    _inject(farm, "slow_sftp", 30, server="*", factor=10)
+                start = time.perf_counter()
+                async with sftp.open("memo.pdf", "rb") as fh:
+                    await fh.read()
+                times.append(time.perf_counter() - start)
+            return times[0], times[1]
+
+    # 65536 bytes at 5 MB/s: 13 ms; ten times slower: 131 ms
+    fast, slow = run(fast_profile(farm__service__sftp_mb_per_s=5.0), scenario)
+    assert slow >= 0.131 * 0.95
+    assert slow > 4 * fast
+
+
+def test_profile_schedule_runs_from_farm_start_and_is_logged(fast_profile: Callable[..., Profile]) -> None:
+    schedule = [
+        {"kind": "http_503", "server": "old-02", "start_s": 0.3, "duration_s": 0.4},
+        {"kind": "stall", "start_s": 5.0, "duration_s": 1.0},
+    ]
+
+    async def scenario(farm: ReferenceFarm) -> None:
+        started = time.time()
+        faults = farm.context.faults  # type: ignore[union-attr]
+        assert [f["state"] for f in faults.snapshot()["scheduled"]] == ["scheduled", "scheduled"]
+        await asyncio.sleep(0.45)
+        active = faults.snapshot()["active"]
+        assert [(f["kind"], f["server"], f["source"]) for f in active] == [("http_503", "old-02", "profile")]
+        async with aiohttp.ClientSession() as http, http.get(f"{farm.portal_url}/metrics") as r:
+            text = await r.text()
+        assert 'gateload_fault_active{id="1",kind="http_503",server="old-02"}' in text
+        await asyncio.sleep(0.45)
+        log = faults.snapshot()["log"]
+        assert [(e["event"], e["kind"]) for e in log] == [("start", "http_503"), ("end", "http_503")]
+        assert log[0]["t"] - started == pytest.approx(0.3, abs=0.15)
+        assert log[1]["t"] - log[0]["t"] == pytest.approx(0.4, abs=0.1)
+        assert farm.metrics_snapshot()["servers"]["old-02"]["refused"]["portal"] == 0  # no traffic came
+
+    profile = fast_profile(farm__faults=schedule)
+    assert [f.kind for f in profile.farm.faults] == ["http_503", "stall"]  # type: ignore[union-attr]
+    run(profile, scenario)
+
+
+def test_admin_endpoint_schedules_lists_and_clears(fast_profile: Callable[..., Profile]) -> None:
+    async def scenario(farm: ReferenceFarm) -> None:
+        client = FaultClient.for_profile(farm.effective_profile)
+
+        def calls() -> None:
+            f = client.inject("down", 60, server="old-03", start_s=30)
+            assert f["state"] == "scheduled" and f["source"] == "admin"
+            g = client.inject("slow_sftp", 60, factor=3)
+            assert g["state"] == "active"
+            for body, why in (
+                ({"kind": "meltdown", "duration_s": 1}, "'kind'"),
+                ({"kind": "stall"}, "'duration_s' is missing"),
+                ({"kind": "stall", "duration_s": -1}, "duration_s"),
+                ({"kind": "stall", "duration_s": 1, "server": "old-99"}, "old-99"),
+                ({"kind": "stall", "duration_s": 1, "colour": 1}, "unknown key 'colour'"),
+                ({"kind": "auth_fail", "duration_s": 1, "percent": 150}, "percent"),
+                ([1, 2], "JSON object"),
+            ):
+                status, answer = client.request("POST", body=body)
+                assert status == 400 and why in answer["error"], (body, answer)
+            state = client.state()
+            assert [f["kind"] for f in state["active"]] == ["slow_sftp"]
+            assert [f["kind"] for f in state["scheduled"]] == ["down"]
+            assert client.request("DELETE", f"/admin/faults/{g['id']}")[1] == {"ended": 1}
+            assert client.request("DELETE", "/admin/faults/999")[0] == 404
+            assert client.clear() == 1
+            state = client.state()
+            assert state["active"] == [] and state["scheduled"] == []
+            assert [e["event"] for e in state["log"]] == ["start", "end"]  # the scheduled one never began
+
+        await asyncio.get_running_loop().run_in_executor(None, calls)
+        assert all(s.fault is None for s in farm.context.cluster.servers)  # type: ignore[union-attr]
+
+    run(fast_profile(), scenario)
+
+
+# --- with Locust: the run goes on, failures are attributed, users recover, the analysis sees it -------
+
+
+@pytest.fixture(scope="module")
+def fault_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+    """A two-server farm of its own (faults must not hit anybody else's tests)."""
+    folder = tmp_path_factory.mktemp("fault-farm")
+    variant = write_profile_variant("reference-before", folder / "profile.toml", FARM)
+    with FarmProcess(variant, state_dir=folder / "state") as farm:
+        yield farm
+
+
+@dataclass
+class FaultRun:
+    run_dir: Path
+    meta: dict[str, Any]
+    samples: pd.DataFrame
+    fault: dict[str, Any]  # as the farm logged it: started_at, ended_at (epoch)
+    windows: list[FaultWindow]
+
+    def during(self) -> pd.DataFrame:
+        s = self.samples
+        return s[(s.t_start >= self.fault["started_at"]) & (s.t_start <= self.fault["ended_at"])]
+
+    def after(self, server: str) -> pd.DataFrame:
+        """Successful non-SESSION operations on ``server`` that started after the fault ended."""
+        s = self.samples
+        return s[
+            (s.t_start > self.fault["ended_at"]) & s.success & (s.server == server) & (s.type != "SESSION")
+        ]
+
+    def failures(self) -> pd.DataFrame:
+        s = self.samples
+        return s[~s.success & (s.type != "SESSION")]
+
+
+def run_with_fault(
+    farm: FarmProcess, tmp: Path, kind: str, *, workload: dict[str, Any] | None = None, **params: Any
+) -> FaultRun:
+    """One bounded headless run of HomeofficeUser with ``kind`` injected FAULT_START_S s from now."""
+    profile = write_profile_variant(farm.profile_path, tmp / "profile.toml", {**WORKLOAD, **(workload or {})})
+    client = FaultClient.for_profile(farm.profile)
+    fault = client.inject(kind, FAULT_S, start_s=FAULT_START_S, **params)
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(USERS)]
+    cmd += ["-r", str(USERS), "-t", f"{RUN_S}s", "--profile", str(profile), "--results-dir", str(tmp / "res")]
+    cmd += ["--label", kind, "--exit-code-on-error", "0", "HomeofficeUser"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_S + 90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    logged = next(f for f in client.state()["ended"] if f["id"] == fault["id"])
+    run_dir = next((tmp / "res" / kind).iterdir())
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert logged["started_at"] < meta["ended_at"] - 2.0, "the fault must end inside the run, with time left"
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    return FaultRun(run_dir, meta, samples, logged, detect_faults(load_run(run_dir)))
+
+
+def assert_common(r: FaultRun, server: str, classes: set[str]) -> None:
+    """The run completed; failures during the fault are of ``classes`` on ``server``; it was seen."""
+    assert r.meta["status"] == "completed" and r.meta["sample_count"] == len(r.samples)
+    bad = r.failures()
+    # a session caught by the fault may notice it at its next step, a few seconds later
+    hit = bad[(bad.t_start >= r.fault["started_at"] - 0.5) & (bad.t_start <= r.fault["ended_at"] + 5.0)]
+    assert len(hit) >= 3, bad[["t_start", "type", "name", "error", "server"]]
+    assert set(hit["server"]) == {server}, hit[["type", "name", "error", "server"]]
+    assert set(hit["error"]) <= classes and set(hit["error"]) & classes, hit["error"].value_counts()
+    assert len(bad) == len(hit), "no failures outside the fault window"
+    mine = [
+        w for w in r.windows if w.server == server and overlaps(w, r.fault["started_at"], r.fault["ended_at"])
+    ]
+    assert mine, [w.as_dict() for w in r.windows]
+    assert all(w.server == server for w in r.windows), [w.as_dict() for w in r.windows]
+
+
+def test_locust_run_through_connection_resets(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    r = run_with_fault(fault_farm, tmp_path, "reset", server="old-02", every_s=1.0)
+    assert_common(r, "old-02", {"reset"})
+    assert set(r.failures()["type"]) <= {"SSH", "SFTP", "TUNNEL"}  # the portal was not touched
+    assert (r.samples.name == "reconnect").any(), "users reconnect with a new ticket"
+    assert len(r.after("old-02").query("type == 'SSH'")) > 0, "SSH work on old-02 again after the fault"
+    assert "errors" in next(w for w in r.windows if w.server == "old-02").kinds
+
+
+def test_locust_run_through_a_stall(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    r = run_with_fault(fault_farm, tmp_path, "stall", server="old-01")
+    s = r.samples
+    stalled = s[(s.server == "old-01") & (s.type != "SESSION") & (s.t_start >= r.fault["started_at"])]
+    stalled = stalled[stalled.t_start < r.fault["ended_at"]]
+    # what started on old-01 during the stall either timed out or ended after it
+    ends = stalled.t_start + stalled.duration_ms / 1000.0
+    assert ((stalled.error == "timeout") | (ends >= r.fault["ended_at"] - 0.1)).all()
+    assert r.meta["status"] == "completed"
+    bad = r.failures()
+    assert set(bad["error"]) <= {"timeout"} and set(bad["server"]) <= {"old-01"}
+    assert len(r.after("old-01")) > 0
+    window = next(w for w in r.windows if w.server == "old-01")
+    assert overlaps(window, r.fault["started_at"], r.fault["ended_at"]) and "latency" in window.kinds
+    assert window.peak_latency_factor > 20
+    assert all(w.server == "old-01" for w in r.windows), [w.as_dict() for w in r.windows]
+
+
+def test_locust_run_through_auth_failures(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    r = run_with_fault(fault_farm, tmp_path, "auth_fail", server="old-02")
+    assert_common(r, "old-02", {"http_401", "auth_failed"})
+    after = r.after("old-02")
+    assert (after.name == "POST /login").any() or (after.name == "connect").any(), "logins succeed again"
+    sessions = r.samples[(r.samples.type == "SESSION") & (r.samples.name == "logon")]
+    late = sessions[sessions.t_start > r.fault["ended_at"]]
+    assert late.success.all() and len(late) > 0  # every logon after the window succeeded
+
+
+def test_locust_run_through_a_503_storm(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    r = run_with_fault(fault_farm, tmp_path, "http_503", server="old-01")
+    assert_common(r, "old-01", {"http_503"})
+    assert set(r.failures()["type"]) == {"HTTP"}
+    assert (r.after("old-01").type == "HTTP").any(), "the portal answers on old-01 again"
+
+
+def test_locust_run_through_a_server_dying_and_coming_back(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    r = run_with_fault(fault_farm, tmp_path, "down", server="old-02")
+    # 401: a portal session pinned to old-02 whose SSH was elsewhere logs off after old-02 forgot it
+    assert_common(r, "old-02", {"reset", "http_503", "http_401"})
+    during = r.during()
+    assert not (during.success & (during.server == "old-02") & (during.type != "SESSION")).any()
+    assert (during.success & (during.server == "old-01")).sum() > 10, "the other server carried on"
+    after = r.after("old-02")
+    assert {"SSH", "HTTP"} <= set(after.type), "new portal and SSH sessions on old-02 once it is back"
+
+
+def test_locust_run_through_slow_sftp(fault_farm: FarmProcess, tmp_path: Path) -> None:
+    sftp_heavy = {
+        "workload.mix": {"sftp_get": 3.0, "sftp_put": 1.0, "exec": 1.0},
+        "workload.think_min_s": 0.05,
+        "workload.think_max_s": 0.1,
+    }
+    r = run_with_fault(fault_farm, tmp_path, "slow_sftp", workload=sftp_heavy, server="old-01", factor=30)
+    s = r.samples
+    assert r.meta["status"] == "completed" and not (~s.success).any()
+    sftp = s[(s.type == "SFTP") & (s.server == "old-01")]
+    inside = sftp[(sftp.t_start > r.fault["started_at"]) & (sftp.t_start < r.fault["ended_at"] - 0.5)]
+    outside = sftp[sftp.t_start > r.fault["ended_at"]]
+    assert len(inside) >= 3 and len(outside) >= 3
+    assert inside.duration_ms.median() > 5 * outside.duration_ms.median()
+    window = next(w for w in r.windows if w.server == "old-01")
+    assert overlaps(window, r.fault["started_at"], r.fault["ended_at"])
+    assert "latency" in window.kinds and {"SFTP get", "SFTP put"} & set(window.ops)
+    assert not [w for w in r.windows if w.server != "old-01"], [w.as_dict() for w in r.windows]
