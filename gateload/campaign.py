@@ -28,8 +28,8 @@ DEFAULT_ACCEPTANCE = ROOT / "targets" / "acceptance" / "reference.toml"
 # Demo workloads: a staircase that takes the before farm past its knee and stays within what this
 # 2-core machine can generate. ~5 minutes in all by default, ~90 s with --quick.
 DEMO_SHAPES = {
-    "full": "--shape step --step-users 20,45,70,110,160,220 --step-hold 18 --step-ramp 4",
-    "quick": "--shape step --step-users 20,90,200 --step-hold 10 --step-ramp 4",
+    "full": "--shape step --step-users 20,50,80,120,180,260 --step-hold 18 --step-ramp 4",
+    "quick": "--shape step --step-users 100,260 --step-hold 20 --step-ramp 3",
 }
 
 
