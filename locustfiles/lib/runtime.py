@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import itertools
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from gateload.errors import InputError
 from locustfiles.lib.errors import classify, safe_error
+from targets.link import link_profile
 from targets.profile import Profile, load_profile
 
 PROFILE_ENV = "GATELOAD_PROFILE"
@@ -62,7 +64,11 @@ def target_for(environment: Any) -> Target:
     path = str(Path(profile_path(environment)).resolve())
     if path not in _targets:
         profile = load_profile(path)
-        _targets[path] = Target(profile, load_accounts(profile.credentials_path))
+        # A [link] preset puts emulated homeoffice links (delay, jitter, bandwidth, resets) in front
+        # of portal and gateway; started per process, after Locust's --processes fork.
+        linked = link_profile(profile)
+        atexit.register(linked.stop)
+        _targets[path] = Target(linked.profile, load_accounts(profile.credentials_path))
     return _targets[path]
 
 
