@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (locust must be imported first: see below)
 """Shared pytest fixtures. Keep them generic: every engineer's tests use them.
 
 Reference farms
@@ -31,6 +32,11 @@ Keys
 """
 
 from __future__ import annotations
+
+# Many test modules run Locust in-process, and importing Locust monkey-patches the standard library
+# with gevent for the whole pytest process. Do it first, once, before anything imports ssl or asyncio
+# (patching after that is what gevent warns about), so every test sees the same interpreter.
+import locust  # noqa: F401
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
