@@ -6,9 +6,11 @@ what would settle it (CI systems show both; the exit code, 3, tells them apart f
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -35,8 +37,26 @@ def write_reports(verdict: Verdict, out_dir: Path) -> dict[str, Path]:
     paths["verdict.json"].write_text(json.dumps(verdict.to_dict(), indent=2, allow_nan=False) + "\n")
     paths["summary.md"].write_text(markdown(verdict))
     paths["junit.xml"].write_text(junit(verdict))
-    paths["report.html"].write_text(html_report(verdict))
+    page = html_report(verdict)
+    paths["report.html"].write_text(page)
+    paths.update(write_plot_files(page, out_dir / "plots"))
     return paths
+
+
+IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
+
+
+def write_plot_files(page: str, folder: Path) -> dict[str, Path]:
+    """The report's plots also as PNG files (for slides, tickets and the README)."""
+    written: dict[str, Path] = {}
+    for alt, b64 in IMG.findall(page):
+        name = re.sub(r"[^a-z0-9]+", "-", html.unescape(alt).lower()).strip("-") + ".png"
+        if name in written:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        written[name] = folder / name
+        written[name].write_bytes(base64.b64decode(b64))
+    return {f"plots/{k}": v for k, v in written.items()}
 
 
 # --------------------------------------------------------------------------------------- formatting
