@@ -93,6 +93,9 @@ def _run_campaign_command(args: argparse.Namespace) -> int:
         raise InputError(f"--processes is {args.processes}; give 1 or more")
     if not args.acceptance.is_file():
         raise InputError(f"{args.acceptance}: acceptance file not found; pass --acceptance FILE")
+    from analysis.acceptance import load_acceptance
+
+    load_acceptance(args.acceptance)  # a malformed file fails now, not after every run
     profiles = {"before": load_profile(args.before), "after": load_profile(args.after)}
     for profile in profiles.values():
         check_reachable(profile, args.allow_remote)
@@ -151,10 +154,20 @@ def _target(profile_path: Path, profile: Profile, out: Path) -> Iterator[Path]:
     if profile.farm is None:
         yield profile_path
         return
-    from targets.reference.harness import FarmProcess
+    from targets.reference.harness import FarmProcess, FarmStartError
 
-    with FarmProcess(profile_path, free_ports=True) as farm:
+    farm = FarmProcess(profile_path, free_ports=True)
+    try:
+        farm.__enter__()
+    except FarmStartError as exc:
+        # the farm's own one-line error (a busy port, a bind beyond loopback, a damaged state folder)
+        lines = [ln for ln in str(exc).splitlines() if ln.startswith("gateload: error: ")]
+        why = lines[-1].removeprefix("gateload: error: ") if lines else str(exc).splitlines()[0]
+        raise InputError(f"the reference farm of {profile_path} did not start: {why}") from None
+    try:
         yield farm.profile_path
+    finally:
+        farm.__exit__(None, None, None)
 
 
 def finish(run_dirs: dict[str, list[Path]], args: argparse.Namespace) -> int:

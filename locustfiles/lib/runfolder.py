@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 PROGRESS = "[gateload]"  # lines the campaign shows on the console
 RUN_INFO = "gateload_run"  # parsed_options attribute the master sends to workers with every spawn
 RUN_TIME_SLACK_S = 1.0  # a -t run stopped this close to its end has reached it
+STATUS_EVERY_S = 10.0  # how often the console shows sessions, ops/s and errors
 
 
 def progress(text: str) -> None:
@@ -62,6 +63,7 @@ class ActiveRun:
     csv_writer: Any = None
     csv_greenlet: gevent.Greenlet | None = None
     monitor: gevent.Greenlet | None = None
+    status_greenlet: gevent.Greenlet | None = None
 
 
 class RunController:
@@ -111,11 +113,15 @@ class RunController:
             )
 
     def _require_profile(self, resolved: options.RunOptions) -> None:
-        if resolved.profile is not None:
-            return
         needing = sorted(
             u.__name__ for u in self.env.user_classes if u.__module__.startswith("locustfiles.lib")
         )
+        if resolved.profile is not None:
+            if needing:  # the users read the credentials file at spawn: a bad one must stop us here
+                from locustfiles.lib.runtime import load_accounts
+
+                load_accounts(resolved.profile.credentials_path)
+            return
         if needing:
             raise InputError(
                 f"{', '.join(needing)} need a target profile: "
@@ -173,6 +179,7 @@ class RunController:
         self._start_csv(run)
         self._write_meta(run, "running")
         progress(f"run {resolved.label}/{run_id} started ({resolved.plan.describe()}): {run_dir}")
+        run.status_greenlet = gevent.spawn(self._report_status, run)
 
     def _resolve_now(self) -> options.RunOptions:
         """The options as they are now (the web UI may have changed them since init)."""
@@ -247,6 +254,24 @@ class RunController:
             }
         )
 
+    def _report_status(self, run: ActiveRun) -> None:
+        """Every STATUS_EVERY_S: step, sessions, ops/s and errors over the interval (exact deltas)."""
+        total = self.env.runner.stats.total
+        last_t, last_n, last_f = time.time(), total.num_requests, total.num_failures
+        while self.run is run:
+            gevent.sleep(STATUS_EVERY_S)
+            if self.run is not run:
+                return
+            now, n, f = time.time(), total.num_requests, total.num_failures
+            ops, errors = n - last_n, f - last_f
+            steps = run.steps if self.env.shape_class is None else self.shape.steps
+            step = f"step {len(steps)}/{len(run.resolved.plan.phases)} " if steps else ""
+            progress(
+                f"t={now - run.started_at:.0f}s {step}sessions={self.env.runner.user_count} "
+                f"ops/s={ops / (now - last_t):.1f} errors={errors} ({errors / max(ops, 1):.1%})"
+            )
+            last_t, last_n, last_f = now, n, f
+
     def _follow_user_count(self, run: ActiveRun) -> None:
         """Shape none: a new step whenever the target user count changes (web UI edits, w/W/s/S keys)."""
         runner = self.env.runner
@@ -289,8 +314,9 @@ class RunController:
             return
         ended = time.time()  # the load stops now; collecting the last samples may take a moment
         result = self.recorder.finish()
-        if run.monitor is not None:
-            run.monitor.kill(block=False)
+        for greenlet in (run.monitor, run.status_greenlet):
+            if greenlet is not None:
+                greenlet.kill(block=False)
         run.arrivals = self._arrivals_summary(run, result, ended)
         arrivals.install(self.env, None)
         self._finish_csv(run)

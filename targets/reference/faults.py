@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateload.errors import InputError
 from targets.profile import ALL_SERVERS, FAULT_KINDS, Fault, fault_problem
 from targets.reference.capacity import Cluster, SimServer
 
@@ -330,7 +331,13 @@ def admin_token(state_dir: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        token = path.read_text().strip()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"{path}: cannot read the admin token ({type(exc).__name__}); delete it (a new one is made) "
+                f"or set {TOKEN_ENV}"
+            ) from None
         if token:
             return token
         path.unlink()  # an empty file (a crash mid-write): make a new token

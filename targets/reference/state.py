@@ -181,7 +181,13 @@ def _write_private(path: Path, data: bytes) -> None:
 def _host_key(root: Path) -> asyncssh.SSHKey:
     path = root / HOST_KEY
     if path.exists():
-        key = asyncssh.read_private_key(path)
+        try:
+            key = asyncssh.read_private_key(path)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise InputError(
+                f"{path}: not a readable SSH private key ({exc}); restore it, or delete it and the farm "
+                "makes a new one (clients then pin the new host key)"
+            ) from None
     else:
         key = asyncssh.generate_private_key("ssh-ed25519", comment="gateload reference farm")
         _write_private(path, key.export_private_key())
@@ -197,8 +203,14 @@ def _accounts(path: Path, count: int, mfa: bool) -> dict[str, Account]:
     """Keep existing passwords (clients may have them) and fill in what is missing."""
     old: dict[str, dict[str, str]] = {}
     if path.exists():
-        with path.open(newline="") as fh:
-            old = {row["username"]: row for row in csv.DictReader(fh) if row.get("username")}
+        try:
+            with path.open(newline="") as fh:
+                old = {row["username"]: row for row in csv.DictReader(fh) if row.get("username")}
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(
+                f"{path}: not a readable credentials CSV ({type(exc).__name__}); restore it, or delete it "
+                "and the farm generates new accounts"
+            ) from None
     accounts = {}
     for i in range(1, count + 1):
         name = account_name(i)
