@@ -15,7 +15,8 @@ locustfile loads, so it does not list them): ``--shape none|step|workday|arrival
 ``--run-id``, ``--allow-remote``. ``--profile`` (Locust's own option) names the target profile.
 
 Every start writes ``<results-dir>/<label>/<run-id>/`` (raw samples, meta.json, Locust's CSV and
-HTML report; see results/README.md).
+HTML report; see results/README.md). The web UI has a "gateload" tab with the run's sessions, logon
+time, keystroke echo and per-server shares (``locustfiles/lib/webview.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from locust import events
 
-from locustfiles.lib import options, runfolder
+from locustfiles.lib import options, runfolder, webview
 from locustfiles.lib.gateway import GatewayUser
 from locustfiles.lib.portal import PortalUser
 from locustfiles.lib.session import HomeofficeUser
@@ -39,4 +40,6 @@ def _add_gateload_options(parser: Any, **_kw: Any) -> None:
 
 @events.init.add_listener
 def _attach_gateload(environment: Any, runner: Any = None, web_ui: Any = None, **_kw: Any) -> None:
-    runfolder.attach(environment, web_ui)
+    controller = runfolder.attach(environment, web_ui)
+    if getattr(environment, "web_ui", None) is not None:  # local runner or master with the web UI
+        webview.attach(environment, environment.web_ui, controller)

@@ -18,6 +18,10 @@ they hold ``max_rows`` rows) and hands them on:
   message has arrived and the rows received match the rows announced. Messages from one worker arrive
   in order, so nothing is lost or counted twice; a worker that vanished is reported as a problem.
 
+``on_batch`` (optional; local runner or master): called as ``on_batch(run_id, columns)`` with every batch
+of column lists this process writes, after it is handed to the writer (the web UI's live view,
+``webview.py``, aggregates them); an error in it is logged once per run and never costs samples.
+
 Row fields: ``t_start`` is the event's ``start_time`` (or ``context["start_time"]``, else now minus the
 response time); ``t_intended``, ``user_id``, ``server`` and ``error`` come from the request context
 (``error`` falls back to ``locustfiles.lib.errors.classify(exception)``, else "other");
@@ -293,6 +297,8 @@ class Recorder:
         self._cpu_warnings = 0
         self._dropped = 0
         self._classify = _load_classify()
+        self.on_batch: Callable[[str, Mapping[str, list]], None] | None = None  # see the module docstring
+        self._on_batch_failed = False
         environment.events.request.add_listener(self.on_request)
         environment.events.cpu_warning.add_listener(self._on_cpu_warning)
         self._register_messages()
@@ -310,6 +316,7 @@ class Recorder:
         self._unsent, self._unwritten = None, []
         self._others, self._slots = -1, max(1, slots)
         self._sources, self._participants = {}, set(participants or ())
+        self._on_batch_failed = False
         if run_dir is not None:
             self._writer.open(run_dir, self.name.replace(":", "-"))
         self.active = True
@@ -432,12 +439,25 @@ class Recorder:
         cols = self._take()
         if cols is not None:
             chunks.append((cols, self.name))
-        chunks = self._unwritten + chunks
+        fresh, chunks = chunks, self._unwritten + chunks
         if chunks:
             # Kept until handed over: if this greenlet dies here (Ctrl-C), finish() writes them.
             self._unwritten = chunks
             self._writer.submit(chunks)
             self._unwritten = []
+        if self.on_batch is not None:
+            self._notify(fresh)
+
+    def _notify(self, chunks: list[Chunk]) -> None:
+        """Hand each new batch to ``on_batch`` (a view, never the samples' way to disk)."""
+        assert self.on_batch is not None
+        for cols, _worker in chunks:
+            try:
+                self.on_batch(self.run_id, cols)
+            except Exception as exc:
+                if not self._on_batch_failed:
+                    self._on_batch_failed = True
+                    logger.error("gateload recorder: on_batch failed (samples are still written): %r", exc)
 
     def _flush_to_master(self) -> None:
         cols = self._take()
