@@ -16,6 +16,7 @@ from gateload.errors import InputError
 # imports Locust (it monkey-patches the interpreter; Locust runs as its own process).
 COMMAND_MODULES = (
     "targets.reference.cli",  # serve
+    "targets.reference.faultcli",  # fault
     "analysis.cli",  # usl, compare, check, report
     "gateload.campaign",  # campaign, demo
 )

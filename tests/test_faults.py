@@ -290,6 +290,29 @@ def fault_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess
         yield farm
 
 
+def test_gateload_fault_command(fault_farm: FarmProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateload.cli import main
+
+    profile = str(fault_farm.profile_path)
+    assert (
+        main(["fault", "--profile", profile, "inject", "http_503", "--server", "old-03", "--duration", "30"])
+        == 0
+    )
+    assert "http_503 on old-03 (active)" in capsys.readouterr().out
+    assert main(["fault", "--profile", profile, "list"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert [(f["kind"], f["server"]) for f in state["active"]] == [("http_503", "old-03")]
+    assert main(["fault", "--profile", profile, "clear"]) == 0
+    assert capsys.readouterr().out.strip() == "ended 1 fault(s)"
+    assert (
+        main(["fault", "--profile", profile, "inject", "stall", "--server", "old-09", "--duration", "1"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'server' is 'old-09'" in err
+    token = (Path(fault_farm.profile.farm.state_dir) / "admin_token").read_text().strip()  # type: ignore[union-attr]
+    assert token not in err
+
+
 @dataclass
 class FaultRun:
     run_dir: Path
