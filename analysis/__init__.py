@@ -12,6 +12,7 @@ Modules, one concern each:
 - :mod:`analysis.usl`         Universal Scalability Law fit (and ``gateload usl``)
 - :mod:`analysis.capacity`    knee and USL fit of a step run
 - :mod:`analysis.acceptance`  acceptance files (TOML), strictly typed
+- :mod:`analysis.faults`      fault windows: where a server's errors or latency depart from its step
 - :mod:`analysis.compare`     criteria, verdicts, before/after comparison and single-run checks
 - :mod:`analysis.report`      report.html, summary.md, junit.xml, verdict.json (figures: analysis.plots)
 - :mod:`analysis.cli`         ``gateload usl | compare | check | report``
