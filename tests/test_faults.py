@@ -278,6 +278,25 @@ def test_admin_endpoint_schedules_lists_and_clears(fast_profile: Callable[..., P
     run(fast_profile(), scenario)
 
 
+def test_report_shows_fault_windows_and_quiet_runs_have_none(tmp_path: Path) -> None:
+    from analysis.synthetic import SynthSpec, write_run
+    from gateload.cli import main
+
+    spec = SynthSpec(steps=((10, 30.0), (20, 30.0)), ramp_s=2.0, usl=(30.0, 0.03, 0.001), paced_rate=0.5)
+    quiet = write_run(spec.with_(run_id="quiet"), tmp_path / "res")
+    stalled = write_run(spec.with_(run_id="stalled", stall=(40.0, 3.0)), tmp_path / "res")
+    assert detect_faults(load_run(quiet)) == []
+    windows = detect_faults(load_run(stalled))
+    origin = spec.start_epoch
+    assert windows and all(overlaps(w, origin + 40.0, origin + 43.0) for w in windows)
+    assert main(["report", str(stalled), "--out", str(tmp_path / "report"), "--bootstrap", "100"]) == 0
+    verdict = json.loads((tmp_path / "report" / "verdict.json").read_text())
+    assert len(verdict["metrics"]["faults"]["runs"]["run"][0]["windows"]) == len(windows)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Faults</h2>" in html and windows[0].server in html.split("<h2>Faults</h2>")[1]
+    assert "## Faults" in (tmp_path / "report" / "summary.md").read_text()
+
+
 # --- with Locust: the run goes on, failures are attributed, users recover, the analysis sees it -------
 
 
@@ -400,6 +419,16 @@ def test_locust_run_through_a_stall(fault_farm: FarmProcess, tmp_path: Path) -> 
     assert overlaps(window, r.fault["started_at"], r.fault["ended_at"]) and "latency" in window.kinds
     assert window.peak_latency_factor > 20
     assert all(w.server == "old-01" for w in r.windows), [w.as_dict() for w in r.windows]
+    # the report of the run shows it
+    from gateload.cli import main
+
+    assert main(["report", str(r.run_dir), "--out", str(tmp_path / "report"), "--bootstrap", "100"]) == 0
+    verdict = json.loads((tmp_path / "report" / "verdict.json").read_text())
+    (found,) = verdict["metrics"]["faults"]["runs"]["run"]
+    assert [w["server"] for w in found["windows"]] == ["old-01"]
+    assert overlaps(found["windows"][0], r.fault["started_at"], r.fault["ended_at"])
+    assert any("fault window" in w for w in verdict["warnings"])
+    assert "<h2>Faults</h2>" in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_locust_run_through_auth_failures(fault_farm: FarmProcess, tmp_path: Path) -> None:
