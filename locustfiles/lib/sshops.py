@@ -3,17 +3,27 @@
 Each operation is timed inside its coroutine (``perf_counter`` in the loop thread) and returns
 :class:`~locustfiles.lib.sshbridge.Timed` outcomes; nothing here touches Locust or gevent, so the
 greenlet side (``gateway.py``) fires the samples.
+
+Echo round trips (keystrokes, Enter until the prompt) are timed from the kernel's receive timestamp of
+the answer (``SO_TIMESTAMPNS``) back to the moment the request went into the ``send`` syscall (see
+:class:`StampedSocket`), not from when the loop thread got around to it: after every syscall the loop
+thread has to win the GIL back from the greenlets, which cost milliseconds while one of them hogged
+the CPU (bench/bench_timing.py). Without the stamps (no ``SO_TIMESTAMPNS``, data buffered) the
+``perf_counter`` time around the operation is used, as for every other operation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from gevent.monkey import get_original
 
 from locustfiles.lib.errors import OperationError
 from locustfiles.lib.sshbridge import Timed, timed
@@ -86,6 +96,7 @@ class GatewayConnection:
         self.conn: asyncssh.SSHClientConnection | None = None
         self.shell: asyncssh.SSHClientProcess[bytes] | None = None
         self.sftp: asyncssh.SFTPClient | None = None
+        self.sock: StampedSocket | None = None
 
     @property
     def dropped(self) -> bool:
@@ -99,9 +110,9 @@ class GatewayConnection:
             known_hosts: Any = None  # explicit opt-out in the profile
         else:
             known_hosts = (list(spec.trusted_host_keys), [], [])
+        self.sock = await open_stamped_socket(spec.host, spec.port, spec.timeout_s)
         self.conn = await asyncssh.connect(
-            spec.host,
-            spec.port,
+            sock=self.sock,
             username=spec.username,
             password=spec.password,
             client_keys=list(spec.client_keys) or None,
@@ -144,6 +155,7 @@ class GatewayConnection:
         """
         shell = self._shell()
         stdin, stdout = shell.stdin, shell.stdout
+        sock = self.sock
         samples: list[KeySample] = []
         perf, clock = time.perf_counter, time.time
         watchdog = _KeystrokeWatchdog(timeout_s)
@@ -156,6 +168,8 @@ class GatewayConnection:
                 key = bytes((char,))
                 start_time = clock()
                 t1 = watchdog.pending = perf()
+                if sock is not None:
+                    sock.first_tx = 0.0
                 try:
                     stdin.write(key)
                     if await stdout.readexactly(len(key)) != key:
@@ -167,7 +181,10 @@ class GatewayConnection:
                 except Exception as exc:
                     outcome = Timed(start_time, (perf() - t1) * 1000.0, None, exc)
                 else:
-                    outcome = Timed(start_time, (perf() - t1) * 1000.0, len(key), None)
+                    ms = (perf() - t1) * 1000.0
+                    if sock is not None:
+                        ms = stamped_ms(sock, ms)
+                    outcome = Timed(start_time, ms, len(key), None)
                 watchdog.pending = 0.0
                 samples.append(KeySample(t0_wall + k * interval_s, outcome))
                 if outcome.error is not None:
@@ -190,7 +207,13 @@ class GatewayConnection:
             raise
         except Exception as exc:  # the command line's echo failed: the operation failed
             return Timed(start_time, (time.perf_counter() - t0) * 1000.0, None, exc)
-        return await timed(self._enter(shell), timeout_s)
+        sock = self.sock
+        if sock is not None:
+            sock.first_tx = 0.0  # the Enter is the next send
+        outcome = await timed(self._enter(shell), timeout_s)
+        if sock is None or not outcome.ok:
+            return outcome
+        return Timed(outcome.start_time, stamped_ms(sock, outcome.duration_ms), outcome.value, None)
 
     async def _enter(self, shell: asyncssh.SSHClientProcess[bytes]) -> int:
         shell.stdin.write(b"\r")
@@ -265,6 +288,89 @@ class GatewayConnection:
         if self.shell is None:
             raise OperationError("ssh_error", "no shell")
         return self.shell
+
+
+_RealSocket = get_original("socket", "socket")  # the loop thread needs no gevent socket
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
+SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", SO_TIMESTAMPNS)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+class StampedSocket(_RealSocket):
+    """A TCP socket that knows when it last sent and when what it last received arrived.
+
+    ``first_tx``: ``time.time()`` just before the first ``send`` syscall since it was set to 0;
+    ``rx_time``: the kernel's timestamp (``SO_TIMESTAMPNS``, CLOCK_REALTIME) of the data of the last
+    ``recv``. Both are taken outside the GIL's reach: neither waits for the loop thread to get the GIL
+    back, which is what timing inside the coroutine measured too when greenlets hogged the CPU.
+    """
+
+    __slots__ = ("first_tx", "rx_time")
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if not self.first_tx:
+            self.first_tx = time.time()
+        return super().send(data, flags)
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        if not self.first_tx:
+            self.first_tx = time.time()
+        return super().sendmsg(buffers, *args)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data, ancillary, _flags, _addr = self.recvmsg(bufsize, _ANCILLARY, flags)
+        self._stamp(ancillary)
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        view = memoryview(buffer)
+        n, ancillary, _flags, _addr = self.recvmsg_into(
+            [view[:nbytes] if nbytes else view], _ANCILLARY, flags
+        )
+        self._stamp(ancillary)
+        return n
+
+    def _stamp(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                self.rx_time = sec + nsec * 1e-9
+
+
+def stamped_ms(sock: StampedSocket, fallback_ms: float) -> float:
+    """Milliseconds from the first send since ``first_tx`` was cleared to the last data's arrival.
+
+    ``fallback_ms`` (timed around the operation) when the stamps do not fit: nothing sent, no kernel
+    stamp, or a stamp outside [send, now].
+    """
+    tx, rx = sock.first_tx, sock.rx_time
+    if tx and tx <= rx <= time.time():
+        return (rx - tx) * 1000.0
+    return fallback_ms
+
+
+async def open_stamped_socket(host: str, port: int, timeout_s: float) -> StampedSocket:
+    """A connected TCP socket with kernel receive timestamps on (when the system has them)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: BaseException = OSError(f"no address for {host}")
+    for family, kind, proto, _name, address in infos:
+        sock = StampedSocket(family, kind, proto)
+        sock.first_tx = sock.rx_time = 0.0
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):  # no kernel stamps: operations are timed around them
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout_s)
+            return sock
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
 
 
 class _KeystrokeWatchdog:
