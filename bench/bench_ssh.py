@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import itertools
 import json
 import os
@@ -108,10 +109,13 @@ class ServerStats:
 class EchoServer:
     """asyncssh server: password auth (any user, one password), a raw PTY shell that echoes every byte.
 
-    Per listener an injected delay: each received chunk is echoed after it (``loop.call_later``); 0
-    echoes at once. ``\\r`` answers ``\\r\\n`` + the prompt (after the same delay); exec channels answer
-    ``ok``. The auth banner names the listener (``gateload-server: NAME``), so clients learn the
-    backend without an extra round trip. Minimal per-session state, for the scale benchmark.
+    Per listener an injected delay: each received chunk is echoed after it (:class:`DelayLine`, a real
+    thread that sleeps until each echo is due: asyncio's own timers fire up to 1 ms late, because epoll
+    rounds its timeout up to whole milliseconds); 0 echoes at once. How late each delayed echo was
+    actually written is recorded (``lateness_ms``). ``\\r`` answers ``\\r\\n`` + the prompt (after
+    the same delay); exec channels answer ``ok``. The auth banner names the listener
+    (``gateload-server: NAME``), so clients learn the backend without an extra round trip. Minimal
+    per-session state, for the scale benchmark.
     """
 
     def __init__(self, state_dir: Path, listeners: dict[str, float], backlog: int = 4096) -> None:
@@ -122,6 +126,8 @@ class EchoServer:
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
+        import asyncio
+
         import asyncssh
 
         key_path = self.state_dir / "ssh_host_key"
@@ -129,6 +135,7 @@ class EchoServer:
         key.write_private_key(key_path)
         key.write_public_key(self.state_dir / "ssh_host_key.pub")
         connection_class, _ = _server_classes()
+        self.delay_line = DelayLine(asyncio.get_running_loop())
         self._acceptors = []
         for name, delay_ms in self.listeners.items():
             self.stats.echoes[name] = 0
@@ -152,10 +159,43 @@ class EchoServer:
             self.ports[name] = acceptor.get_port()
 
 
+class DelayLine:
+    """Hands callbacks to an asyncio loop when they are due, to within a thread wake-up (~0.1 ms).
+
+    One real thread sleeps (a condition variable with a timeout, microsecond precision) until the
+    earliest entry is due, then passes it to the loop with ``call_soon_threadsafe``; the callback gets
+    its due time (perf_counter seconds) as last argument.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._heap: list[tuple[float, int, Any, tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="delay-line", daemon=True).start()
+
+    def call_at(self, due: float, fn: Any, *args: Any) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), fn, args))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                due = self._heap[0][0]
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                _, _, fn, args = heapq.heappop(self._heap)
+            self.loop.call_soon_threadsafe(fn, *args, due)
+
+
 def _server_classes() -> tuple[type, type]:
     """The asyncssh server and session classes (built on first use: asyncssh is imported lazily)."""
-    import asyncio
-
     import asyncssh
 
     class EchoConnection(asyncssh.SSHServer):  # type: ignore[misc]
@@ -216,8 +256,7 @@ def _server_classes() -> tuple[type, type]:
         def data_received(self, data: bytes, datatype: Any) -> None:
             delay = self.conn.delay
             if delay > 0:
-                loop = asyncio.get_running_loop()
-                loop.call_later(delay, self._echo, data, loop.time() + delay)
+                self.conn.server.delay_line.call_at(time.perf_counter() + delay, self._echo, data)
             else:
                 self._echo(data, None)
 
@@ -225,7 +264,7 @@ def _server_classes() -> tuple[type, type]:
             conn = self.conn
             stats = conn.server.stats
             if due is not None:
-                stats.lateness_ms[conn.name].append((asyncio.get_running_loop().time() - due) * 1000.0)
+                stats.lateness_ms[conn.name].append((time.perf_counter() - due) * 1000.0)
             stats.echoes[conn.name] += 1
             if b"\r" in data:
                 data = data.replace(b"\r", b"\r\n" + PROMPT)
@@ -254,6 +293,9 @@ def serve_main(args: argparse.Namespace) -> int:
     import asyncio
 
     raise_nofile()
+    if args.nice:  # before any thread starts: Linux threads inherit it
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     listeners = {}
     for spec in args.listen.split(","):
         name, _, delay = spec.partition(":")
@@ -291,11 +333,13 @@ def serve_main(args: argparse.Namespace) -> int:
 class EchoServerProcess:
     """The echo server as a child process: ``ports``, ``host_key_pub``, live ``sessions``, ``stats()``."""
 
-    def __init__(self, listeners: dict[str, float], status_s: float = 1.0, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, listeners: dict[str, float], status_s: float = 1.0, timeout_s: float = 30.0, nice: int = 0
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="gateload-bench-echo-"))
         spec = ",".join(f"{n}:{d:g}" for n, d in listeners.items())
         self.cmd = [sys.executable, __file__, "serve", "--dir", str(self.dir), "--listen", spec,
-                    "--status-s", str(status_s)]  # fmt: skip
+                    "--status-s", str(status_s), "--nice", str(nice)]  # fmt: skip
         self.timeout_s = timeout_s
         self.ports: dict[str, int] = {}
         self.sessions = 0
@@ -692,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", required=True)
     p.add_argument("--listen", default="echo:0", help="NAME:DELAY_MS[,NAME:DELAY_MS...]")
     p.add_argument("--status-s", type=float, default=1.0)
+    p.add_argument("--nice", type=int, default=0, help="process priority (negative: higher; needs root)")
     p = sub.add_parser("baseline", help="the pure asyncio keystroke loop (internal)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host-key", required=True)
