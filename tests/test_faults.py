@@ -278,6 +278,28 @@ def test_admin_endpoint_schedules_lists_and_clears(fast_profile: Callable[..., P
     run(fast_profile(), scenario)
 
 
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        (TimeoutError("timed out"), "timeout"),
+        (ConnectionRefusedError(111, "refused"), "refused"),
+        (ConnectionResetError(104, "reset"), "reset"),
+        (None, "other"),
+    ],
+)
+def test_portal_failures_wrapped_by_the_http_client_keep_their_class(
+    original: BaseException | None, expected: str
+) -> None:
+    """FastHttpSession (geventhttpclient, max_retries 0) raises RetriesExceeded around the real error."""
+    from geventhttpclient.useragent import RetriesExceeded
+
+    from locustfiles.lib.errors import classify, safe_error
+
+    wrapped = RetriesExceeded("http://127.0.0.1:1/login?next=x", 0, original=original)
+    assert classify(wrapped) == expected
+    assert str(safe_error(wrapped)).startswith(expected) and "127.0.0.1" not in str(safe_error(wrapped))
+
+
 def test_report_shows_fault_windows_and_quiet_runs_have_none(tmp_path: Path) -> None:
     from analysis.synthetic import SynthSpec, write_run
     from gateload.cli import main
@@ -367,7 +389,7 @@ def run_with_fault(
     cmd += ["-r", str(USERS), "-t", f"{RUN_S}s", "--profile", str(profile), "--results-dir", str(tmp / "res")]
     cmd += ["--label", kind, "--exit-code-on-error", "0", "HomeofficeUser"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_S + 90)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     logged = next(f for f in client.state()["ended"] if f["id"] == fault["id"])
     run_dir = next((tmp / "res" / kind).iterdir())

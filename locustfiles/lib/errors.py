@@ -96,7 +96,19 @@ def safe_error(exc: BaseException | None, status: int | None = None) -> Operatio
     return OperationError(cls, _detail(exc))
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The error a wrapper carries: geventhttpclient (FastHttpSession) raises RetriesExceeded with the
+    timeout, refusal or reset as ``original``; classified as itself it would be "other"."""
+    for _ in range(5):  # bounded: a wrapper of a wrapper at most a few levels deep
+        inner = getattr(exc, "original", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+    return exc
+
+
 def _classify_exception(exc: BaseException) -> str:
+    exc = _cause(exc)
     # asyncssh first: its DisconnectError subclasses are not OSErrors.
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return "host_key_mismatch"
@@ -142,6 +154,7 @@ def _detail(exc: BaseException | None) -> str:
     """Fixed words about an exception: its type and a numeric code, never its message text."""
     if exc is None:
         return ""
+    exc = _cause(exc)
     name = type(exc).__name__
     code = getattr(exc, "code", None)
     if isinstance(exc, asyncssh.Error | asyncssh.ProcessError) and isinstance(code, int):
