@@ -29,7 +29,7 @@ DEFAULT_ACCEPTANCE = ROOT / "targets" / "acceptance" / "reference.toml"
 # 2-core machine can generate. ~5 minutes in all by default, ~90 s with --quick.
 DEMO_SHAPES = {
     "full": "--shape step --step-users 20,50,80,120,180,260 --step-hold 18 --step-ramp 4",
-    "quick": "--shape step --step-users 100,260 --step-hold 20 --step-ramp 3",
+    "quick": "--shape step --step-users 100,260 --step-hold 25 --step-ramp 3",
 }
 
 

@@ -582,9 +582,11 @@ def link_profile(
     g_host, g_port = addresses["gateway"]
     netloc_host = f"[{p_host}]" if ":" in p_host else p_host
     new_url = urlunsplit((url.scheme, f"{netloc_host}:{p_port}", url.path, url.query, url.fragment))
+    # The rewritten profile already goes through the link: it must not ask for a second one.
     linked = dataclasses.replace(
         profile,
         portal=dataclasses.replace(profile.portal, url=new_url),
         gateway=dataclasses.replace(profile.gateway, host=g_host, port=g_port),
+        link=Link(),
     )
     return LinkedProfile(linked, spec, stop)

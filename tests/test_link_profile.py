@@ -42,7 +42,7 @@ def keystroke_median_ms(profile: Path, results: Path) -> float:
     assert out.returncode == 0, out.stderr[-2000:]
     samples = pd.read_parquet(next(results.glob("link/*/samples.parquet")))
     keys = samples[(samples["name"] == "keystroke") & samples["success"]]
-    assert len(keys) > 50
+    assert len(keys) > 40
     return float(keys["duration_ms"].median())
 
 
@@ -52,10 +52,12 @@ def test_link_preset_adds_its_delay_to_measured_latency(reference_farm, tmp_path
         "reference-before", farm__service__keystroke_ms=1.0, farm__service__distribution="constant"
     )
     profile = load_profile(base)
+    typing = dataclasses.replace(profile, workload=dataclasses.replace(profile.workload, mix={"typing": 1.0}))
+    direct_path = dump_profile(typing, tmp_path / "direct.toml")
     linked = tmp_path / "linked.toml"
-    dump_profile(dataclasses.replace(profile, link=Link(preset="custom", delay_ms=ONE_WAY_MS)), linked)
+    dump_profile(dataclasses.replace(typing, link=Link(preset="custom", delay_ms=ONE_WAY_MS)), linked)
 
-    direct = keystroke_median_ms(base, tmp_path / "direct")
+    direct = keystroke_median_ms(direct_path, tmp_path / "direct")
     through_link = keystroke_median_ms(linked, tmp_path / "linked")
     # a keystroke echo crosses the link twice; the issue allows 2 ms of error
     assert through_link - direct == pytest.approx(2 * ONE_WAY_MS, abs=2.0)
