@@ -26,7 +26,7 @@ PROFILES = ROOT / "targets" / "profiles"
 DEFAULT_ACCEPTANCE = ROOT / "targets" / "acceptance" / "reference.toml"
 
 # Demo workloads: a staircase that takes the before farm past its knee and stays within what this
-# 2-core machine can generate. ~5 minutes in all by default, ~90 s with --quick.
+# 2-core machine can generate. ~5 minutes in all by default, ~2 minutes with --quick.
 DEMO_SHAPES = {
     "full": "--shape step --step-users 20,50,80,120,180,260 --step-hold 18 --step-ramp 4",
     "quick": "--shape step --step-users 100,260 --step-hold 25 --step-ramp 3",
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("demo", help="the campaign on the reference farm, 4 servers against 12")
     _common_arguments(d)
-    d.add_argument("--quick", action="store_true", help="a ~90 s smoke version")
+    d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version (two steps)")
     d.add_argument("--out", type=Path, default=Path("results/demo"), help="campaign folder")
     d.set_defaults(func=_run_demo_command)
 
