@@ -20,10 +20,9 @@ import io
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
-from targets.local.process import Daemon, free_port, require_binary, start_with_retry
+from targets.local.process import Daemon, Launcher, free_port, require_binary
 
 STICKY_COOKIE = "SERVERID"
 HTTP_BACKEND = "portal_servers"  # haproxy proxy names, for counts()
@@ -40,7 +39,7 @@ class Backend:
     port: int
 
 
-class HAProxy:
+class HAProxy(Launcher):
     """A foreground ``haproxy -db -f <private config>`` with an HTTP and/or a TCP frontend."""
 
     def __init__(
@@ -71,16 +70,6 @@ class HAProxy:
     def url(self) -> str:
         """Base URL of the HTTP frontend."""
         return f"http://{self.host}:{self.http_port}"
-
-    def start(self) -> HAProxy:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._daemon = start_with_retry(self._make_daemon)
-        return self
-
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
 
     def _make_daemon(self) -> Daemon:
         self.http_port = free_port(self.host) if self.http_backends else 0
@@ -166,18 +155,6 @@ backend {TCP_BACKEND}
             for (px, server), row in self.server_stats().items()
             if px == proxy and server not in ("FRONTEND", "BACKEND")
         }
-
-    def __enter__(self) -> HAProxy:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 _GLOBAL = """\

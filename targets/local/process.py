@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 # Debian puts daemons in /usr/sbin, which is not on a non-root PATH.
 _SBIN_PATH = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
@@ -193,3 +194,44 @@ def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+class Launcher:
+    """A daemon started from a private config: ``start()``/``stop()`` or ``with``; no leftovers.
+
+    Subclasses set ``state_dir`` and implement ``_make_daemon`` (pick ports, write the config,
+    return the :class:`Daemon`); :func:`start_with_retry` covers a port taken in between.
+    """
+
+    state_dir: Path
+    _daemon: Daemon | None = None
+
+    def _make_daemon(self) -> Daemon:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Work before the first start attempt (folders, keys, seed files)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> Self:
+        """Start the daemon; returns once its port accepts."""
+        self._prepare()
+        self._daemon = start_with_retry(self._make_daemon)
+        return self
+
+    def stop(self) -> None:
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -24,11 +24,10 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import asyncssh
 
-from targets.local.process import Daemon, free_port, require_binary, require_root, start_with_retry
+from targets.local.process import Daemon, Launcher, free_port, require_binary, require_root
 
 TEST_USER = "gateload-test"
 # Root-only file holding the test user's password, so concurrent test runs on one machine agree on it.
@@ -146,7 +145,7 @@ class SshKeys:
         return cls(host, Path(f"{host}.pub"), client, Path(f"{client}.pub"))
 
 
-class Sshd:
+class Sshd(Launcher):
     """A foreground ``sshd -D -e -f <private config>`` on 127.0.0.1 and a free port."""
 
     def __init__(
@@ -175,21 +174,14 @@ class Sshd:
         self.sftp_dir = state_dir / "sftp"
         self._daemon: Daemon | None = None
 
-    def start(self) -> Sshd:
-        """Write the config, seed the SFTP folder and start sshd; returns once its port accepts."""
-        PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-        self._prepare_state()
-        self._daemon = start_with_retry(self._make_daemon)
-        return self
-
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
-
     @property
     def daemon(self) -> Daemon | None:
         return self._daemon
+
+    def _prepare(self) -> None:
+        """Write the state folder, seed the SFTP folder; sshd needs its privilege-separation dir."""
+        PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        self._prepare_state()
 
     def _make_daemon(self) -> Daemon:
         self.port = free_port(self.host)
@@ -264,15 +256,3 @@ LogLevel INFO
         """Options that only newer OpenSSH knows (sshd -t rejects unknown keywords)."""
         # 9.8 added per-source penalties: a test's deliberate auth failures would lock out 127.0.0.1.
         return "PerSourcePenalties no\n" if openssh_version(self.binary) >= (9, 8) else ""
-
-    def __enter__(self) -> Sshd:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

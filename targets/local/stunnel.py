@@ -10,13 +10,12 @@ Usage::
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 
-from targets.local.process import Daemon, free_port, require_binary, start_with_retry
+from targets.local.process import Daemon, Launcher, free_port, require_binary
 from targets.local.tlsca import TestCA
 
 
-class Stunnel:
+class Stunnel(Launcher):
     """A foreground stunnel server that terminates TLS and forwards to ``upstream``."""
 
     def __init__(
@@ -33,16 +32,6 @@ class Stunnel:
     @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
-
-    def start(self) -> Stunnel:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._daemon = start_with_retry(self._make_daemon)
-        return self
-
-    def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
 
     def _make_daemon(self) -> Daemon:
         self.port = free_port(self.host)
@@ -67,15 +56,3 @@ cert = {self.ca.server_cert}
 key = {self.ca.server_key}
 sslVersionMin = TLSv1.2
 """
-
-    def __enter__(self) -> Stunnel:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
