@@ -3,18 +3,18 @@
 The echo server (``bench_ssh.py serve``, its own process, minimal per-session work, backlog 4096)
 counts the PTY shells open and prints the count every second. The client is **one** Locust process:
 ``locust -f locustfiles/homeoffice.py GatewayUser`` (the real user class: bridge, loop thread,
-recorder, run folder), ``SESSIONS`` users spawned at ``SPAWN_RATE``/s, with SSH keepalive on
+recorder, run folder), 10,000 users (``--sessions``) spawned at 150/s, with SSH keepalive on
 (``KEEPALIVE_S``) and a mostly idle workload: a two-key typing burst, then 20-40 s of think time.
 Open-files limits are raised to the hard limit for every process.
 
-Once the server holds every session (or stops gaining), the sessions are held for ``HOLD_S`` (several
+Once the server holds every session (or stops gaining), the sessions are held for 30 s (several
 keepalive rounds); the figures are the fewest shells open during the hold, the client's RSS at its end
 (VmRSS, psutil), sessions per GB, and the drops and reconnects the recorder saw.
 
 Baseline, same run, same server: a pure asyncio asyncssh client (no Locust, no gevent) holding the same
 number of shells with the same keepalive; its RSS per session tells what the gateload stack adds.
 
-    .venv/bin/python bench/bench_scale.py            # full (a few minutes: 6,000 SSH handshakes twice)
+    .venv/bin/python bench/bench_scale.py            # full (about 4 minutes: 10,000 SSH handshakes twice)
     .venv/bin/python bench/bench_scale.py --smoke    # a few seconds, nothing appended to RESULTS.md
 """
 
@@ -60,7 +60,7 @@ class Settings:
     stall_s: float  # give up ramping when the server count has not grown for this long
 
 
-FULL = Settings(sessions=6000, spawn_rate=100.0, hold_s=30.0, stall_s=30.0)
+FULL = Settings(sessions=10000, spawn_rate=150.0, hold_s=30.0, stall_s=30.0)
 SMOKE = Settings(sessions=40, spawn_rate=40.0, hold_s=2.0, stall_s=10.0)
 
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-key", required=True)
     p.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run; nothing appended")
-    parser.add_argument("--sessions", type=int, default=0, help="sessions to open (default 6000)")
+    parser.add_argument("--sessions", type=int, default=0, help="sessions to open (default 10,000)")
     args = parser.parse_args(argv)
     if args.cmd == "hold":
         return hold_main(args)
