@@ -91,7 +91,8 @@ def _inject(farm: ReferenceFarm, kind: str, duration_s: float, **params: Any) ->
 
     assert farm.context is not None and farm.context.faults is not None
     spec = parse_fault({"kind": kind, "duration_s": duration_s, **params}, farm.effective_profile.server_ids)
-    return farm.context.faults.add(spec, "test").as_dict(farm.context.faults._now)
+    faults = farm.context.faults
+    return faults.describe(faults.add(spec, "test"))
 
 
 async def _ssh(farm: ReferenceFarm, launch: dict[str, Any]) -> asyncssh.SSHClientConnection:

@@ -105,9 +105,9 @@ class ActiveFault:
     next_tick: float = 0.0  # reset with every_s: loop time of the next reset
     released: asyncio.Event | None = None  # stall: set at the end
 
-    def as_dict(self, clock: Callable[[], float]) -> dict[str, Any]:
-        """The fault as JSON-ready data; planned times in epoch seconds."""
-        now_loop, now_epoch = clock(), time.time()
+    def as_dict(self, now_loop: float) -> dict[str, Any]:
+        """The fault as JSON-ready data; planned times in epoch seconds (``now_loop``: loop time now)."""
+        now_epoch = time.time()
         return {
             "id": self.id,
             **dataclasses.asdict(self.spec),
@@ -306,13 +306,17 @@ class FaultController:
 
     # --- reading ----------------------------------------------------------------------------------
 
+    def describe(self, fault: ActiveFault) -> dict[str, Any]:
+        """One fault as JSON-ready data (epoch times)."""
+        return fault.as_dict(self._now())
+
     def snapshot(self) -> dict[str, Any]:
         """Active and scheduled faults, the log, and counters (for the admin endpoint and /metrics)."""
-        clock = self._now
+        now = self._now()
         return {
-            "active": [f.as_dict(clock) for f in self.faults if f.state == "active"],
-            "scheduled": [f.as_dict(clock) for f in self.faults if f.state == "scheduled"],
-            "ended": [f.as_dict(clock) for f in self.faults if f.state == "ended"],
+            "active": [f.as_dict(now) for f in self.faults if f.state == "active"],
+            "scheduled": [f.as_dict(now) for f in self.faults if f.state == "scheduled"],
+            "ended": [f.as_dict(now) for f in self.faults if f.state == "ended"],
             "log": list(self.log),
             "started_total": dict(self.started_total),
             "ssh_resets": self.resets,
@@ -407,7 +411,7 @@ def build_admin_app(controller: FaultController, token: str) -> web.Application:
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         fault = controller.add(spec, "admin")
-        return web.json_response(fault.as_dict(controller._now), status=201)
+        return web.json_response(controller.describe(fault), status=201)
 
     async def clear_faults(request: web.Request) -> web.StreamResponse:
         raw = request.match_info.get("id")
