@@ -3,13 +3,20 @@
 Locust runs users as greenlets under gevent's monkey patching; asyncssh is asyncio. What measured
 accurate on this machine (see DESIGN.md): one asyncio loop per process in a **real** OS thread (the
 original ``_thread.start_new_thread``, an epoll selector from the unpatched ``selectors``), coroutines
-submitted with :func:`asyncio.run_coroutine_threadsafe`, the result handed back to the waiting greenlet
-through the gevent hub's thread-safe callback, and every operation timed **inside the coroutine**
-(:func:`timed`), because timing around the bridge in the greenlet adds 7-20 ms under load.
+started with ``call_soon_threadsafe``, the result handed back to the waiting greenlet through the gevent
+hub's thread-safe callback, and every operation timed **inside the coroutine** (:func:`timed`), because
+timing around the bridge in the greenlet adds 7-20 ms under load.
 
 The loop starts lazily on first use, so ``locust --processes N`` (which forks) gets one loop per child.
-A greenlet killed while it waits (a stopped user) cancels its coroutine. At interpreter exit the loop
-is stopped and its thread joined.
+A greenlet killed while it waits (a stopped user) cancels its coroutine and does not wait for it. At
+interpreter exit the loop is stopped and its thread joined.
+
+**No gevent lock may be shared with a real thread.** Under monkey patching every ``threading`` lock is a
+gevent lock, and a greenlet parked on one that a real thread releases can miss its wake-up and sleep
+forever (gevent 26.9; gevent issue #2013). So what the greenlets and the loop thread both touch uses real
+locks only: the hand-over of each result (:class:`_Call`, no ``concurrent.futures.Future``), the
+executor's futures, and ``logging`` (:func:`share_logging_with_real_threads`), through which the loop
+thread reports asyncio's and asyncssh's errors.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -37,6 +45,7 @@ logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 _start_new_thread = get_original("_thread", "start_new_thread")
 _allocate_lock = get_original("_thread", "allocate_lock")
+_RealRLock = get_original("_thread", "RLock")
 _get_ident = get_original("_thread", "get_ident")
 _EpollSelector = get_original("selectors", "EpollSelector")
 _SimpleQueue = get_original("queue", "SimpleQueue")
@@ -48,6 +57,38 @@ _getnameinfo = get_original("socket", "getnameinfo")
 SWITCH_INTERVAL_S = 0.001
 EXECUTOR_WORKERS = 4
 STOP_TIMEOUT_S = 5.0
+
+
+def _real_handler_lock(self: logging.Handler) -> None:
+    # logging.Handler.createLock, with a real lock (still re-initialised in a forked child).
+    self.lock = _RealRLock()
+    logging._register_at_fork_reinit_lock(self)  # type: ignore[attr-defined]
+
+
+def share_logging_with_real_threads() -> None:
+    """Give ``logging`` real locks: its module lock, every handler's lock, and those of later handlers.
+
+    The loop thread logs through the same handlers as the greenlets (asyncio's "Task exception was
+    never retrieved" when stopped users' connections are torn down, asyncssh's warnings). With gevent
+    locks, a greenlet waiting for a handler the loop thread had just used could sleep forever: Locust's
+    main greenlet at its "shutting down" log line, so the process never exited. A real lock is held
+    only while a record is written, and a greenlet never switches away while holding it.
+    """
+    if not isinstance(logging._lock, _RealRLock):  # type: ignore[attr-defined]
+        old = logging._lock  # type: ignore[attr-defined]
+        if old.acquire(blocking=False):  # nobody inside logging's bookkeeping right now
+            logging._lock = _RealRLock()  # type: ignore[attr-defined]
+            old.release()
+    logging.Handler.createLock = _real_handler_lock  # type: ignore[method-assign]
+    for ref in list(logging._handlerList):  # type: ignore[attr-defined]
+        handler = ref()
+        lock = getattr(handler, "lock", None)
+        if lock is not None and not isinstance(lock, _RealRLock) and lock.acquire(blocking=False):
+            handler.lock = _RealRLock()  # type: ignore[union-attr]
+            lock.release()
+
+
+share_logging_with_real_threads()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +108,18 @@ class Timed(Generic[T]):
 async def timed(aw: Awaitable[T], timeout: float | None = None) -> Timed[T]:
     """Await ``aw`` and time it with ``perf_counter``; failures (and timeouts) are captured, not raised.
 
-    Cancellation is not captured: a cancelled operation produces no outcome.
+    Cancellation is not captured: a cancelled operation produces no outcome. ``aw`` runs in the calling
+    task (``asyncio.timeout``, not ``wait_for``'s inner task, whose error after a cancellation nobody
+    collects: asyncio then logs "Task exception was never retrieved" from the loop thread).
     """
     start_time = time.time()
     t0 = time.perf_counter()
     try:
-        value = await asyncio.wait_for(aw, timeout) if timeout else await aw
+        if timeout:
+            async with asyncio.timeout(timeout):
+                value = await aw
+        else:
+            value = await aw
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -93,13 +140,17 @@ class RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         self._queue = _SimpleQueue()
         self._workers = workers
         self._shutdown = False
+        started = _allocate_lock()
         for _ in range(workers):
-            _start_new_thread(self._work, ())
+            started.acquire()
+            _start_new_thread(self._work, (started,))
+        started.acquire()  # the last worker is registered too
+        started.release()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         if self._shutdown:
             raise RuntimeError("executor is shut down")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        future: concurrent.futures.Future[T] = _RealFuture()
         self._queue.put((future, fn, args, kwargs))
         return future
 
@@ -110,7 +161,8 @@ class RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
             for _ in range(self._workers):
                 self._queue.put(None)
 
-    def _work(self) -> None:
+    def _work(self, started: Any) -> None:
+        _register_thread(started)
         while (item := self._queue.get()) is not None:
             future, fn, args, kwargs = item
             if not future.set_running_or_notify_cancel():
@@ -119,6 +171,92 @@ class RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
+
+
+class _RealFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A Future whose condition is a real lock: set in a worker thread, read in the loop thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._condition = threading.Condition(_RealRLock())
+
+
+def _register_thread(started: Any) -> None:
+    """Register this real thread with ``threading`` (its first log record would, under a gevent lock)
+    while the thread that started it waits on ``started``, a real lock; then release it."""
+    threading.current_thread()
+    started.release()
+
+
+class _Call(Generic[T]):
+    """One coroutine run on the loop for one waiting greenlet; the threads share only a real lock.
+
+    The loop thread starts the task, stores its outcome and rings the greenlet's doorbell (a gevent
+    async watcher, the hub's thread-safe wake-up). The greenlet, if killed while waiting, marks the call
+    abandoned and has the task cancelled without waiting for it.
+    """
+
+    __slots__ = ("_abandoned", "_lock", "_outcome", "_task", "_watcher")
+
+    def __init__(self, watcher: Any) -> None:
+        self._lock = _allocate_lock()  # real; held for a few bytecodes, never across a switch
+        self._watcher: Any = watcher  # None once the greenlet stopped waiting
+        self._task: asyncio.Task[T] | None = None
+        self._abandoned = False
+        self._outcome: tuple[T | None, BaseException | None] | None = None
+
+    # --- loop thread ------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> None:
+        task = loop.create_task(coro)
+        task.add_done_callback(self._finished)
+        with self._lock:
+            self._task = task
+            abandoned = self._abandoned
+        if abandoned:  # killed before the loop got here; after its first step (no "never awaited")
+            loop.call_soon(task.cancel)
+
+    def _finished(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            outcome: tuple[T | None, BaseException | None] = (None, concurrent.futures.CancelledError())
+        else:
+            error = task.exception()  # retrieved even when nobody waits any more: no "never retrieved"
+            outcome = (None if error is not None else task.result(), error)
+        with self._lock:
+            self._outcome = outcome
+            if self._watcher is not None:
+                self._watcher.send()
+
+    # --- greenlet side ----------------------------------------------------------------------------
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop waiting: the coroutine is cancelled (or never started); nothing waits for that."""
+        with self._lock:
+            self._abandoned = True
+            task = self._task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                loop.call_soon_threadsafe(task.cancel)
+
+    def detach(self) -> None:
+        """The greenlet no longer listens: close its doorbell (never while the loop thread rings it)."""
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        watcher.close()
+
+    def result(self) -> T:
+        with self._lock:
+            outcome = self._outcome
+        if outcome is None:
+            raise RuntimeError("Bridge: woken before the coroutine finished")
+        value, error = outcome
+        if error is not None:
+            raise error
+        return value  # type: ignore[return-value]
+
+
+def _ignore_at_exit(_loop: asyncio.AbstractEventLoop, _context: dict[str, Any]) -> None:
+    """The loop's exception handler once it stops (see ``Bridge._main``)."""
 
 
 class _Loop(asyncio.SelectorEventLoop):
@@ -150,9 +288,14 @@ class Bridge:
     def _main(self, started: Any) -> None:
         self._thread_id = _get_ident()
         asyncio.set_event_loop(self.loop)
-        started.release()
+        _register_thread(started)
         try:
             self.loop.run_forever()
+            # Stopping at exit: what torn-down connections leave behind (asyncssh's SFTP read-ahead
+            # tasks ending with SFTPConnectionLost, never collected) is reported when garbage-collected,
+            # mostly during interpreter finalization, where logging fails with a traceback per report
+            # ("Exception ignored ... greenlet is being finalized"). Nothing of it is actionable now.
+            self.loop.set_exception_handler(_ignore_at_exit)
             self._cancel_pending()
         finally:
             self.loop.close()
@@ -167,42 +310,40 @@ class Bridge:
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Start ``coro`` on the loop without waiting (e.g. closing a connection of a stopped user)."""
+        """Start ``coro`` on the loop without waiting for it (greenlets wait with :meth:`run`)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it in this greenlet; its exception is re-raised here.
 
         Only this greenlet blocks: the hub keeps running the others. If the greenlet is killed while
-        waiting, the coroutine is cancelled and nothing is returned.
+        waiting, the coroutine is cancelled (not waited for) and nothing is returned.
         """
         if _get_ident() == self._thread_id:
             coro.close()
             raise RuntimeError("Bridge.run called from the loop thread; await the coroutine instead")
-        future = self.submit(coro)
         hub = gevent.get_hub()
         waiter = Waiter(hub)
         # An async watcher is the hub's thread-safe doorbell; while started it also keeps the hub
-        # from concluding that nothing can wake it (LoopExit). Started before the callback is added,
-        # because a send() to a watcher not yet started is lost.
+        # from concluding that nothing can wake it (LoopExit). Started before the coroutine is handed
+        # over, because a send() to a watcher not yet started is lost.
         watcher = hub.loop.async_()
         watcher.start(waiter.switch, None)
-
-        def ring(_: concurrent.futures.Future[T]) -> None:
-            # Runs in the loop thread (or here, if already done); the watcher may be closed by then
-            # if the waiting greenlet was killed.
-            with contextlib.suppress(Exception):
-                watcher.send()
-
-        future.add_done_callback(ring)
+        call: _Call[T] = _Call(watcher)
+        try:
+            self.loop.call_soon_threadsafe(call.start, self.loop, coro)
+        except BaseException:  # the loop is closed
+            coro.close()
+            call.detach()
+            raise
         try:
             waiter.get()
         except BaseException:
-            future.cancel()
+            call.abandon(self.loop)
             raise
         finally:
-            watcher.close()
-        return future.result()
+            call.detach()
+        return call.result()
 
     def call_timed(self, aw: Awaitable[T], timeout: float | None = None) -> Timed[T]:
         """Run one operation on the loop, timed inside it; failures come back in ``Timed.error``."""
