@@ -149,4 +149,4 @@ def test_demo_quick_passes_with_the_gain_shown(tmp_path: Path) -> None:
     assert str(report / "report.html") in out.stdout.strip().splitlines()[-2]
     for label in ("before", "after"):
         meta = json.loads((out_dir / label / f"{label}-1" / "meta.json").read_text())
-        assert meta["status"] == "completed" and len(meta["steps"]) == 3
+        assert meta["status"] == "completed" and len(meta["steps"]) == 2
