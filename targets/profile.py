@@ -215,8 +215,10 @@ class Profile:
 
     @property
     def credentials_path(self) -> Path:
-        return Path(os.environ[CREDENTIALS_ENV]) if os.environ.get(CREDENTIALS_ENV) else self.resolve(
-            self.credentials.file
+        return (
+            Path(os.environ[CREDENTIALS_ENV])
+            if os.environ.get(CREDENTIALS_ENV)
+            else self.resolve(self.credentials.file)
         )
 
     def hosts(self) -> list[str]:
@@ -228,8 +230,10 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     """Load and validate a profile TOML file."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: profile not found; pass the path of a TOML file such as "
-                         "targets/profiles/reference-before.toml")
+        raise InputError(
+            f"{p}: profile not found; pass the path of a TOML file such as "
+            "targets/profiles/reference-before.toml"
+        )
     try:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
