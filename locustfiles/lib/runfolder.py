@@ -10,6 +10,7 @@ and follows the test's life:
 - ``test_stop``: all samples written (on a master: every worker's last batch received), then Locust's
   CSV and HTML report, and meta.json with ``completed``, ``interrupted`` (Ctrl-C, SIGTERM or quit
   while the run was going, or stopped before its planned end) or ``failed`` (samples went missing).
+  A ``failed`` run, or an ``interrupted`` headless one, makes Locust exit 1 even without request errors.
 
 Workers only record and send (see ``recorder.py``); the master or local runner owns the folder.
 """
@@ -302,6 +303,7 @@ class RunController:
             return
         if self.run is not None:
             self.run.interrupted = True
+            self._set_exit_code("interrupted")  # Locust picks its exit code before test_stop fires
 
     def _on_test_stop(self, environment: Any, **_kw: Any) -> None:
         if self.role == "worker":
@@ -323,6 +325,7 @@ class RunController:
         self._write_html(run)
         status = self._status(run, result, ended)
         self._write_meta(run, status, result=result, ended=ended)
+        self._set_exit_code(status)
         locust = environment.runner.stats.total
         progress(
             f"run {run.resolved.label}/{run.run_id} {status}: {result.rows} samples, "
@@ -335,6 +338,16 @@ class RunController:
                 f"only {run.arrivals['claimed']} of {run.arrivals['planned']} planned session arrivals found "
                 "a free user: the pool (-u) was too small for the arrival rate, so the storm fell short"
             )
+
+    def _set_exit_code(self, status: str) -> None:
+        """A run that lost samples, or a headless run cut short, must not exit 0 to a CI pipeline.
+
+        Locust decides its exit code from request errors only, so a worker killed mid-run would
+        otherwise pass unnoticed. In the web UI a stopped run is the user's choice, not a failure.
+        """
+        headless = bool(getattr(self.env.parsed_options, "headless", False))
+        if status == "failed" or (status == "interrupted" and headless):
+            self.env.process_exit_code = max(self.env.process_exit_code or 0, 1)
 
     def _arrivals_summary(self, run: ActiveRun, result: RecordResult, ended: float) -> dict[str, Any] | None:
         """Arrivals shape: sessions planned by the end vs handed to a user (a full pool hands out fewer)."""
