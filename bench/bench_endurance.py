@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Series, dict, float]:
     run_s = max(5, round(args.minutes * 60))
     series = Series()
     with FarmProcess(PROFILE, state_dir=work / "state") as farm:
-        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"]
+        files = str(LOCUSTFILE) + (f",{BENCH / '_memtrace.py'}" if args.trace else "")
+        cmd = [sys.executable, "-m", "locust", "-f", files, "--headless", "--only-summary"]
         cmd += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{run_s}s"]
         cmd += ["--profile", str(farm.profile_path), "--results-dir", str(work / "results")]
         cmd += ["--label", "endurance", "--exit-code-on-error", "0"]
@@ -115,7 +117,10 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Series, dict, float]:
             cmd += ["--processes", str(args.processes), "--master-bind-host", "127.0.0.1"]
             cmd += ["--master-bind-port", port, "--master-port", port]
         with open(work / "locust.log", "w") as log:
-            proc = subprocess.Popen([*cmd, "HomeofficeUser"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            env = dict(os.environ, GATELOAD_MEMTRACE_DIR=str(args.trace)) if args.trace else None
+            proc = subprocess.Popen(
+                [*cmd, "HomeofficeUser"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         started = time.monotonic()
         deadline = started + run_s + 120  # bounded: the run ends by itself; this is the backstop
         try:
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
     parser.add_argument("--processes", type=int, default=1, help="Locust processes (default 1)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples")
+    parser.add_argument("--trace", type=Path, help="write tracemalloc snapshots of Locust to this folder")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds left out at the start")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -153,7 +159,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--minutes, --users, --interval and --processes must be positive")
     with tempfile.TemporaryDirectory(prefix="gateload-bench-endurance-") as tmp:
         series, meta, warmup = run(args, Path(tmp))
+    if args.trace:
+        print_growth(args.trace)
     return report(args, series, meta, warmup)
+
+
+def print_growth(folder: Path, top: int = 25) -> None:
+    """What grew between the second snapshot (after warm-up) and the last, by allocation site."""
+    import tracemalloc
+
+    snaps = sorted(folder.glob("snap-*.pickle"))
+    if len(snaps) < 3:
+        print(f"bench_endurance: {len(snaps)} snapshots in {folder}; run longer for a comparison")
+        return
+    first, last = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[1], snaps[-1]))
+    print(
+        f"traced: {sum(s.size for s in first.statistics('filename')) / 1e6:.1f} MB in {snaps[1].name}, "
+        f"{sum(s.size for s in last.statistics('filename')) / 1e6:.1f} MB in {snaps[-1].name}"
+    )
+    for stat in last.compare_to(first, "traceback")[:top]:
+        print(f"{stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+8d} blocks")
+        for line in stat.traceback.format(limit=4, most_recent_first=True):
+            print("    " + line.strip())
 
 
 def report(args: argparse.Namespace, series: Series, meta: dict, warmup: float) -> int:
@@ -191,7 +218,7 @@ def report(args: argparse.Namespace, series: Series, meta: dict, warmup: float) 
         f"reference-before, {args.users} HomeofficeUsers, RSS every {args.interval:g} s after a "
         f"{warmup:g} s warm-up; flat = 2nd-half growth over the run <= {FLAT_SHARE:.0%} of start"
     )
-    if args.smoke:
+    if args.smoke or args.trace:  # tracemalloc inflates memory: a traced run is diagnosis, not a figure
         for key, value in figures.items():
             print(f"  {key:<28} {value}")
     else:
