@@ -141,19 +141,26 @@ def _farm(balancer: str, count: int = 3) -> Farm:
 
 def test_round_robin_cycles_through_every_server() -> None:
     cluster = Cluster(_farm("round-robin"))
-    assert [cluster.pick().id for _ in range(6)] == ["s-01", "s-02", "s-03"] * 2
+    assert [cluster.pick("portal").id for _ in range(6)] == ["s-01", "s-02", "s-03"] * 2
+
+
+def test_portal_and_ssh_have_their_own_round_robin_cursor() -> None:
+    cluster = Cluster(_farm("round-robin", count=2))
+    # one portal request, then one SSH connection per session: each service still alternates
+    picks = [(cluster.pick("portal").id, cluster.pick("ssh").id) for _ in range(4)]
+    assert picks == [("s-01", "s-01"), ("s-02", "s-02")] * 2
 
 
 def test_least_connections_prefers_the_emptiest_server() -> None:
     cluster = Cluster(_farm("least-connections"))
     s1, s2, s3 = cluster.servers
     s1.ssh_sessions, s2.ssh_sessions, s3.portal_sessions = 3, 1, 2
-    assert {cluster.pick().id for _ in range(5)} == {"s-02"}
+    assert {cluster.pick("ssh").id for _ in range(5)} == {"s-02"}
     s2.ssh_sessions = 5
-    assert cluster.pick().id == "s-03"
+    assert cluster.pick("ssh").id == "s-03"
     # ties rotate, so an idle farm still spreads sessions
     idle = Cluster(_farm("least-connections"))
-    assert {idle.pick().id for _ in range(3)} == {"s-01", "s-02", "s-03"}
+    assert {idle.pick("portal").id for _ in range(3)} == {"s-01", "s-02", "s-03"}
 
 
 # --- tickets ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from targets.profile import Farm, ServerGroup, ServiceTimes
 
@@ -198,11 +198,14 @@ class Cluster:
         ]
         self.by_id = {s.id: s for s in self.servers}
         self.balancer = farm.balancer
-        self._rr = itertools.cycle(range(len(self.servers)))
+        # One cursor per service, as a real balancer has one virtual server for the portal and one for
+        # SSH: with a shared cursor, two servers and one portal request per SSH connection settle
+        # into "portal on one server, SSH on the other".
+        self._rr = {kind: itertools.cycle(range(len(self.servers))) for kind in ("portal", "ssh")}
 
-    def pick(self) -> SimServer:
-        """The backend for a new portal session, SSH connection or session-less request."""
-        start = next(self._rr)
+    def pick(self, kind: Literal["portal", "ssh"]) -> SimServer:
+        """The backend for a new portal session or session-less request, or a new SSH connection."""
+        start = next(self._rr[kind])
         if self.balancer == "round-robin":
             server = self.servers[start]
             return server if server.fault is None or not server.fault.down else self._next_up(start)

@@ -50,7 +50,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.ctx.ssh_connections.add(conn)
-        self.server = self.ctx.cluster.pick()
+        self.server = self.ctx.cluster.pick("ssh")
         self.admitted = self.server.try_open_ssh_session()
 
     def connection_lost(self, exc: Exception | None) -> None:

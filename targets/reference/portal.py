@@ -106,7 +106,7 @@ class Portal:
         """The request's session (touched) and backend; session-less requests go to the balancer."""
         session = self.sessions.get(request.cookies.get(COOKIE, ""))
         if session is None:
-            return None, self.ctx.cluster.pick()
+            return None, self.ctx.cluster.pick("portal")
         session.last_seen = time.monotonic()
         return session, session.server
 
