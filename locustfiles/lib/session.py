@@ -42,6 +42,7 @@ class HomeofficeUser(User):
         self.backoff = Backoff(self.rng)
         self.user_id = 0
         self.ssh: SSHSession | None = None
+        self.sessions_started = 0
 
     def on_start(self) -> None:
         self.user_id = next_user_id()
@@ -67,7 +68,7 @@ class HomeofficeUser(User):
             self._fire_session("logon", start, t0, failure, t_intended, portal)
             if failure is None:
                 self.backoff.reset()
-                ended_by = self._workday(portal)
+                ended_by = self._workday(portal, self._session_length(open_model=t_intended is not None))
                 self._logoff(portal)
                 self._fire_session("session", start, t0, ended_by, t_intended, portal)
         finally:
@@ -88,12 +89,26 @@ class HomeofficeUser(User):
         assert self.ssh is not None
         return self.ssh.logon(ticket.username, ticket.secret)
 
-    def _workday(self, portal: PortalClient) -> OperationError | None:
-        """The activities of the session; the failure that ended it early, or None."""
+    def _session_length(self, open_model: bool) -> int:
+        """Activities in this session; a closed-model user's first session has a random length.
+
+        Users of a step start together in its ramp. With sessions of equal length they would also
+        end together, so logons would come only in storms and a step's logon time would rest on one
+        storm. A first length drawn uniformly from 1..N (a session's remaining life on a farm that has
+        run a while) spreads the logons that follow. An open model schedules its own arrivals.
+        """
+        n = self.target.profile.workload.activities_per_session
+        self.sessions_started += 1
+        if open_model or self.sessions_started > 1:
+            return n
+        return self.rng.randint(1, n)
+
+    def _workday(self, portal: PortalClient, activities: int) -> OperationError | None:
+        """``activities`` activities of the session; the failure that ended it early, or None."""
         ssh = self.ssh
         assert ssh is not None
         w = self.target.profile.workload
-        for i in range(w.activities_per_session):
+        for i in range(activities):
             if i and not idle(self, self.rng.uniform(w.think_min_s, w.think_max_s)):
                 return None  # asked to stop gracefully: log off now
             if not ssh.usable:
