@@ -32,7 +32,7 @@ from locust.html import get_html_report
 
 from analysis.schema import write_meta
 from gateload.errors import InputError
-from locustfiles.lib import arrivals, options, runinfo, statstrim
+from locustfiles.lib import arrivals, memtrim, options, runinfo
 from locustfiles.lib.recorder import Recorder, RecordResult, role_of
 from locustfiles.lib.schedule import Phase, Plan
 from locustfiles.lib.shapes import PlannedShape
@@ -97,7 +97,7 @@ class RunController:
                 raise SystemExit(2) from None
             self._install_shape(self.resolved.plan)
             self._warn_if_master_is_exposed()
-            statstrim.keep_trimmed(self.env)
+        memtrim.keep_trimmed(self.env)
         events = self.env.events
         events.test_start.add_listener(self._on_test_start)
         events.test_stop.add_listener(self._on_test_stop)

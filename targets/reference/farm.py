@@ -26,6 +26,7 @@ import asyncssh
 from aiohttp import web
 
 from gateload.errors import InputError
+from gateload.memory import RELEASE_EVERY_S, release_free_memory
 from targets.profile import Profile, is_loopback
 from targets.reference.capacity import Cluster
 from targets.reference.context import FarmContext
@@ -76,6 +77,7 @@ class ReferenceFarm:
         self.intranet_port = 0
         self.admin_port = 0  # the fault admin endpoint, always on 127.0.0.1
         self._effective: Profile | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReferenceFarm:
         await self.start()
@@ -120,6 +122,7 @@ class ReferenceFarm:
             await self.stop()
             raise
         self._effective = self._effective_profile(state)
+        self._housekeeping = asyncio.create_task(_release_memory_forever())
 
     async def _start_services(self, ctx: FarmContext) -> None:
         # the intranet is internal: always loopback, whatever farm.bind says
@@ -189,6 +192,9 @@ class ReferenceFarm:
 
     async def stop(self) -> None:
         """Stop listening, close open SSH connections and portal keep-alives; safe to call twice."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         if self._gateway is not None:
             self._gateway.close()
             await self._gateway.wait_closed()
@@ -207,6 +213,13 @@ class ReferenceFarm:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+
+
+async def _release_memory_forever() -> None:
+    """A long-running farm churns buffers too (SFTP documents, SSH packets): keep its memory flat."""
+    while True:
+        await asyncio.sleep(RELEASE_EVERY_S)
+        release_free_memory()
 
 
 def _listen(host: str, port: int, key: str) -> socket.socket:

@@ -6,7 +6,7 @@ import time
 
 from locust.stats import RequestStats
 
-from locustfiles.lib import statstrim
+from locustfiles.lib import memtrim
 
 
 def _ten_minutes_of_requests(stats: RequestStats, now: int) -> None:
@@ -33,12 +33,12 @@ def test_trim_keeps_the_last_minute_and_what_locust_reports() -> None:
 
     before = reported()
 
-    dropped = statstrim.trim(stats, now)
+    dropped = memtrim.trim(stats, now)
 
-    assert dropped == 3 * 2 * (600 - statstrim.KEEP_S)  # 2 entries + total, 2 counters each
+    assert dropped == 3 * 2 * (600 - memtrim.KEEP_S)  # 2 entries + total, 2 counters each
     for e in (entry, stats.get("connect", "SSH"), stats.total):
-        assert min(e.num_reqs_per_sec) == min(e.num_fail_per_sec) == now - statstrim.KEEP_S
-        assert len(e.num_reqs_per_sec) == statstrim.KEEP_S + 1
+        assert min(e.num_reqs_per_sec) == min(e.num_fail_per_sec) == now - memtrim.KEEP_S
+        assert len(e.num_reqs_per_sec) == memtrim.KEEP_S + 1
     assert reported() == before
     assert entry.current_rps == 3.0 and entry.current_fail_per_sec == 1.0  # the counts that were logged
-    assert statstrim.trim(stats, now) == 0  # nothing more to drop
+    assert memtrim.trim(stats, now) == 0  # nothing more to drop
