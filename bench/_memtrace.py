@@ -24,7 +24,6 @@ from locust import events
 OUT = os.environ.get("GATELOAD_MEMTRACE_DIR")
 INTERVAL = float(os.environ.get("GATELOAD_MEMTRACE_INTERVAL", "60"))
 FRAMES = int(os.environ.get("GATELOAD_MEMTRACE_FRAMES", "0"))
-TRIM = os.environ.get("GATELOAD_MEMTRACE_TRIM") == "1"  # malloc_trim(0) before each sample
 LIBC = ctypes.CDLL("libc.so.6")
 
 
@@ -76,8 +75,6 @@ def resident_kb_by_mapping() -> dict[str, int]:
 
 def _sample(out: Path, i: int) -> None:
     gc.collect()
-    if TRIM:
-        LIBC.malloc_trim(0)
     row = {"t": time.time(), "rss_kb": resident_kb_by_mapping(), "objects": len(gc.get_objects())}
     row["malloc_kb"] = malloc_kb()
     try:
