@@ -3,9 +3,10 @@
 Loaded as a second locustfile (``-f homeoffice.py,bench/_memtrace.py``) so the harness itself carries
 no diagnostics. Every ``GATELOAD_MEMTRACE_INTERVAL`` seconds (default 60) it appends one line to
 ``DIR/memory.jsonl``: resident memory by kind of mapping (the heap, anonymous mappings such as malloc
-arenas and thread stacks, files), the bytes held by pyarrow's memory pool, live Python objects, and,
-with ``GATELOAD_MEMTRACE_FRAMES`` > 0, the Python heap traced by tracemalloc, with a snapshot
-``DIR/snap-NNN.pickle`` that ``bench_endurance.py`` compares (first after the warm-up with the last).
+arenas and thread stacks, files), glibc malloc's memory in use and kept free (mallinfo2), the bytes
+held by pyarrow's memory pool, live Python objects, and, with ``GATELOAD_MEMTRACE_FRAMES`` > 0, the
+Python heap traced by tracemalloc, with a snapshot ``DIR/snap-NNN.pickle`` that ``bench_endurance.py``
+compares (first after the warm-up with the last).
 """
 
 from __future__ import annotations

@@ -334,7 +334,30 @@ def idle(user: User, seconds: float) -> bool:
     return user._state != LOCUST_STATE_STOPPING
 
 
-class GatewayUser(User):
+class SSHUser(User):
+    """Base of the users that hold one gateway connection: target, random stream, backoff, ``ssh``."""
+
+    abstract = True
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.target = target_for(environment)
+        self.rng = random.Random()
+        self.backoff = Backoff(self.rng)
+        self.user_id = 0
+        self.ssh: SSHSession | None = None
+
+    def on_start(self) -> None:
+        self.user_id = next_user_id()
+        self.ssh = SSHSession(self.environment, self.target, self.user_id)
+
+    def on_stop(self) -> None:
+        # Killed (test stopped): drop the connection without waiting and without firing samples.
+        if self.ssh is not None:
+            self.ssh.abort()
+
+
+class GatewayUser(SSHUser):
     """Gateway-only load with static credentials (account password, or ``credentials.ssh_key``).
 
     Each task is one activity of the SSH mix on a kept-open connection, then think time; a drop is
@@ -345,20 +368,7 @@ class GatewayUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.target = target_for(environment)
-        self.rng = random.Random()
-        self.backoff = Backoff(self.rng)
-        self.user_id = 0
-        self.session: SSHSession | None = None
         self._logged_on_once = False
-
-    def on_start(self) -> None:
-        self.user_id = next_user_id()
-        self.session = SSHSession(self.environment, self.target, self.user_id)
-
-    def on_stop(self) -> None:
-        if self.session is not None:
-            self.session.abort()
 
     def wait_time(self) -> float:
         w = self.target.profile.workload
@@ -366,7 +376,7 @@ class GatewayUser(User):
 
     @task
     def work(self) -> None:
-        session = self.session
+        session = self.ssh
         assert session is not None
         if not session.usable and not self._connect(session):
             idle(self, self.backoff.next_delay())

@@ -13,45 +13,30 @@ Locust's ``user_error``.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from typing import Any
 
 import gevent
-from locust import User, task
+from locust import task
 
 from locustfiles.lib.arrivals import next_arrival
 from locustfiles.lib.errors import OperationError, RecordedFailure
-from locustfiles.lib.gateway import SSH, Backoff, SSHSession, choose_activity, idle
+from locustfiles.lib.gateway import SSH, SSHUser, choose_activity, idle
 from locustfiles.lib.portal import PortalClient
-from locustfiles.lib.runtime import fire, next_user_id, target_for
+from locustfiles.lib.runtime import fire
 from locustfiles.lib.sshbridge import Timed
 
 SESSION = "SESSION"
 
 
-class HomeofficeUser(User):
+class HomeofficeUser(SSHUser):
     """One homeoffice employee: each task is a whole session, from portal logon to logoff."""
 
     abstract = False
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.target = target_for(environment)
-        self.rng = random.Random()
-        self.backoff = Backoff(self.rng)
-        self.user_id = 0
-        self.ssh: SSHSession | None = None
         self.sessions_started = 0
-
-    def on_start(self) -> None:
-        self.user_id = next_user_id()
-        self.ssh = SSHSession(self.environment, self.target, self.user_id)
-
-    def on_stop(self) -> None:
-        # Killed (test stopped): drop the connection without waiting and without firing samples.
-        if self.ssh is not None:
-            self.ssh.abort()
 
     @task
     def session(self) -> None:
