@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +114,13 @@ class GatewayConnection:
         else:
             known_hosts = (list(spec.trusted_host_keys), [], [])
         self.sock = await open_stamped_socket(spec.host, spec.port, spec.timeout_s)
-        self.conn = await asyncssh.connect(
+        with _reset_before_handshake():
+            self.conn = await self._handshake(known_hosts)
+        return self.client.server
+
+    async def _handshake(self, known_hosts: Any) -> asyncssh.SSHClientConnection:
+        spec = self.spec
+        return await asyncssh.connect(
             sock=self.sock,
             username=spec.username,
             password=spec.password,
@@ -126,7 +135,6 @@ class GatewayConnection:
             connect_timeout=spec.timeout_s,
             login_timeout=spec.timeout_s,
         )
-        return self.client.server
 
     async def backend_from_env(self) -> str | None:
         """The backend id from ``env`` (``GATELOAD_SERVER``), for gateways without the auth banner."""
@@ -348,6 +356,22 @@ def stamped_ms(sock: StampedSocket, fallback_ms: float) -> float:
     if tx and tx <= rx <= time.time():
         return (rx - tx) * 1000.0
     return fallback_ms
+
+
+@contextlib.contextmanager
+def _reset_before_handshake() -> Iterator[None]:
+    """A connection reset before asyncssh reads the peer's address is a reset, not a TypeError.
+
+    asyncssh unpacks ``getpeername()`` in ``_connection_made``; on a socket the gateway (or a lossy
+    link) has already reset, that is None and asyncssh raises TypeError (the ronf/asyncssh#259 kind).
+    """
+    try:
+        yield
+    except TypeError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames or frames[-1].name != "_connection_made":
+            raise
+        raise ConnectionResetError(errno.ECONNRESET, "reset before the SSH handshake") from exc
 
 
 async def open_stamped_socket(host: str, port: int, timeout_s: float) -> StampedSocket:
