@@ -14,6 +14,15 @@ THINK_S = 4.0  # the user is idle this long between activities
 KEEPALIVE_S = 0.3  # asyncssh gives up after 4 unanswered keepalives: ~1.2 s
 
 
+class FullSessionUser(HomeofficeUser):
+    """Every session full length (no random first one), so the user is mid-session after its first exec."""
+
+    abstract = False
+
+    def _session_length(self, open_model: bool) -> int:
+        return self.target.profile.workload.activities_per_session
+
+
 def test_keepalive_failure_is_a_drop_and_the_user_reconnects(reference_farm, reference_farm_process) -> None:
     settings = {
         **FAST,
@@ -25,7 +34,7 @@ def test_keepalive_failure_is_a_drop_and_the_user_reconnects(reference_farm, ref
     }
     path = reference_farm("reference-before", **settings)
     farm = reference_farm_process(path)
-    run = environment(path, HomeofficeUser)
+    run = environment(path, FullSessionUser)
     runner = run.env.create_local_runner()
     runner.start(1, spawn_rate=1)
     try:
