@@ -17,6 +17,7 @@ from typing import Any
 import locust.argument_parser
 import pytest
 import yaml
+from needs import import_or_fail
 
 from locustfiles.lib import options
 from targets.profile import load_profile
@@ -80,7 +81,7 @@ def test_compose_image_and_mounts_exist(compose: dict[str, Any]) -> None:
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
-    pytest.importorskip("check_jsonschema", reason="pip install -e .[dev] (check-jsonschema)")
+    import_or_fail("check_jsonschema", "pip install -e .[dev] (check-jsonschema)")
     argv = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
     done = subprocess.run(
         [*argv, str(DEPLOY / "docker-compose.yml")], capture_output=True, text=True, timeout=60
@@ -126,7 +127,7 @@ def test_k8s_objects_are_well_formed(k8s: dict[tuple[str, str], dict[str, Any]])
 
 
 def test_k8s_manifests_match_the_kubernetes_schema(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
-    kv = pytest.importorskip("kubernetes_validate", reason="pip install -e .[dev] (kubernetes-validate)")
+    kv = import_or_fail("kubernetes_validate", "pip install -e .[dev] (kubernetes-validate)")
     for key, doc in k8s.items():
         try:
             # strict: an unknown or misspelt field (replica: 2) is an error, as kubectl would report it

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import skip_or_fail
 
 from targets.profile import load_profile
 from targets.reference.harness import PROFILES_DIR, FarmProcess, write_profile_variant
@@ -85,7 +86,7 @@ def test_effective_profile_points_at_the_generated_state(before_farm: FarmProces
 
 def test_plain_curl_gets_the_login_page(before_farm: FarmProcess) -> None:
     if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
+        skip_or_fail("curl is not installed (apt-get install curl)")
     status, headers, body = _curl(before_farm.profile.portal.url + "/login")
     assert status == 200 and 'name="csrf_token"' in body
     assert headers["X-Gateload-Server"] in before_farm.profile.server_ids
@@ -97,7 +98,7 @@ def test_plain_openssh_client_runs_a_command(
     before_farm: FarmProcess, ssh_keypair: Any, tmp_path: Path
 ) -> None:
     if shutil.which("ssh") is None:
-        pytest.skip("OpenSSH client is not installed")
+        skip_or_fail("the OpenSSH client is not installed (apt-get install openssh-client)")
     assert before_farm.state_dir is not None
     add_authorized_key(before_farm.state_dir, ssh_keypair.public_line)
     gw = before_farm.profile.gateway
@@ -137,13 +138,13 @@ def test_sigterm_and_sigint_stop_cleanly_and_release_the_ports(tmp_path: Path) -
 
 def test_default_ports_when_free(tmp_path: Path) -> None:
     if not (_port_free(8440) and _port_free(2240)):
-        pytest.skip("the profile's fixed ports 8440/2240 are in use (another farm runs here)")
+        skip_or_fail("the profile's fixed ports 8440/2240 are in use (another farm runs here)")
     try:
         with FarmProcess(BEFORE, state_dir=tmp_path / "state", free_ports=False) as farm:
             assert "portal=http://127.0.0.1:8440 gateway=127.0.0.1:2240 " in farm.ready_line
     except Exception as exc:  # lost a race for the port with a concurrent run
         if "cannot listen" in str(exc):
-            pytest.skip("the fixed ports were taken while starting")
+            skip_or_fail("the fixed ports were taken while starting")
         raise
 
 
