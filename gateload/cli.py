@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     # Commands that drive Locust pass the options they do not know on to it, unchanged.
     if args.command in PASSTHROUGH:
-        args.locust_args = unknown
+        from gateload.locustrun import passthrough_args
+
+        args.locust_args = passthrough_args(unknown)
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

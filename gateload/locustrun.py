@@ -29,6 +29,20 @@ RUN_ENDED = re.compile(r"^\S+ run \S+ (completed|interrupted|failed)")
 USER_CLASS = "HomeofficeUser"
 
 
+def passthrough_args(unknown: list[str]) -> list[str]:
+    """The options a command passes to Locust, without the ``--`` that separated them.
+
+    ``gateload campaign ... -- --shape step`` is the usual way to say "the rest is Locust's", and
+    argparse leaves the ``--`` in the unknown arguments. Handed on, it would make Locust take every
+    option after it for a user class name ("Unknown User(s): --step-hold, 5, ..."). Only the first
+    one is the separator (argparse's own rule); a later ``--`` is passed on as given.
+    """
+    args = list(unknown)
+    if "--" in args:
+        args.remove("--")
+    return args
+
+
 def plan_of(locust_args: list[str]) -> Plan:
     """Read the shape from Locust arguments without importing Locust."""
     return plan_from_args(locust_args)

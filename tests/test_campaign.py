@@ -150,3 +150,26 @@ def test_demo_quick_passes_with_the_gain_shown(tmp_path: Path) -> None:
     for label in ("before", "after"):
         meta = json.loads((out_dir / label / f"{label}-1" / "meta.json").read_text())
         assert meta["status"] == "completed" and len(meta["steps"]) == 2
+
+
+def test_the_separator_before_locust_options_is_not_passed_to_locust(monkeypatch: pytest.MonkeyPatch) -> None:
+    # README: `gateload campaign ... -- --shape step ...`. Locust took everything after a `--` it was
+    # given for user class names ("Unknown User(s): --step-hold, 5, ...").
+    import gateload.campaign
+    from gateload.cli import main
+    from gateload.locustrun import LocustRun, passthrough_args
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(gateload.campaign, "_run_campaign_command", lambda a: seen.append(a.locust_args))
+    argv = ["campaign", "--before", "b.toml", "--after", "a.toml", "--out", "c"]
+    assert main([*argv, "--", "--shape", "step", "--step-users", "5,10", "--step-hold", "3"]) == 0
+    assert main([*argv[:3], "--shape", "step", *argv[3:], "--", "-u", "3"]) == 0
+    assert seen == [
+        ["--shape", "step", "--step-users", "5,10", "--step-hold", "3"],
+        ["--shape", "step", "-u", "3"],
+    ]
+    assert passthrough_args(["-t", "5s", "--", "x", "--", "y"]) == ["-t", "5s", "x", "--", "y"]
+
+    run = LocustRun(Path("p.toml"), Path("r"), "before", "before-1", 1, seen[0])
+    cmd = run.command()
+    assert "--" not in cmd and cmd[-1] == "HomeofficeUser"
