@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.metrics import LOGON, RunStats, StepStats
+from analysis.metrics import RunStats, StepStats
 from analysis.stats import Estimate
 from analysis.usl import UslFit, fit_usl_boot
 from gateload.errors import InputError
@@ -90,4 +90,5 @@ def fit_runs(runs: Sequence[RunStats], max_fits: int = USL_BOOT_FITS) -> tuple[U
 
 
 def logon_p95(step: StepStats) -> Estimate | None:
-    return latency_of(step, LOGON)
+    """p95 of the step's logon operation (its run's catalogue names it), if the run has one."""
+    return latency_of(step, step.logon) if step.logon else None

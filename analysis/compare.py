@@ -26,7 +26,7 @@ import numpy as np
 from analysis import capacity
 from analysis.acceptance import Acceptance, load_acceptance
 from analysis.faults import fault_metrics, fault_warnings
-from analysis.metrics import ALL, LOGON, RunStats, StepStats, analyze_run
+from analysis.metrics import ALL, RunStats, StepStats, analyze_run
 from analysis.runs import Run, load_runs
 from analysis.stats import (
     DEFAULT_BOOT,
@@ -399,7 +399,7 @@ def evaluate_compare(before: list[RunStats], after: list[RunStats], acc: Accepta
         "after_step_users": [st.users for st in a_ref],
     }
     # latency: the after side must meet the SLAs at the reference load; ratios per operation
-    criteria += _sla_criteria(a_ref, a_why, acc, len(after))
+    criteria += _sla_criteria(a_ref, a_why, acc, len(after), logon_op(after))
     metrics["operations"] = _op_table(b_ref, a_ref, acc) if b_ref and a_ref else {}
     criteria += _latency_ratio_criteria(b_ref, a_ref, b_why or a_why, acc, min(len(before), len(after)))
     criteria += _error_part(sides, "after", acc, metrics)
@@ -593,12 +593,19 @@ def _at(ref: Sequence[StepStats], acc: Acceptance) -> str:
     return f"{'/'.join(map(str, used))} users (reference load {acc.reference_users:g})"
 
 
-def _sla_criteria(ref: list[StepStats], why: str, acc: Acceptance, runs: int) -> list[Criterion]:
+def logon_op(side: Sequence[RunStats]) -> str | None:
+    """The logon operation of a side's runs, as their catalogue declares it (meta.json)."""
+    return side[0].run.catalogue.logon if side else None
+
+
+def _sla_criteria(
+    ref: list[StepStats], why: str, acc: Acceptance, runs: int, logon: str | None
+) -> list[Criterion]:
     out = []
-    for op, limit in acc.sla_limits().items():
+    for op, limit in acc.sla_limits(logon).items():
         name = (
             "logon_p95"
-            if op == LOGON and acc.max_logon_p95_ms is not None and op not in acc.sla
+            if op == logon and acc.max_logon_p95_ms is not None and op not in acc.sla
             else f"sla_p95[{op}]"
         )
         paced = bool(ref) and op in ref[0].paced
@@ -682,7 +689,7 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
             criteria.append(_criterion("throughput", desc, est, acc.min_ops_per_s, ">=", "ops/s", len(side)))
         else:
             criteria.append(_missing("throughput", desc, acc.min_ops_per_s, ">=", "ops/s", why))
-    criteria += _sla_criteria(ref, why, acc, len(side))
+    criteria += _sla_criteria(ref, why, acc, len(side), logon_op(side))
     criteria += _error_part(sides, "run", acc, metrics)
     servers = side[0].run.servers
     criteria += _share_part(side, servers, [], ref, acc, metrics, "server_share", "every server")
@@ -773,7 +780,7 @@ def _usl(side: Sequence[RunStats]) -> dict[str, Any]:
 def _knees(side: Sequence[RunStats], acc: Acceptance) -> list[dict[str, Any]]:
     out = []
     for rs in side:
-        for k in capacity.knees(rs, acc.sla_limits()):
+        for k in capacity.knees(rs, acc.sla_limits(rs.run.catalogue.logon)):
             out.append(
                 {
                     "run": rs.run.name,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis import health
+from analysis.catalogue import LEGACY
 from analysis.runs import Run
 from analysis.stats import (
     DEFAULT_BOOT,
@@ -39,8 +40,9 @@ from analysis.stats import (
 from analysis.steady import Window, steady_windows
 
 ALL = "ALL"  # every non-SESSION operation together
-LOGON = "SESSION logon"
-SESSION = "SESSION session"
+# The homeoffice session's names; a run's own come from its catalogue (Run.catalogue.logon, ...).
+LOGON = LEGACY.logon
+SESSION = LEGACY.role("session")
 BLOCK_S = 0.5  # target time-block width; the bootstrap resamples runs of blocks
 MIN_BLOCKS = 10
 MIN_BLOCK_S = 1.0
@@ -111,6 +113,7 @@ class StepStats:
     blk_ok: np.ndarray = field(repr=False)
     blk_n: np.ndarray = field(repr=False)
     blk_server: np.ndarray = field(repr=False)  # (blocks, servers of Samples.servers)
+    logon: str | None = None  # the run's logon operation (its catalogue's ``logon`` role)
 
     @property
     def users(self) -> int:
@@ -259,9 +262,10 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     all_ops = _op_stats(ALL, dur[ns], ok[ns], blk[ns], nb, weights, span, conf, spread)
     ops.update(_session_ops(ctx, w, block_len * width, rng))
 
-    logon = ops.get(LOGON)
+    logon_op = ctx.run.catalogue.logon
+    logon = ops.get(logon_op) if logon_op else None
     if logon is not None:
-        code = s.ops.index(LOGON)
+        code = s.ops.index(logon_op)
         blk_logon = np.bincount(blk[(op == code) & ok], minlength=nb).astype(float)
         sessions = from_boot(blk_logon.sum() / span, weights @ blk_logon / span, conf, *spread)
     else:
@@ -299,6 +303,7 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
         blk_ok=blk_ok,
         blk_n=blk_n,
         blk_server=blk_server,
+        logon=logon_op,
     )
 
 
@@ -469,11 +474,12 @@ def _paced(
 ) -> dict[str, PacedStats]:
     s = ctx.run.samples
     planned = ctx.run.paced
+    declared = set(planned) | {o.key for o in ctx.run.catalogue.paced}
     ti = s.t_intended[a:b]
     op = s.op[a:b]
     out: dict[str, PacedStats] = {}
     has_intended = np.isfinite(ti)
-    codes = set(np.unique(op[has_intended]).tolist()) | {s.ops.index(o) for o in planned if o in s.ops}
+    codes = set(np.unique(op[has_intended]).tolist()) | {s.ops.index(o) for o in declared if o in s.ops}
     for code in sorted(codes):
         name = s.ops[code]
         sel = (op == code) & s.success[a:b]

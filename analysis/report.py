@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import faults, plots
+from analysis.catalogue import LEGACY, Catalogue
 from analysis.compare import FAIL, INCONCLUSIVE, PASS, Criterion, Verdict, ref_steps
 from gateload.errors import InputError
 
@@ -338,8 +339,14 @@ def _key_metrics(v: Verdict) -> str:
     )
 
 
+def _catalogue(v: Verdict) -> Catalogue:
+    """The operations catalogue of the first run compared (meta.json; the SSH one for older runs)."""
+    runs = next((r for r in v.sides.values() if r), None)
+    return runs[0].run.catalogue if runs else LEGACY
+
+
 def _capacity_section(v: Verdict) -> str:
-    sla = v.acceptance.sla_limits()
+    sla = v.acceptance.sla_limits(_catalogue(v).logon)
     out = [
         "<h2>Capacity</h2>",
         _img(plots.capacity(v.sides, sla), "throughput and latency vs sessions"),
@@ -454,7 +461,9 @@ def _operations_section(v: Verdict) -> str:
         steps, _ = ref_steps(runs, acc)
         ref_sides[side] = steps
     if any(ref_sides.values()):
-        out.append(_img(plots.cdfs(ref_sides, ["ALL", "SESSION logon", "SSH keystroke"]), "latency CDFs"))
+        cat = _catalogue(v)
+        ops = ["ALL"] + [op for op in (cat.logon, cat.echo) if op]  # the roles the CDFs show
+        out.append(_img(plots.cdfs(ref_sides, ops), "latency CDFs"))
     errs = v.metrics.get("errors_by_class", {})
     if any(errs.values()):
         out.append("<h3>Errors by class (steady windows, all steps): count (rate per operation)</h3>")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from analysis.catalogue import LEGACY, Catalogue, catalogue_of
 from analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
 from gateload.errors import InputError
 
@@ -37,7 +38,7 @@ READ_COLUMNS = (
     "user_count",
     "server",
 )
-SESSION_TYPE = "SESSION"
+SESSION_TYPE = "SESSION"  # aggregate rows of runs whose catalogue does not say (always true so far)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Samples:
     t_intended: np.ndarray  # NaN when the operation is not paced
     op: np.ndarray
     ops: list[str]  # "<TYPE> <name>"
-    op_is_session: np.ndarray  # bool per op code
+    op_is_session: np.ndarray  # bool per op code: an aggregate (SESSION rows, catalogue ``aggregate``)
     success: np.ndarray
     error: np.ndarray
     errors: list[str]
@@ -95,6 +96,7 @@ class Run:
     origin: float  # epoch seconds that sample times are relative to
     complete: bool
     warnings: list[str] = field(default_factory=list)
+    catalogue: Catalogue = LEGACY  # meta.json ``catalogue``; runs written before it get the SSH one
 
     @property
     def label(self) -> str:
@@ -183,7 +185,8 @@ def load_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
 def run_from_table(run_dir: Path, meta: dict[str, Any], table: pa.Table, *, complete: bool = True) -> Run:
     """Build a :class:`Run` from its meta and an Arrow table of samples (used by load_run and tests)."""
     warnings: list[str] = []
-    samples, dropped = _to_samples(table)
+    catalogue = catalogue_of(meta, f"{run_dir / META_FILE}: catalogue")
+    samples, dropped = _to_samples(table, catalogue.aggregates)
     if dropped:
         warnings.append(f"{dropped} samples with a missing or negative start time or duration were dropped")
     if len(samples) == 0:
@@ -195,7 +198,15 @@ def run_from_table(run_dir: Path, meta: dict[str, Any], table: pa.Table, *, comp
     if not complete:
         status = meta.get("status", "unknown")
         warnings.append(f"INCOMPLETE run (status {status!r}): used because incomplete runs were allowed")
-    run = Run(path=run_dir, meta=meta, samples=samples, origin=origin, complete=complete, warnings=warnings)
+    run = Run(
+        path=run_dir,
+        meta=meta,
+        samples=samples,
+        origin=origin,
+        complete=complete,
+        warnings=warnings,
+        catalogue=catalogue,
+    )
     _steps(run)  # validate the schedule now, so a bad one fails at load time
     return run
 
@@ -278,7 +289,7 @@ def _float(table: pa.Table, name: str) -> np.ndarray:
     )
 
 
-def _to_samples(table: pa.Table) -> tuple[Samples, int]:
+def _to_samples(table: pa.Table, aggregates: frozenset[str] = frozenset()) -> tuple[Samples, int]:
     t = _float(table, "t_start")
     dur = _float(table, "duration_ms")
     keep = np.isfinite(t) & np.isfinite(dur) & (dur >= 0)
@@ -294,7 +305,7 @@ def _to_samples(table: pa.Table) -> tuple[Samples, int]:
         tname = type_labels[ti - 1] if ti > 0 else "?"
         nname = name_labels[ni - 1] if ni > 0 else "?"
         ops.append(f"{tname} {nname}")
-    op_is_session = np.array([o.split(" ", 1)[0] == SESSION_TYPE for o in ops], dtype=bool)
+    op_is_session = np.array([o in aggregates or o.split(" ", 1)[0] == SESSION_TYPE for o in ops], dtype=bool)
     error, errors = _codes(table.column("error"))
     server, servers = _codes(table.column("server"))
     worker, _ = _codes(table.column("worker"))

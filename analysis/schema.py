@@ -78,6 +78,7 @@ META_KEYS = (
     "sample_count",
     "locust",  # {"requests", "failures", "cpu_warnings"}
     "security",  # {"host_key_verified": bool, "tls_verified": bool}
+    "catalogue",  # {"protocols", "operations": [...]}: the run's operations (analysis/catalogue.py)
 )
 
 

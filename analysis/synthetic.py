@@ -7,9 +7,13 @@ The model, per load step with ``N`` users:
 - Their latency is lognormal around ``median_ms * latency_scale * f(N)``, where ``f(N)`` follows from
   Little's law ``R(N) = N / X(N) - Z`` (so it rises past the knee), times an AR(1) component on the log
   scale (autocorrelation in time) and a warm-up transient at the start of every step.
-- SSH keystrokes are paced at ``paced_rate`` per user with an intended start; a ``stall`` holds every
-  operation in flight, and paced users catch up back to back afterwards (coordinated omission).
-- SESSION rows: one logon and one session per ``session_s`` per user.
+- SSH keystrokes (``keystroke_op``) are paced at ``paced_rate`` per user with an intended start; a
+  ``stall`` holds every operation in flight, and paced users catch up back to back afterwards
+  (coordinated omission).
+- SESSION rows (``logon_op``, ``session_op``): one logon and one session per ``session_s`` per user.
+
+Operation names are the spec's, and meta.json carries the spec's ``catalogue`` (None: none, as in runs
+written before the key), so a protocol other than SSH runs through the analysis unchanged.
 
 The stationary distribution is known in closed form: see :func:`truth_quantile`, :func:`truth_throughput`.
 Runs are written through :func:`analysis.schema.write_part` / :func:`analysis.schema.write_meta`.
@@ -27,6 +31,7 @@ import pyarrow as pa
 from scipy.signal import lfilter
 from scipy.special import ndtri
 
+from analysis.catalogue import LEGACY, Catalogue
 from analysis.runs import Run, run_from_table
 from analysis.schema import SAMPLE_SCHEMA, write_meta, write_part
 
@@ -60,7 +65,7 @@ DEFAULT_MIX = (
     OpSpec("SFTP", "put", 0.5, 60.0, error="sftp_error"),
     OpSpec("TUNNEL", "http", 1.0, 15.0, error="tunnel_refused"),
 )
-KEYSTROKE = "SSH keystroke"
+KEYSTROKE = LEGACY.echo or "SSH keystroke"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ class SynthSpec:
     server_weights: tuple[float, ...] | None = None
     error_rate: float = 0.002
     paced_rate: float = 4.0  # keystrokes per user per second (0: none)
+    keystroke_op: str = KEYSTROKE  # the paced operation's "<type> <name>"
+    logon_op: str = LEGACY.logon or "SESSION logon"
+    session_op: str = LEGACY.role("session") or "SESSION session"
+    catalogue: Catalogue | None = LEGACY  # written to meta.json; None: an old run without one
     keystroke_ms: float = 6.0
     stall: tuple[float, float] | None = None  # (start s after the run start, duration s)
     session_s: float = 30.0
@@ -130,9 +139,9 @@ def load_factor(spec: SynthSpec, n: float) -> float:
 
 def truth_quantile(spec: SynthSpec, op: str, users: float, q: float) -> float:
     """Steady-state quantile (ms) of an operation's latency at ``users``."""
-    if op == KEYSTROKE:
+    if op == spec.keystroke_op:
         med, sig = spec.keystroke_ms, 0.3
-    elif op == "SESSION logon":
+    elif op == spec.logon_op:
         med, sig = spec.logon_ms, 0.3
     else:
         o = next(o for o in spec.ops if o.key == op)
@@ -234,7 +243,7 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
     n_servers = len(spec.servers)
     sw = np.asarray(spec.server_weights or [1.0] * n_servers, dtype=float)
     sw = sw / sw.sum()
-    op_names = [o.key for o in spec.ops] + [KEYSTROKE, "SESSION logon", "SESSION session"]
+    op_names = [o.key for o in spec.ops] + [spec.keystroke_op, spec.logon_op, spec.session_op]
     errors = sorted({o.error for o in spec.ops} | {"timeout"})
     cols = _Cols()
 
@@ -243,7 +252,7 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
     else:
         _open_loop(spec, rng, grid, users, g_lat, g_rate, errors, sw, cols)
     if spec.paced_rate > 0:
-        _keystrokes(spec, rng, grid, users, g_lat, op_names.index(KEYSTROKE), sw, cols)
+        _keystrokes(spec, rng, grid, users, g_lat, op_names.index(spec.keystroke_op), sw, cols)
     _sessions(spec, rng, grid, users, g_lat, op_names, sw, cols)
 
     t_all = cols.cat("t")
@@ -296,7 +305,7 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
         },
         "shape": {"name": "step", "params": {"steps": [list(s) for s in spec.steps], "ramp_s": spec.ramp_s}},
         "steps": steps,
-        "paced": {KEYSTROKE: spec.paced_rate} if spec.paced_rate > 0 else {},
+        "paced": {spec.keystroke_op: spec.paced_rate} if spec.paced_rate > 0 else {},
         "think_time_s": think_time_s(spec) if _records_think(spec) else None,
         "args": {"synthetic": True, "seed": spec.seed},
         "versions": {},
@@ -306,6 +315,7 @@ def build_table(spec: SynthSpec) -> tuple[pa.Table, dict[str, Any]]:
         "sample_count": n,
         "locust": {"requests": n, "failures": failures, "cpu_warnings": spec.cpu_warnings},
         "security": {"host_key_verified": True, "tls_verified": True},
+        **({"catalogue": spec.catalogue.to_json()} if spec.catalogue is not None else {}),
         **spec.extra_meta,
     }
     return table, meta
@@ -539,7 +549,7 @@ def _sessions(
     server = rng.choice(len(spec.servers), size=m, p=sw) if spec.servers else np.full(m, -1)
     ucount = np.maximum(np.round(users[cell]), 1)
     user = (rng.random(m) * ucount).astype(np.int64)
-    for code, d in ((op_names.index("SESSION logon"), logon), (op_names.index("SESSION session"), session)):
+    for code, d in ((op_names.index(spec.logon_op), logon), (op_names.index(spec.session_op), session)):
         cols.add(
             t=t,
             ti=np.full(m, np.nan),
