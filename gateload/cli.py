@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "targets.reference.faultcli",  # fault
     "analysis.cli",  # usl, compare, check, report
     "gateload.campaign",  # campaign, demo
+    "gateload.probe",  # probe, pin
 )
 
 DESCRIPTION = "Load-testing harness for remote-access gateways (homeoffice portal + SSH gateway)."
