@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateload.errors import InputError
+from targets.portalflow import PortalFlow, absolute_flow_class, check_flow, load_flow_class
 
 CREDENTIALS_ENV = "GATELOAD_CREDENTIALS"
 
@@ -44,6 +45,10 @@ class PortalTarget:
     tls_verify: bool = True  # explicit opt-out; recorded in meta.json
     ca_file: str = ""  # PEM bundle that signs the portal certificate; "" = system CAs
     app: str = "desktop"  # the app launched to get a gateway ticket
+    # How users log on (targets/portalflow.py): [portal.flow] steps, or a Python class "module:Class"
+    # beside the profile; neither = the reference portal's flow.
+    flow: PortalFlow | None = None
+    flow_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,10 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     """The profile as TOML-ready data (no ``path``; ``None`` sections left out)."""
     data = dataclasses.asdict(profile)
     data.pop("path")
+    if data["portal"]["flow"] is None:
+        del data["portal"]["flow"]  # TOML has no null
+    if profile.portal.flow_class:  # a copy written elsewhere still finds the module
+        data["portal"]["flow_class"] = absolute_flow_class(profile.portal.flow_class, profile.path.parent)
     return {k: v for k, v in data.items() if v is not None}
 
 
@@ -287,7 +296,8 @@ def _build(cls: type, data: Any, path: Path, where: str) -> Any:
     if not isinstance(data, dict):
         raise InputError(f"{path}: [{where or 'top level'}] must be a table; write it as [{where}]")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    # Profile.path is where the file came from, not a key (a flow step's "path" is one)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Profile and f.name == "path")}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
@@ -365,6 +375,7 @@ def _check(profile: Profile, path: Path) -> None:
         raise bad("portal.url", f"is {profile.portal.url!r}; write it as http(s)://HOST:PORT")
     if not 0 <= profile.gateway.port <= 65535:
         raise bad("gateway.port", "must be between 0 and 65535")
+    _check_portal_flow(profile, bad)
     if profile.gateway.host_key and profile.gateway.host_key_fingerprint:
         raise bad("gateway.host_key", "and 'gateway.host_key_fingerprint' are both set; keep one")
     pin = profile.gateway.host_key_fingerprint
@@ -393,6 +404,19 @@ def _check(profile: Profile, path: Path) -> None:
         raise bad("farm", "is required when target.kind = 'reference' and not allowed otherwise")
     if profile.farm is not None:
         _check_farm(profile, bad)
+
+
+def _check_portal_flow(profile: Profile, bad: Any) -> None:
+    portal = profile.portal
+    if portal.flow is not None and portal.flow_class:
+        raise bad("portal.flow", "and 'portal.flow_class' are both set; keep one")
+    if portal.flow is not None:
+        check_flow(portal.flow, bad)
+    if portal.flow_class:
+        try:
+            load_flow_class(portal.flow_class, profile.path.parent)
+        except ValueError as exc:
+            raise bad("portal.flow_class", str(exc)) from None
 
 
 def _check_farm(profile: Profile, bad: Any) -> None:

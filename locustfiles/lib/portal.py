@@ -11,39 +11,22 @@ false`` is the explicit opt-out.
 
 from __future__ import annotations
 
-import json
 import random
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import gevent.ssl
 from locust import FastHttpUser, task
-from locust.contrib.fasthttp import FastHttpSession, FastResponse, insecure_ssl_context_factory
+from locust.contrib.fasthttp import FastHttpSession, insecure_ssl_context_factory
 
 from locustfiles.lib.errors import OperationError, RecordedFailure, classify, safe_error
 from locustfiles.lib.runtime import Account, Target, next_user_id, sample_context, target_for
+from targets.portalflow import Extract, Flow, Request, Response, StepFailure, Ticket, extract, make_flow, run
 from targets.profile import Profile
 
-T = TypeVar("T")
+__all__ = ["PortalClient", "PortalUser", "Ticket", "http_session", "parse_csrf", "ssl_context_factory"]
 
 HTTP = "HTTP"
-_CSRF_INPUT = re.compile(r"<input\b[^>]*\bname=[\"']csrf_token[\"'][^>]*>", re.IGNORECASE)
-_VALUE = re.compile(r"\bvalue=[\"']([^\"']*)[\"']", re.IGNORECASE)
-_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """A one-time gateway ticket from ``POST /api/launch``; the secret is the SSH password."""
-
-    host: str
-    port: int
-    username: str
-    secret: str = field(repr=False)
-    expires_at: float | None = None
 
 
 def ssl_context_factory(profile: Profile) -> Callable[..., Any]:
@@ -75,19 +58,19 @@ def http_session(user: Any, profile: Profile) -> FastHttpSession:
 
 
 def parse_csrf(body: str) -> str:
-    """The ``csrf_token`` hidden input's value in the login page."""
-    tag = _CSRF_INPUT.search(body)
-    value = _VALUE.search(tag.group(0)) if tag else None
-    if value is None:
-        raise ValueError("no csrf_token in the login page")
-    return value.group(1)
+    """The ``csrf_token`` hidden input's value in the login page (``ValueError`` when there is none)."""
+    try:
+        return str(extract(Extract(hidden="csrf_token"), Response(200, body=body.encode())))
+    except StepFailure:
+        raise ValueError("no csrf_token in the login page") from None
 
 
 class PortalClient:
-    """One employee's portal session: logon (with MFA), apps, launch, documents, logout.
+    """One employee's portal session: logon, apps, launch, documents, logout, as the profile's flow says.
 
-    Every request fires one sample. A failed request raises :class:`RecordedFailure` (already
-    recorded), so the caller only decides how to recover.
+    The flow (``[portal.flow]``, ``portal.flow_class`` or the reference portal's) decides the requests;
+    this class sends them through FastHttpSession and fires one sample per request. A failed request
+    raises :class:`RecordedFailure` (already recorded), so the caller only decides how to recover.
     """
 
     def __init__(
@@ -102,40 +85,28 @@ class PortalClient:
         self.account = account
         self.user_id = user_id
         self.http = session if session is not None else http_session(user, self.profile)
-        self.csrf = ""
+        self.flow: Flow = make_flow(self.profile, account)
         self.server: str | None = None  # the backend that answered last
 
     def logon(self) -> None:
-        """GET /login, POST /login, and POST /mfa when the portal asks for it."""
-        self.csrf = self._request("GET", "/login", "GET /login", parse=lambda r: parse_csrf(r.text or ""))
-        form = {"username": self.account.username, "password": self.account.password, "csrf_token": self.csrf}
-        answer = self._request("POST", "/login", "POST /login", data=form, parse=_json)
-        if answer.get("mfa_required"):
-            self._request("POST", "/mfa", "POST /mfa", data={"code": self._totp(), "csrf_token": self.csrf})
+        """The flow's logon phase (reference: GET /login, POST /login, POST /mfa when asked)."""
+        self._run(self.flow.logon())
 
     def apps(self) -> list[dict[str, Any]]:
-        """GET /api/apps: the apps this employee may launch."""
-        return self._request("GET", "/api/apps", "GET /api/apps", parse=lambda r: _json(r)["apps"])
+        """The flow's apps phase: the apps this employee may launch (empty if the flow lists none)."""
+        return self._run(self.flow.apps())  # type: ignore[no-any-return]
 
     def launch(self) -> Ticket:
-        """POST /api/launch: a one-time gateway ticket for the profile's app."""
-        return self._request(
-            "POST",
-            "/api/launch",
-            "POST /api/launch",
-            json_body={"app": self.profile.portal.app},
-            parse=_ticket,
-        )
+        """The flow's launch phase: the gateway credentials (a one-time ticket or the account's own)."""
+        return self._run(self.flow.launch())  # type: ignore[no-any-return]
 
     def document(self, name: str) -> int:
-        """GET /documents/{name}; returns the bytes received."""
-        return self._request(
-            "GET", f"/documents/{quote(name)}", "GET /documents/[doc]", parse=lambda r: len(r.content or b"")
-        )
+        """The flow's document phase for ``name``; returns the bytes received."""
+        return self._run(self.flow.document(name))  # type: ignore[no-any-return]
 
     def logout(self) -> None:
-        """POST /logout."""
-        self._request("POST", "/logout", "POST /logout")
+        """The flow's logout phase."""
+        self._run(self.flow.logout())
 
     def close(self) -> None:
         """Close this session's connections (a new session opens its own, as a new browser would)."""
@@ -143,46 +114,40 @@ class PortalClient:
 
     # --- one request, one sample ------------------------------------------------------------------
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        name: str,
-        *,
-        data: dict[str, str] | None = None,
-        json_body: Any = None,
-        parse: Callable[[FastResponse], T] | None = None,
-    ) -> T:
-        headers = {"X-CSRF-Token": self.csrf} if self.csrf and method == "POST" else {}
-        body = None
-        if data is not None:
-            body = urlencode(data)
-            headers.update(_FORM)
-        if json_body is not None:
-            body = json.dumps(json_body)
-            headers["Content-Type"] = "application/json"
-        value: Any = None
-        failure: OperationError | None = None
-        with self.http.request(
-            method,
-            path,
-            name=name,
-            data=body,
-            headers=headers,
+    def _run(self, phase: Any) -> Any:
+        try:
+            return run(phase, self._send)
+        except StepFailure as failure:
+            raise RecordedFailure(failure.error_class, failure.detail) from None
+
+    def _send(self, request: Request) -> Response:
+        """Send one request; the sample stays open until the flow has judged the answer (``settle``)."""
+        ctx = self.http.request(
+            request.method,
+            request.path,
+            name=request.name,
+            data=request.body,
+            headers=request.headers,
             catch_response=True,
             context=sample_context(self.user_id),
-        ) as resp:
-            status = resp.status_code or None
-            failure = safe_error(None if status else getattr(resp, "error", None), status)
-            if failure is None and parse is not None:
-                try:
-                    value = parse(resp)
-                except (ValueError, KeyError, TypeError):
-                    failure = OperationError("other", "unexpected response")
-            self._label(resp, failure)
-        if failure is not None:
-            raise RecordedFailure(failure.error_class, failure.detail)
-        return value
+        )
+        resp = ctx.__enter__()
+        status = resp.status_code or None
+        transport = None if status else safe_error(getattr(resp, "error", None))
+
+        def settle(failure: StepFailure | None) -> None:
+            error = transport or (OperationError(failure.error_class, failure.detail) if failure else None)
+            self._label(resp, error)
+            ctx.__exit__(None, None, None)
+
+        return Response(
+            status=status,
+            headers=_Headers(resp),
+            body=(resp.content or b"") if status else b"",
+            cookie=self._cookie,
+            error_class=transport.error_class if transport else None,
+            settle=settle,
+        )
 
     def _label(self, resp: Any, failure: OperationError | None) -> None:
         """Set the sample's type, backend and error class, and its outcome."""
@@ -208,31 +173,30 @@ class PortalClient:
                     return cookie.value
         return None
 
-    def _totp(self) -> str:
-        if not self.account.totp_secret:
-            return ""  # the portal answers 401, recorded as such: this account has no TOTP secret
-        import pyotp
-
-        return pyotp.TOTP(self.account.totp_secret).now()
-
-
-def _json(resp: FastResponse) -> Any:
-    value = json.loads(resp.content or b"")
-    if not isinstance(value, dict):
-        raise ValueError("expected a JSON object")
-    return value
+    def _cookie(self, name: str) -> str | None:
+        for cookie in self.http.cookiejar:
+            if cookie.name == name:
+                return str(cookie.value)
+        return None
 
 
-def _ticket(resp: FastResponse) -> Ticket:
-    data = _json(resp)
-    expires = data.get("expires_at")
-    return Ticket(
-        host=str(data["host"]),
-        port=int(data["port"]),
-        username=str(data["username"]),
-        secret=str(data["ticket"]),
-        expires_at=float(expires) if expires is not None else None,
-    )
+class _Headers(Mapping[str, Any]):
+    """A response's headers for the flow: case-insensitive ``get``; absent when no answer came."""
+
+    def __init__(self, resp: Any) -> None:
+        self._headers = getattr(resp, "headers", None) or {}
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._headers.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
 
 
 class PortalUser(FastHttpUser):
