@@ -3,6 +3,7 @@
 Modules, one concern each:
 
 - :mod:`analysis.schema`      the results schema (shared with the recorder) and reader helpers
+- :mod:`analysis.catalogue`   the operations catalogue (shared with the load generator): roles, paced ops
 - :mod:`analysis.runs`        load and validate a run folder, a label folder of replicates, a results folder
 - :mod:`analysis.steady`      warm-up cut per load step: the ramp from the schedule, then MSER-5
 - :mod:`analysis.stats`       log-bucketed histograms, circular block bootstrap, Student-t intervals,

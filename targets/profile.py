@@ -55,6 +55,8 @@ class PortalTarget:
 class GatewayTarget:
     host: str
     port: int
+    # The remote-access protocol users speak to it (locustfiles/lib/remote.py registers them).
+    protocol: str = "ssh"
     host_key: str = ""  # path to the pinned host public key (OpenSSH format)
     host_key_fingerprint: str = ""  # or its "SHA256:..." fingerprint
     verify_host_key: bool = True  # explicit opt-out; recorded in meta.json
@@ -375,6 +377,8 @@ def _check(profile: Profile, path: Path) -> None:
         raise bad("portal.url", f"is {profile.portal.url!r}; write it as http(s)://HOST:PORT")
     if not 0 <= profile.gateway.port <= 65535:
         raise bad("gateway.port", "must be between 0 and 65535")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", profile.gateway.protocol):
+        raise bad("gateway.protocol", 'must be a protocol name in lower case, such as "ssh"')
     _check_portal_flow(profile, bad)
     if profile.gateway.host_key and profile.gateway.host_key_fingerprint:
         raise bad("gateway.host_key", "and 'gateway.host_key_fingerprint' are both set; keep one")

@@ -1,22 +1,9 @@
 """The SSH gateway: ``SSHSession`` (one employee's gateway connection, greenlet side) and ``GatewayUser``.
 
 Operations run as coroutines in the bridge's loop thread (``sshops.py``), timed there; the samples
-are fired here, in the greenlet. Types and names:
-
-========  ================  ============================================================
-type      name              what
-========  ================  ============================================================
-SSH       connect           TCP + key exchange (host key checked) + authentication
-SSH       shell             PTY shell opened, until the first prompt
-SSH       keystroke         one paced keystroke until its echo (``t_intended`` = plan)
-SSH       enter             Enter after a typing burst until the prompt is back
-SSH       screen_update     Enter after ``screen N B`` until all bytes and the prompt
-SSH       exec              ``echo`` on an exec channel
-SSH       reconnect         after a drop: new credentials/ticket, connect, shell ready
-SSH       drop              the connection ended while idle (keepalive failure, reset)
-SFTP      get / put         a document transfer (bytes recorded)
-TUNNEL    http              GET through a direct-tcpip channel to ``gateway.tunnel_target``
-========  ================  ============================================================
+are fired here, in the greenlet. The operations (type, name, what, paced, error classes, activities,
+roles) are declared once, in :data:`SSH_CATALOGUE`; this module registers the ``ssh`` protocol
+(:mod:`locustfiles.lib.remote`) that a profile's ``[gateway] protocol = "ssh"`` selects.
 """
 
 from __future__ import annotations
@@ -32,6 +19,8 @@ import gevent
 from locust import User, task
 from locust.user.task import LOCUST_STATE_STOPPING
 
+from analysis.catalogue import Catalogue, Operation
+from locustfiles.lib import remote
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from locustfiles.lib.runtime import Target, fire, next_user_id, target_for
 from locustfiles.lib.sshbridge import Bridge, Timed, get_bridge
@@ -39,7 +28,71 @@ from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
 from targets.profile import ACTIVITIES, Profile
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
-SSH_ACTIVITIES = ("typing", "screen", "sftp_get", "sftp_put", "tunnel", "exec")
+_ERR = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
+_HTTP_ERR = ("http_401", "http_403", "http_503", "http_5xx", "http_4xx", "tls_error")
+SSH_CATALOGUE = Catalogue(
+    ("ssh",),
+    (
+        Operation(SSH, "connect", "TCP + key exchange (host key checked) + authentication", errors=_ERR),
+        Operation(SSH, "shell", "PTY shell opened, until the first prompt", errors=_ERR),
+        Operation(
+            SSH,
+            "keystroke",
+            "one paced keystroke until its echo (t_intended = the plan)",
+            paced=True,
+            rate_from="workload.typing_interval_ms",
+            errors=_ERR,
+            activities=("typing",),
+            roles=("echo",),
+        ),
+        Operation(
+            SSH,
+            "enter",
+            "Enter after a typing burst until the prompt is back",
+            errors=_ERR,
+            activities=("typing",),
+        ),
+        Operation(
+            SSH,
+            "screen_update",
+            "Enter after `screen N B` until all bytes and the prompt",
+            errors=_ERR,
+            activities=("screen",),
+        ),
+        Operation(SSH, "exec", "`echo` on an exec channel", errors=_ERR, activities=("exec",)),
+        # a reconnect takes a new portal ticket first, so portal errors show here too
+        Operation(
+            SSH,
+            "reconnect",
+            "after a drop: new credentials/ticket, connect, shell ready",
+            errors=(*_ERR, *_HTTP_ERR),
+        ),
+        Operation(SSH, "drop", "the connection ended while idle (keepalive failure, reset)", errors=_ERR),
+        Operation(
+            SFTP,
+            "get",
+            "a document download (bytes recorded)",
+            errors=(*_ERR, "sftp_error"),
+            activities=("sftp_get",),
+        ),
+        Operation(
+            SFTP,
+            "put",
+            "a document upload (bytes recorded)",
+            errors=(*_ERR, "sftp_error"),
+            activities=("sftp_put",),
+        ),
+        Operation(
+            TUNNEL,
+            "http",
+            "GET through a direct-tcpip channel to gateway.tunnel_target",
+            errors=(*_ERR, "tunnel_refused", *_HTTP_ERR[:5]),
+            activities=("tunnel",),
+        ),
+    ),
+)
+# In the profile's order, so a seeded random stream draws the same activities as before the catalogue.
+SSH_ACTIVITIES = tuple(a for a in ACTIVITIES if a in SSH_CATALOGUE.activities)
 _TYPED = b"echo the quick brown fox jumps over the lazy dog "
 DEFAULT_UPLOAD_BYTES = 65536
 
@@ -91,6 +144,7 @@ class SSHSession:
     """
 
     def __init__(self, environment: Any, target: Target, user_id: int, bridge: Bridge | None = None) -> None:
+        # A remote.RemoteSession: HomeofficeUser drives it without knowing it is SSH.
         self.environment = environment
         self.profile = target.profile
         self.user_id = user_id
@@ -112,6 +166,11 @@ class SSHSession:
     def dropped(self) -> bool:
         return self.conn is not None and self.conn.dropped
 
+    @property
+    def activities(self) -> tuple[str, ...]:
+        """The workload activities an SSH session serves (from :data:`SSH_CATALOGUE`)."""
+        return SSH_ACTIVITIES
+
     def record_idle_drop(self) -> None:
         """Fire a ``drop`` sample for a connection that ended while idle (once, if no failed op showed it)."""
         c = self.conn
@@ -120,6 +179,10 @@ class SSHSession:
         self._drop_recorded = True
         lost_at = c.client.lost_at or time.time()
         self._fire(SSH, "drop", Timed(lost_at, 0.0, None, c.client.lost))
+
+    def record_reconnect(self, start: float, duration_ms: float, error: OperationError | None) -> None:
+        """Fire the ``SSH reconnect`` sample of a reconnect the caller timed."""
+        self._fire(SSH, "reconnect", Timed(start, duration_ms, None, error))
 
     # --- connect ----------------------------------------------------------------------------------
 
@@ -334,8 +397,12 @@ def idle(user: User, seconds: float) -> bool:
     return user._state != LOCUST_STATE_STOPPING
 
 
-class SSHUser(User):
-    """Base of the users that hold one gateway connection: target, random stream, backoff, ``ssh``."""
+class RemoteUser(User):
+    """Base of the users that hold one gateway session: target, random stream, backoff, ``remote``.
+
+    The session comes from :meth:`new_session` (SSH here; ``HomeofficeUser`` takes the profile's
+    protocol), and :meth:`operations` is the catalogue of what the user records (meta.json).
+    """
 
     abstract = True
 
@@ -345,19 +412,31 @@ class SSHUser(User):
         self.rng = random.Random()
         self.backoff = Backoff(self.rng)
         self.user_id = 0
-        self.ssh: SSHSession | None = None
+        self.remote: remote.RemoteSession | None = None
 
     def on_start(self) -> None:
         self.user_id = next_user_id()
-        self.ssh = SSHSession(self.environment, self.target, self.user_id)
+        self.remote = self.new_session()
 
     def on_stop(self) -> None:
         # Killed (test stopped): drop the connection without waiting and without firing samples.
-        if self.ssh is not None:
-            self.ssh.abort()
+        if self.remote is not None:
+            self.remote.abort()
+
+    def new_session(self) -> remote.RemoteSession:
+        """This user's gateway session (not yet logged on)."""
+        return SSHSession(self.environment, self.target, self.user_id)
+
+    @classmethod
+    def operations(cls, profile: Profile) -> Catalogue:
+        """The operations this user class records with ``profile`` (meta.json ``catalogue``)."""
+        return SSH_CATALOGUE
 
 
-class GatewayUser(SSHUser):
+SSHUser = RemoteUser  # the name it had while every session was SSH
+
+
+class GatewayUser(RemoteUser):
     """Gateway-only load with static credentials (account password, or ``credentials.ssh_key``).
 
     Each task is one activity of the SSH mix on a kept-open connection, then think time; a drop is
@@ -376,16 +455,18 @@ class GatewayUser(SSHUser):
 
     @task
     def work(self) -> None:
-        session = self.ssh
+        session = self.remote
         assert session is not None
         if not session.usable and not self._connect(session):
             idle(self, self.backoff.next_delay())
             return
         self.backoff.reset()
         w = self.target.profile.workload
-        session.run_activity(choose_activity(self.rng, w.mix, SSH_ACTIVITIES), self.rng.choice(w.documents))
+        session.run_activity(
+            choose_activity(self.rng, w.mix, session.activities), self.rng.choice(w.documents)
+        )
 
-    def _connect(self, session: SSHSession) -> bool:
+    def _connect(self, session: remote.RemoteSession) -> bool:
         account = self.target.account_for(self.user_id)
         password = None if self.target.profile.credentials.ssh_key else account.password
         if not self._logged_on_once:
@@ -395,5 +476,8 @@ class GatewayUser(SSHUser):
         session.record_idle_drop()
         start, t0 = time.time(), time.perf_counter()
         error = session.logon(account.username, password, record=False)
-        session._fire(SSH, "reconnect", Timed(start, (time.perf_counter() - t0) * 1000.0, None, error))
+        session.record_reconnect(start, (time.perf_counter() - t0) * 1000.0, error)
         return error is None
+
+
+remote.register("ssh", SSH_CATALOGUE, SSHSession)

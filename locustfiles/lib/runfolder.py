@@ -418,6 +418,7 @@ class RunController:
         if ended is not None and steps and steps[-1]["end"] is None:
             steps[-1]["end"] = ended
         total = runner.stats.total
+        operations = runinfo.catalogue(self.env.user_classes, profile)
         meta = {
             "run_id": run.run_id,
             "label": resolved.label,
@@ -428,7 +429,8 @@ class RunController:
             "profile": runinfo.profile_meta(profile),
             "shape": {"name": plan.shape, "params": plan.params},
             "steps": steps,
-            "paced": runinfo.paced(profile, plan),
+            "paced": runinfo.paced(profile, plan, operations),
+            "catalogue": operations.to_json() if operations is not None else None,
             "arrivals": run.arrivals,
             "think_time_s": runinfo.think_time_s(profile),
             "args": runinfo.sanitize_args(self.env.parsed_options, options.SECRET_DESTS),

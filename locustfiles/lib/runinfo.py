@@ -1,4 +1,5 @@
-"""What meta.json says about a run besides its samples: versions, git revision, host, profile, args.
+"""What meta.json says about a run besides its samples: versions, git revision, host, profile, args,
+the operations catalogue of its user classes and the planned rates of its paced operations.
 
 Everything that leaves this module is sanitized: secret-looking keys are masked and credentials in
 URLs are removed, although neither the profile nor gateload's options ever hold a secret.
@@ -14,10 +15,13 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from analysis.catalogue import LEGACY, Catalogue
+from locustfiles.lib.catalogues import run_catalogue
 from locustfiles.lib.schedule import Plan
 from targets.profile import Profile, profile_to_dict
 
@@ -113,19 +117,41 @@ def think_time_s(profile: Profile | None) -> float | None:
     return (w.think_min_s + w.think_max_s) / 2.0
 
 
-def paced(profile: Profile | None, plan: Plan) -> dict[str, float]:
+def catalogue(user_classes: Iterable[type], profile: Profile | None) -> Catalogue | None:
+    """The operations catalogue of the run's user classes (meta.json ``catalogue``), or None."""
+    return run_catalogue(user_classes, profile)
+
+
+def paced(profile: Profile | None, plan: Plan, operations: Catalogue | None = None) -> dict[str, float]:
     """meta.json ``paced``: planned rate per user of paced operations (ops/s), keyed "<type> <name>".
 
-    ``SESSION session``: the arrivals shape's rate shared by its pool of users (arrival rate / -u; the
-    rate of the whole test is in meta.json ``arrivals``). ``SSH keystroke``: one typing user's
-    keystroke rate while typing (1000 / typing_interval_ms).
+    The session's ``role = "session"`` operation (``SESSION session``): the arrivals shape's rate shared
+    by its pool of users (arrival rate / -u; the rate of the whole test is in meta.json ``arrivals``).
+    Each paced operation of the catalogue: 1000 / its ``rate_from`` profile field, the planned interval
+    in ms (``SSH keystroke``: one typing user's keystroke rate while typing, from typing_interval_ms).
     """
     out: dict[str, float] = {}
-    if plan.shape == "arrivals" and plan.arrival_rate > 0 and plan.peak_users > 0:
-        out["SESSION session"] = plan.arrival_rate / plan.peak_users
-    if profile is not None and profile.workload.typing_interval_ms > 0:
-        out["SSH keystroke"] = 1000.0 / profile.workload.typing_interval_ms
+    # User classes that declare no catalogue record what the SSH homeoffice user does (as the analysis
+    # assumes for runs without one).
+    operations = operations or LEGACY
+    session = operations.role("session")
+    if session and plan.shape == "arrivals" and plan.arrival_rate > 0 and plan.peak_users > 0:
+        out[session] = plan.arrival_rate / plan.peak_users
+    if profile is None:
+        return out
+    for op in operations.paced:
+        interval = _profile_field(profile, op.rate_from) if op.rate_from else None
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+            out[op.key] = 1000.0 / interval
     return out
+
+
+def _profile_field(profile: Profile, dotted: str) -> Any:
+    """A profile value by its dotted name (``workload.typing_interval_ms``), or None when absent."""
+    value: Any = profile
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 def sanitize_args(options: Any, secret_dests: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """``HomeofficeUser``: one employee's whole homeoffice session per task.
 
-Portal logon (with MFA) -> app list -> launch ticket -> SSH connect with the ticket -> PTY shell ready
-(this span is the ``SESSION logon`` sample, as VDI tools report logon time) -> a workday mix of
-activities with think time -> ``exit`` and ``POST /logout`` (the whole span is ``SESSION session``).
+Portal logon (with MFA) -> app list -> launch ticket -> the remote session logs on with the ticket
+(SSH: connect, PTY shell ready; this span is the ``SESSION logon`` sample, as VDI tools report logon
+time) -> a workday mix of activities with think time -> the session closes and ``POST /logout`` (the
+whole span is ``SESSION session``).
+
+The remote session is the protocol the profile's ``[gateway] protocol`` names
+(:mod:`locustfiles.lib.remote`); the activities drawn are those its catalogue and the portal serve.
 
 Failures are recorded with their error class and the user recovers as a person would: a failed
 logon is retried after a growing pause, a dropped connection is reconnected with a new ticket
-(``SSH reconnect``), and a session that cannot go on is ended. Target failures never escape into
-Locust's ``user_error``.
+(the protocol's ``reconnect``, e.g. ``SSH reconnect``), and a session that cannot go on is ended.
+Target failures never escape into Locust's ``user_error``.
 """
 
 from __future__ import annotations
@@ -19,17 +23,42 @@ from typing import Any
 import gevent
 from locust import task
 
+from analysis.catalogue import Catalogue, Operation
+from locustfiles.lib import remote
 from locustfiles.lib.arrivals import next_arrival
-from locustfiles.lib.errors import OperationError, RecordedFailure
-from locustfiles.lib.gateway import SSH, SSHUser, choose_activity, idle
+from locustfiles.lib.catalogues import portal_catalogue
+from locustfiles.lib.errors import ERROR_CLASSES, OperationError, RecordedFailure
+from locustfiles.lib.gateway import RemoteUser, choose_activity, idle
 from locustfiles.lib.portal import PortalClient
 from locustfiles.lib.runtime import fire
-from locustfiles.lib.sshbridge import Timed
+from targets.profile import ACTIVITIES, Profile
 
 SESSION = "SESSION"
+# The session's own rows span the portal and the remote protocol, so any error class can end them.
+SESSION_CATALOGUE = Catalogue(
+    ("session",),
+    (
+        Operation(
+            SESSION,
+            "logon",
+            "portal start to remote session ready (logon time, as VDI tools report it)",
+            errors=ERROR_CLASSES,
+            roles=("logon",),
+            aggregate=True,
+        ),
+        Operation(
+            SESSION,
+            "session",
+            "portal start to logoff; error: what ended the session early",
+            errors=ERROR_CLASSES,
+            roles=("session",),
+            aggregate=True,
+        ),
+    ),
+)
 
 
-class HomeofficeUser(SSHUser):
+class HomeofficeUser(RemoteUser):
     """One homeoffice employee: each task is a whole session, from portal logon to logoff."""
 
     abstract = False
@@ -37,6 +66,20 @@ class HomeofficeUser(SSHUser):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.sessions_started = 0
+        # the profile's mix, among the activities the portal and this protocol serve (catalogue order)
+        served = self.operations(self.target.profile).activities
+        self.activities = tuple(a for a in ACTIVITIES if a in served)
+
+    @classmethod
+    def operations(cls, profile: Profile) -> Catalogue:
+        """The session's own rows, the portal's and the profile's remote protocol's operations."""
+        return Catalogue.merge(
+            [SESSION_CATALOGUE, portal_catalogue(profile), remote.for_profile(profile).catalogue]
+        )
+
+    def new_session(self) -> remote.RemoteSession:
+        """A session of the profile's protocol (``[gateway] protocol``)."""
+        return remote.for_profile(self.target.profile).factory(self.environment, self.target, self.user_id)
 
     @task
     def session(self) -> None:
@@ -46,8 +89,10 @@ class HomeofficeUser(SSHUser):
             gevent.sleep(max(0.0, t_intended - time.time()))
         start, t0 = time.time(), time.perf_counter()
         portal = PortalClient(self, self.target, self.target.account_for(self.user_id), self.user_id)
-        assert self.ssh is not None
-        self.ssh.server = None  # a new session has no gateway backend yet: a portal failure is the portal's
+        assert self.remote is not None
+        self.remote.server = (
+            None  # a new session has no gateway backend yet: a portal failure is the portal's
+        )
         try:
             failure = self._logon(portal)
             self._fire_session("logon", start, t0, failure, t_intended, portal)
@@ -64,15 +109,15 @@ class HomeofficeUser(SSHUser):
     # --- steps ------------------------------------------------------------------------------------
 
     def _logon(self, portal: PortalClient) -> OperationError | None:
-        """Portal logon, app list, ticket, SSH connect and shell; the first failure or None."""
+        """Portal logon, app list, ticket, remote session logon; the first failure or None."""
         try:
             portal.logon()
             portal.apps()
             ticket = portal.launch()
         except RecordedFailure as failure:
             return failure
-        assert self.ssh is not None
-        return self.ssh.logon(ticket.username, ticket.secret)
+        assert self.remote is not None
+        return self.remote.logon(ticket.username, ticket.secret)
 
     def _session_length(self, open_model: bool) -> int:
         """Activities in this session; a closed-model user's first session has a random length.
@@ -90,44 +135,43 @@ class HomeofficeUser(SSHUser):
 
     def _workday(self, portal: PortalClient, activities: int) -> OperationError | None:
         """``activities`` activities of the session; the failure that ended it early, or None."""
-        ssh = self.ssh
-        assert ssh is not None
+        session = self.remote
+        assert session is not None
         w = self.target.profile.workload
         for i in range(activities):
             if i and not idle(self, self.rng.uniform(w.think_min_s, w.think_max_s)):
                 return None  # asked to stop gracefully: log off now
-            if not ssh.usable:
+            if not session.usable:
                 failure = self._reconnect(portal)
                 if failure is not None:
                     return failure
-            activity = choose_activity(self.rng, w.mix)
+            activity = choose_activity(self.rng, w.mix, self.activities)
             document = self.rng.choice(w.documents)
             if activity == "document":
                 with contextlib.suppress(RecordedFailure):  # recorded; the employee goes on
                     portal.document(document)
             else:
-                ssh.run_activity(activity, document)
+                session.run_activity(activity, document)
         return None
 
     def _reconnect(self, portal: PortalClient) -> OperationError | None:
-        """After a drop: a new ticket, connect, shell; one ``SSH reconnect`` sample."""
-        ssh = self.ssh
-        assert ssh is not None
-        ssh.record_idle_drop()
+        """After a drop: a new ticket and a new logon; one ``reconnect`` sample of the protocol."""
+        session = self.remote
+        assert session is not None
+        session.record_idle_drop()
         start, t0 = time.time(), time.perf_counter()
         try:
             ticket = portal.launch()
         except RecordedFailure as exc:
             failure: OperationError | None = exc
         else:
-            failure = ssh.logon(ticket.username, ticket.secret, record=False)
-        outcome = Timed(start, (time.perf_counter() - t0) * 1000.0, None, failure)
-        ssh._fire(SSH, "reconnect", outcome)
+            failure = session.logon(ticket.username, ticket.secret, record=False)
+        session.record_reconnect(start, (time.perf_counter() - t0) * 1000.0, failure)
         return failure
 
     def _logoff(self, portal: PortalClient) -> None:
-        assert self.ssh is not None
-        self.ssh.close()
+        assert self.remote is not None
+        self.remote.close()
         with contextlib.suppress(RecordedFailure):  # recorded; the session's work is done anyway
             portal.logout()
 
@@ -140,7 +184,7 @@ class HomeofficeUser(SSHUser):
         t_intended: float | None,
         portal: PortalClient,
     ) -> None:
-        assert self.ssh is not None
+        assert self.remote is not None
         fire(
             self.environment,
             request_type=SESSION,
@@ -149,6 +193,6 @@ class HomeofficeUser(SSHUser):
             response_time=(time.perf_counter() - t0) * 1000.0,
             user_id=self.user_id,
             exception=failure,
-            server=self.ssh.server or portal.server,
+            server=self.remote.server or portal.server,
             t_intended=t_intended,
         )

@@ -1,8 +1,11 @@
 """The "gateload" tab of Locust's web UI: one table on the current (or last) run, refreshed with the stats.
 
-Users running now; sessions started (logon succeeded), completed, failed; logon time (``SESSION logon``)
-and keystroke echo (``SSH keystroke``, raw and from its intended start): count, p50, p95 over the last
-30 s and the run; per server, its operations (non-SESSION), share of them, and share of even (1 = even).
+Users running now; sessions started (logon succeeded), completed, failed; logon time and keystroke-like
+echo (raw and from its intended start): count, p50, p95 over the last 30 s and the run; per server, its
+operations (not aggregates such as SESSION rows), share of them, and share of even (1 = even).
+
+Which operations these are comes from the run's operations catalogue (the roles ``logon``, ``session``
+and ``echo``; ``SESSION logon``, ``SESSION session`` and ``SSH keystroke`` for the SSH homeoffice user).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.catalogue import LEGACY, Catalogue
 from analysis.health import corrected_latency
 from analysis.stats import bucket_index, bucket_value
 
@@ -40,8 +44,8 @@ COUNT_ROWS = (
     ("sessions_failed", "Sessions ended by a failure"),
 )
 LATENCY_ROWS = (
-    ("logon", "Logon time (SESSION logon)"),
-    ("echo", "Keystroke echo (SSH keystroke)"),
+    ("logon", "Logon time ({logon})"),
+    ("echo", "Keystroke echo ({echo})"),
     ("echo_intended", "Keystroke echo from intended start"),
 )
 
@@ -123,9 +127,11 @@ class LiveView:
         users: Callable[[], int] | None = None,
         servers: Callable[[], Iterable[str]] | None = None,
         clock: Callable[[], float] = time.time,
+        operations: Callable[[], Catalogue | None] | None = None,
     ) -> None:
         self._users = users
         self._servers = servers
+        self._operations = operations
         self._clock = clock
         self.reset("")
 
@@ -148,6 +154,22 @@ class LiveView:
         for sid in known:
             self._code_of[str(sid)] = self._server_code(str(sid))
         self._n_profile = len(self._names)
+        self._read_catalogue(bool(run_id))
+
+    def _read_catalogue(self, running: bool) -> None:
+        """The (type, name) of the logon, session and echo roles, and the aggregates, for this run."""
+        cat: Catalogue | None = None
+        if running and self._operations is not None:
+            try:
+                cat = self._operations()
+            except Exception:  # a profile that no longer loads: show the homeoffice user's operations
+                cat = None
+        cat = cat or LEGACY
+        self._roles = {
+            r: tuple(k.split(" ", 1)) if (k := cat.role(r)) else None for r in ("logon", "session", "echo")
+        }
+        self._aggregates = [tuple(k.split(" ", 1)) for k in sorted(cat.aggregates)]
+        self._labels = {"logon": cat.logon or "none", "echo": cat.echo or "none"}
 
     # --- feeding ----------------------------------------------------------------------------------
 
@@ -164,9 +186,10 @@ class LiveView:
         t_start = np.asarray(cols["t_start"], dtype=float)
         second = np.floor(t_start + np.nan_to_num(dur) / 1000.0).astype(np.int64)  # completion time
 
-        session = kind == "SESSION"
-        logon = session & (name == "logon")
-        ended = session & (name == "session")
+        logon, ended, echo = (self._is(kind, name, role) for role in ("logon", "session", "echo"))
+        session = np.zeros(len(kind), bool)  # aggregate rows: not operations
+        for k, n in self._aggregates:
+            session |= (kind == k) & (name == n)
         counted = {  # key -> completion seconds of its samples
             "started": second[logon & ok],
             "completed": second[ended & ok],
@@ -174,7 +197,7 @@ class LiveView:
             "sessions_failed": second[ended & ~ok],
         }
         latencies = {"logon": (dur[logon & ok], second[logon & ok])}  # key -> (ms, completion seconds)
-        echo = (kind == "SSH") & (name == "keystroke") & ok
+        echo &= ok
         if echo.any():
             t_intended = np.asarray(cols["t_intended"], dtype=float)
             raw, at = dur[echo], second[echo]
@@ -217,6 +240,11 @@ class LiveView:
             for c, count in enumerate(np.bincount(codes[code_seconds == sec]).tolist()):
                 if count:
                     slot.servers[c] = slot.servers.get(c, 0) + count
+
+    def _is(self, kind: np.ndarray, name: np.ndarray, role: str) -> np.ndarray:
+        """Rows of the run's operation with ``role`` (none when its catalogue has no such operation)."""
+        op = self._roles.get(role)
+        return (kind == op[0]) & (name == op[1]) if op else np.zeros(len(kind), bool)
 
     def _server_code(self, sid: str) -> int:
         code = self._code_of_name.get(sid)
@@ -291,7 +319,7 @@ class LiveView:
             rows.append(
                 {
                     "row": key,
-                    "metric": label,
+                    "metric": label.format(**self._labels),
                     "recent": r.count,
                     "recentp50": _ms(r.p50),
                     "recentp95": _ms(r.p95),
@@ -341,13 +369,20 @@ def attach(environment: Any, web_ui: Any, controller: Any) -> LiveView:
     """
     from flask import request
 
+    from locustfiles.lib import runinfo
+
     def servers() -> Iterable[str]:
         run = getattr(controller, "run", None)
         resolved = run.resolved if run is not None else getattr(controller, "resolved", None)
         profile = getattr(resolved, "profile", None)
         return profile.server_ids if profile is not None else ()
 
-    view = LiveView(users=lambda: environment.runner.user_count, servers=servers)
+    def operations() -> Catalogue | None:
+        run = getattr(controller, "run", None)
+        resolved = run.resolved if run is not None else getattr(controller, "resolved", None)
+        return runinfo.catalogue(environment.user_classes, getattr(resolved, "profile", None))
+
+    view = LiveView(users=lambda: environment.runner.user_count, servers=servers, operations=operations)
     controller.recorder.on_batch = view.add_batch
     args = web_ui.template_args  # update_template_args() merges into it: these keys survive
     for key, items in template_args().items():

@@ -1,0 +1,129 @@
+"""The seam between a homeoffice session and the remote-access protocol that carries it.
+
+A user class that logs on through the portal (``HomeofficeUser``) composes a portal flow with one
+:class:`RemoteSession`: SSH today (``locustfiles/lib/gateway.py``), SSL-VPN, RDP or OpenVPN next. The
+profile's ``[gateway] protocol`` picks it. A protocol is one module that declares its operations
+catalogue (:class:`analysis.catalogue.Catalogue`) and registers a factory with :func:`register` when it
+is imported; :func:`protocol` imports ``locustfiles.lib.<name>`` (or the module named in
+:data:`MODULES`) the first time a profile asks for it, so adding a protocol touches no other file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from analysis.catalogue import Catalogue
+from gateload.errors import InputError
+from locustfiles.lib.errors import OperationError
+
+#: Protocols whose module is not named after them.
+MODULES = {"ssh": "locustfiles.lib.gateway"}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@runtime_checkable
+class RemoteSession(Protocol):
+    """One employee's connection through the gateway, driven from a greenlet.
+
+    Every operation fires its own samples and never raises for a target failure: it records it and
+    returns False (or the error). After a failure :attr:`usable` says whether the session can go on.
+    """
+
+    #: backend server that carries the session, when the target reveals it (None before logon)
+    server: str | None
+
+    @property
+    def usable(self) -> bool:
+        """Logged on and able to run activities."""
+        ...
+
+    @property
+    def dropped(self) -> bool:
+        """The connection ended under the session (keepalive failure, reset)."""
+        ...
+
+    @property
+    def activities(self) -> tuple[str, ...]:
+        """The workload activities (profile ``workload.mix`` keys) this session serves."""
+        ...
+
+    def logon(self, username: str, secret: str | None, *, record: bool = True) -> OperationError | None:
+        """Connect and authenticate with the credentials (a portal ticket or an account); the first
+        failure, or None when the session is ready. ``record=False`` (a reconnect) fires no samples."""
+        ...
+
+    def record_idle_drop(self) -> None:
+        """Fire one sample for a connection that ended while idle (at most once per connection)."""
+        ...
+
+    def record_reconnect(self, start: float, duration_ms: float, error: OperationError | None) -> None:
+        """Fire the protocol's ``reconnect`` sample (new credentials, connect, ready)."""
+        ...
+
+    def run_activity(self, name: str, document: str) -> bool:
+        """Run one activity of :attr:`activities`; True on success."""
+        ...
+
+    def close(self) -> None:
+        """End the session politely (bounded; no sample)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once without waiting (a stopped user, a broken session)."""
+        ...
+
+
+#: ``factory(environment, target, user_id)`` makes one user's session
+SessionFactory = Callable[[Any, Any, int], RemoteSession]
+
+
+@dataclass(frozen=True)
+class RemoteProtocol:
+    """A registered protocol: its name, its operations and how to make a session."""
+
+    name: str
+    catalogue: Catalogue
+    factory: SessionFactory
+
+
+_registry: dict[str, RemoteProtocol] = {}
+
+
+def register(name: str, catalogue: Catalogue, factory: SessionFactory) -> RemoteProtocol:
+    """Declare a protocol (called by its module at import); registering a name twice replaces it."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"protocol name {name!r} must be lower-case letters, digits and _")
+    if name not in catalogue.protocols:
+        raise ValueError(f"the catalogue of protocol {name!r} declares {catalogue.protocols}")
+    _registry[name] = RemoteProtocol(name, catalogue, factory)
+    return _registry[name]
+
+
+def protocol(name: str) -> RemoteProtocol:
+    """The registered protocol ``name``, importing its module on first use.
+
+    An unknown name is an :class:`InputError` naming the profile key and the protocols known.
+    """
+    if name not in _registry:
+        module = MODULES.get(name, f"locustfiles.lib.{name}")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise  # the protocol's module exists but one of its own imports is missing
+        if name not in _registry:
+            known = ", ".join(sorted(set(_registry) | set(MODULES)))
+            raise InputError(
+                f"profile gateway.protocol {name!r}: no such protocol (no module {module} registers it); "
+                f"use one of {known}"
+            )
+    return _registry[name]
+
+
+def for_profile(profile: Any) -> RemoteProtocol:
+    """The protocol the profile's ``[gateway] protocol`` names (``ssh`` when the profile predates it)."""
+    return protocol(getattr(profile.gateway, "protocol", "ssh"))
