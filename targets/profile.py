@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import types

@@ -33,6 +33,7 @@ from locust.html import get_html_report
 from analysis.schema import write_meta
 from gateload.errors import InputError
 from locustfiles.lib import arrivals, memtrim, options, runinfo
+from locustfiles.lib.accounts import check_accounts
 from locustfiles.lib.recorder import Recorder, RecordResult, role_of
 from locustfiles.lib.schedule import Phase, Plan
 from locustfiles.lib.shapes import PlannedShape
@@ -122,13 +123,30 @@ class RunController:
             if needing:  # the users read the credentials file at spawn: a bad one must stop us here
                 from locustfiles.lib.runtime import load_accounts
 
-                load_accounts(resolved.profile.credentials_path)
+                path = resolved.profile.credentials_path
+                count = len(load_accounts(path))
+                # every running user holds its own account (accounts.py): the peak must fit each share
+                plan, farm = resolved.plan, resolved.profile.farm
+                lower = "--step-users" if plan.shape == "step" else "-u"
+                add = "raise farm.accounts in the profile" if farm is not None else "add accounts"
+                check_accounts(
+                    plan.peak_users, count, self._account_shares(), str(path), lower=lower, add=add
+                )
             return
         if needing:
             raise InputError(
                 f"{', '.join(needing)} need a target profile: "
                 "pass --profile targets/profiles/reference-before.toml"
             )
+
+    def _account_shares(self) -> int:
+        """Processes the accounts are split between: workers connected (web UI) or expected (headless)."""
+        if self.role != "master":
+            return 1
+        connected = len(self._workers())
+        if self.web_ui is not None and connected:
+            return connected
+        return max(connected, int(getattr(self.env.parsed_options, "expect_workers", 1) or 1), 1)
 
     def _install_shape(self, plan: Plan) -> None:
         self.env.shape_class = None if plan.shape == "none" else self.shape

@@ -3,6 +3,8 @@
 - :func:`target_for` loads the profile named by ``--profile`` (or ``GATELOAD_PROFILE``) and its
   credentials file once per process.
 - :func:`next_user_id` numbers users within the process (the recorder adds the worker name).
+- :meth:`Target.lease` gives a starting user an account no other running user holds: the accounts are
+  split between the run's processes (:func:`partition_of`) and leased within one (``accounts.py``).
 - :func:`fire` fires one sample with the context keys the recorder reads:
   ``user_id``, ``server``, ``t_intended``, ``error``, ``start_time``.
 """
@@ -12,17 +14,22 @@ from __future__ import annotations
 import atexit
 import csv
 import itertools
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateload.errors import InputError
+from locustfiles.lib.accounts import AccountLeases, Partition
 from locustfiles.lib.errors import classify, safe_error
 from targets.link import link_profile
 from targets.profile import Profile, load_profile
 
 PROFILE_ENV = "GATELOAD_PROFILE"
+RUN_INFO = "gateload_run"  # runfolder.RUN_INFO: the run info (with worker slots) the master sends
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,44 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """An account held by one running user; ``index`` is its row in the credentials file (0-based)."""
+
+    index: int
+    account: Account
+
+
+@dataclass(frozen=True)
 class Target:
     """The loaded profile and the accounts users log on with."""
 
     profile: Profile
     accounts: tuple[Account, ...]
+    leases: AccountLeases = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "leases", AccountLeases(len(self.accounts)))
 
     def account_for(self, user_id: int) -> Account:
-        """The account of user ``user_id``: users share accounts round-robin when there are fewer."""
+        """The account of user ``user_id`` round-robin (tools and tests; Locust users :meth:`lease`)."""
         return self.accounts[user_id % len(self.accounts)]
+
+    def lease(self, environment: Any) -> Lease:
+        """An account for a starting user: the lowest free one of this process's share of the file."""
+        shared_before = self.leases.shared
+        index = self.leases.acquire(partition_of(environment))
+        if self.leases.shared > shared_before and shared_before == 0:
+            logger.warning(
+                "gateload: more users on this process than accounts in its share of %d; users now share "
+                "accounts, and a gateway that limits sessions per account will refuse some logons",
+                len(self.accounts),
+            )
+        return Lease(index, self.accounts[index])
+
+    def release(self, lease: Lease | None) -> None:
+        """Give a stopping user's account back (None: it held none)."""
+        if lease is not None:
+            self.leases.release(lease.index)
 
 
 _targets: dict[str, Target] = {}
@@ -81,16 +117,50 @@ def load_accounts(path: Path) -> tuple[Account, ...]:
         raise InputError(f"{path}: cannot read the credentials file ({exc.strerror})") from None
     if not rows or not {"username", "password"} <= set(rows[0]):
         raise InputError(f"{path}: needs a header 'username,password[,totp_secret]' and at least one row")
-    return tuple(
+    accounts = tuple(
         Account(r["username"], r["password"], (r.get("totp_secret") or "").strip())
         for r in rows
         if r.get("username")
     )
+    if not accounts:
+        raise InputError(f"{path}: no row names a username; add accounts (username,password per line)")
+    return accounts
 
 
 def next_user_id() -> int:
     """A user id unique within this process."""
     return next(_user_ids)
+
+
+_unslotted_warned = False
+
+
+def partition_of(environment: Any) -> Partition:
+    """This process's share of the accounts: its worker slot of the run (local runners own them all).
+
+    The master numbers the workers taking part in a run (``runfolder`` sends the slots with every
+    spawn message). A worker that joined after the start has no slot: it falls back to its Locust
+    worker index, which may overlap another worker's share (a warning says so).
+    """
+    from locust.runners import WorkerRunner
+
+    global _unslotted_warned
+    runner = getattr(environment, "runner", None)
+    if not isinstance(runner, WorkerRunner):
+        return Partition()
+    info = getattr(environment.parsed_options, RUN_INFO, None) or {}
+    slots: dict[str, int] = info.get("slots") or {}
+    slot = slots.get(runner.client_id)
+    if slot is not None and 0 <= slot < len(slots):
+        return Partition(slot, len(slots))
+    count = max(len(slots), int(getattr(environment.parsed_options, "expect_workers", 1) or 1), 1)
+    if not _unslotted_warned:
+        _unslotted_warned = True
+        logger.warning(
+            "gateload: this worker has no account slot in the run (it joined after the start); "
+            "its users may share accounts with another worker's"
+        )
+    return Partition(max(0, runner.worker_index) % count, count)
 
 
 def sample_context(

@@ -10,6 +10,7 @@ import asyncssh
 from targets.profile import Profile
 from targets.reference.capacity import Cluster, SimServer
 from targets.reference.faults import FaultController
+from targets.reference.logins import AccountLogins
 from targets.reference.state import FarmState
 from targets.reference.tickets import TicketBook
 
@@ -31,6 +32,7 @@ class FarmContext:
     ssh_connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
     faults: FaultController | None = None  # fault injection (faults.py); None in bare test contexts
+    logins: AccountLogins = field(default_factory=AccountLogins)  # SSH sessions per account (logins.py)
 
     def snapshot(self) -> dict[str, object]:
         """Everything /metrics reports, as plain data (no secrets)."""
@@ -44,5 +46,6 @@ class FarmContext:
                 "rejected": self.tickets.rejected,
             },
             "servers": self.cluster.snapshot(),
+            "logins": self.logins.snapshot(),
             **({"faults": self.faults.snapshot()} if self.faults is not None else {}),
         }

@@ -33,6 +33,7 @@ from targets.reference.context import FarmContext
 from targets.reference.faults import FaultController, admin_token, build_admin_app
 from targets.reference.gateway import start_gateway
 from targets.reference.intranet import build_intranet_app
+from targets.reference.logins import AccountLogins
 from targets.reference.portal import Portal
 from targets.reference.state import FarmState, prepare_state
 from targets.reference.tickets import TicketBook
@@ -68,6 +69,7 @@ class ReferenceFarm:
                 f"pass --bind {self.bind} to expose the farm beyond this machine on purpose"
             )
         self._rng = random.Random(seed)
+        self._logins = AccountLogins(self.farm.max_sessions_per_account)  # checks the limit now
         self.context: FarmContext | None = None
         self.portal: Portal | None = None
         self._runners: list[web.AppRunner] = []
@@ -113,6 +115,7 @@ class ReferenceFarm:
             cluster=cluster,
             tickets=TicketBook(self.farm.ticket_ttl_s),
             state=state,
+            logins=self._logins,
         )
         ctx.faults = FaultController(cluster, ctx.ssh_connections, seed=self._rng.random())
         self.context = ctx

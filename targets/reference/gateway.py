@@ -19,7 +19,7 @@ import asyncssh
 
 from targets.reference.capacity import SimServer
 from targets.reference.context import FarmContext
-from targets.reference.shell import EXIT, PROMPT, run_line
+from targets.reference.shell import EXIT, PROMPT, prompt_of, run_line
 
 INTRANET_HOST = "intranet"
 # AES-GCM first and no chacha20: in asyncssh chacha20-poly1305 builds several cipher contexts per
@@ -46,6 +46,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.server: SimServer = ctx.cluster.servers[0]
         self.admitted = False
         self._auth_charged = False
+        self._login: str | None = None  # the account this connection holds a login of (logins.py)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -58,6 +59,9 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.admitted:
             self.server.close_ssh_session()
             self.admitted = False
+        if self._login is not None:
+            self.ctx.logins.close(self._login)
+            self._login = None
 
     async def begin_auth(self, username: str) -> bool:
         assert self.conn is not None
@@ -80,11 +84,28 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.server.fault is not None and self.server.fault.fails_auth():  # auth_fail (faults.py)
             return False
         if self.ctx.tickets.consume(username, password):
-            return True
+            return self._admit_login(username)
         if self._static:
             account = self.ctx.state.accounts.get(username)
-            return account is not None and hmac.compare_digest(account.password.encode(), password.encode())
+            ok = account is not None and hmac.compare_digest(account.password.encode(), password.encode())
+            return ok and self._admit_login(username)
         return False
+
+    def auth_completed(self) -> None:
+        # Public-key logons pass no validate_password: they are counted (or refused) here.
+        if self._login is None and self.conn is not None:
+            self._admit_login(str(self.conn.get_extra_info("username")))
+
+    def _admit_login(self, username: str) -> bool:
+        """Hold a login of ``username``, or refuse it over farm.max_sessions_per_account (as pam_limits)."""
+        if self._login is not None:
+            return True
+        if not self.ctx.logins.try_open(username):
+            # asyncssh sends this as an SSH disconnect message, then closes the connection
+            reason = "too many logins for this account"
+            raise asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, reason)
+        self._login = username
+        return True
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -155,6 +176,7 @@ async def _shell(
     write, drain = stdout.write, stdout.drain
     line = bytearray()
     after_cr = False
+    variables: dict[str, str] = {}  # the session's shell variables; PS1 is its prompt
     write(PROMPT)
     while True:
         try:
@@ -172,9 +194,9 @@ async def _shell(
                 text = line.decode(errors="replace")
                 line.clear()
                 write(b"\r\n")
-                if await run_line(text, server, write, drain, b"\r\n") == EXIT:
+                if await run_line(text, server, write, drain, b"\r\n", variables) == EXIT:
                     return
-                write(PROMPT)
+                write(prompt_of(variables))
                 continue
             after_cr = False
             await server.work("keystroke")

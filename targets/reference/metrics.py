@@ -55,6 +55,8 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
     lines.append(f"gateload_uptime_seconds {snapshot['uptime_s']}")
     if snapshot.get("faults") is not None:
         lines += _fault_lines(snapshot["faults"])
+    if snapshot.get("logins") is not None:
+        lines += _login_lines(snapshot["logins"])
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +70,20 @@ def _fault_lines(faults: dict[str, Any]) -> list[str]:
     lines += [f'gateload_faults_started_total{{kind="{k}"}} {n}' for k, n in faults["started_total"].items()]
     lines += _header("gateload_fault_resets_total", "counter", "SSH connections reset by injected faults.")
     lines.append(f"gateload_fault_resets_total {faults['ssh_resets']}")
+    return lines
+
+
+def _login_lines(logins: dict[str, int]) -> list[str]:
+    """SSH logons admitted and refused by the per-account limit, and sessions per account (logins.py)."""
+    lines = _header("gateload_account_logins_total", "counter", "SSH logons, by account-limit outcome.")
+    lines += [
+        f'gateload_account_logins_total{{outcome="admitted"}} {logins["logins"]}',
+        f'gateload_account_logins_total{{outcome="refused"}} {logins["refused"]}',
+    ]
+    lines += _header("gateload_account_session_limit", "gauge", "Sessions one account may hold (0 = any).")
+    lines.append(f"gateload_account_session_limit {logins['limit']}")
+    lines += _header("gateload_accounts_in_use", "gauge", "Accounts with an open SSH session.")
+    lines.append(f"gateload_accounts_in_use {logins['accounts_in_use']}")
     return lines
 
 

@@ -1,0 +1,311 @@
+"""One account per concurrent user: the lease and partition logic, the farm's per-account login limit,
+the pre-flight check, and real Locust runs over two processes against a farm allowing one login per
+account (the farm's counters prove the accounts in use at once were all distinct)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pandas as pd
+import pytest
+from locust.runners import WorkerRunner
+from real_support import private_dir
+from users_support import FAST
+
+from analysis.schema import SAMPLES_DIR
+from gateload.errors import InputError
+from locustfiles.lib import runfolder, runtime
+from locustfiles.lib.accounts import AccountLeases, Partition, accounts_needed, check_accounts
+from locustfiles.lib.errors import classify
+from targets.local.process import free_port
+from targets.profile import Profile, load_profile
+from targets.reference.farm import ReferenceFarm
+from targets.reference.logins import AccountLogins
+
+REPO = Path(__file__).resolve().parent.parent
+LOCUST = str(Path(sys.executable).with_name("locust"))
+USERS = 12
+#: A farm with exactly one account per user, each allowed one SSH session at a time.
+ONE_LOGIN = {**FAST, "farm__accounts": USERS, "farm__max_sessions_per_account": 1}
+
+
+# --- the lease and the partition (no Locust) ------------------------------------------------------
+
+
+def test_partitions_stride_the_accounts_without_overlap() -> None:
+    shares = [set(Partition(slot, 3).indices(20)) for slot in range(3)]
+    assert [len(s) for s in shares] == [7, 7, 6]
+    assert set().union(*shares) == set(range(20))
+    assert not (shares[0] & shares[1] or shares[0] & shares[2] or shares[1] & shares[2])
+    with pytest.raises(ValueError):
+        Partition(3, 3)
+
+
+def test_a_user_takes_the_lowest_free_account_and_gives_it_back() -> None:
+    leases = AccountLeases(10)
+    share = Partition(1, 2)  # accounts 1, 3, 5, 7, 9
+    assert [leases.acquire(share) for _ in range(3)] == [1, 3, 5]
+    leases.release(3)
+    assert leases.acquire(share) == 3  # the freed slot is reused before a new one
+    leases.release(99)  # never leased: ignored
+    assert leases.held == 3 and leases.shared == 0
+
+
+def test_an_exhausted_share_shares_the_least_held_account_and_counts_it() -> None:
+    leases = AccountLeases(4)
+    share = Partition(0, 2)  # accounts 0 and 2
+    assert [leases.acquire(share) for _ in range(4)] == [0, 2, 0, 2]
+    assert leases.shared == 2 and leases.holders(0) == 2
+    leases.release(0)
+    assert leases.holders(0) == 1
+
+
+def test_users_starting_and_stopping_at_random_never_hold_one_account_twice() -> None:
+    """Seeded step-shape churn on two workers: within the pre-flight bound no account is ever shared."""
+    rng = random.Random(20261203)
+    accounts, workers = 25, 2
+    per_worker = accounts // workers  # the most users the check lets one worker have
+    pools = [AccountLeases(accounts) for _ in range(workers)]
+    running: list[list[int]] = [[] for _ in range(workers)]
+    for _ in range(5000):
+        w = rng.randrange(workers)
+        if running[w] and (len(running[w]) == per_worker or rng.random() < 0.5):
+            pools[w].release(running[w].pop(rng.randrange(len(running[w]))))
+        else:
+            running[w].append(pools[w].acquire(Partition(w, workers)))
+        in_use = [i for held in running for i in held]
+        assert len(in_use) == len(set(in_use))
+    assert all(p.shared == 0 for p in pools)
+
+
+def test_accounts_needed_fits_every_workers_share() -> None:
+    assert accounts_needed(40, 1) == 40
+    assert accounts_needed(21, 2) == 22  # one worker gets 11 users; 21 accounts give one share 10
+    assert accounts_needed(260, 2) == 260
+    for users in range(1, 30):
+        for workers in range(1, 5):
+            n = accounts_needed(users, workers)
+            most_users = -(-users // workers)
+            assert min(len(Partition(s, workers).indices(n)) for s in range(workers)) >= most_users
+            if n > 1:  # and one account fewer is too few for some worker
+                fewer = min(len(Partition(s, workers).indices(n - 1)) for s in range(workers))
+                assert fewer < most_users or n - 1 < users
+
+
+def test_too_few_accounts_is_one_line_naming_the_fix() -> None:
+    check_accounts(40, 40, 1, "creds.csv")
+    with pytest.raises(InputError) as err:
+        check_accounts(40, 20, 1, "creds.csv")
+    assert str(err.value).startswith("40 users need 40 accounts; creds.csv has 20: add accounts or lower -u")
+    with pytest.raises(InputError) as err:
+        check_accounts(21, 21, 2, "creds.csv")
+    assert "over 2 workers (11 per worker) need 22 accounts" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _worker_env(client_id: str, index: int, info: dict[str, Any] | None) -> Namespace:
+    runner = WorkerRunner.__new__(WorkerRunner)  # only the attributes partition_of reads
+    runner.client_id, runner.worker_index, runner.greenlet = client_id, index, None
+    options = Namespace(expect_workers=2, **({runfolder.RUN_INFO: info} if info else {}))
+    return Namespace(runner=runner, parsed_options=options)
+
+
+def test_a_worker_finds_its_share_in_the_run_info_the_master_sent() -> None:
+    assert runtime.RUN_INFO == runfolder.RUN_INFO
+    info = {"id": "r", "t0": 0.0, "slots": {"host_a": 0, "host_b": 1}}
+    assert runtime.partition_of(_worker_env("host_b", 0, info)) == Partition(1, 2)
+    assert runtime.partition_of(_worker_env("host_a", 5, info)) == Partition(0, 2)
+    # joined after the start (no slot): its Locust index, over the workers known
+    assert runtime.partition_of(_worker_env("host_c", 3, info)) == Partition(1, 2)
+    assert runtime.partition_of(Namespace(runner=None, parsed_options=None)) == Partition()
+
+
+# --- the farm's per-account login limit -------------------------------------------------------------
+
+
+def _farm_run(profile: Profile, scenario: Callable[[ReferenceFarm], Any]) -> Any:
+    async def main() -> Any:
+        async with ReferenceFarm(profile, seed=5) as farm:
+            return await scenario(farm)
+
+    return asyncio.run(main())
+
+
+def _connect(farm: ReferenceFarm, username: str, password: str) -> Any:
+    return asyncssh.connect(
+        "127.0.0.1",
+        farm.gateway_port,
+        username=username,
+        password=password,
+        known_hosts=None,
+        client_keys=None,
+        agent_path=None,
+    )
+
+
+def test_farm_refuses_a_second_concurrent_login_of_one_account(fast_profile: Callable[..., Profile]) -> None:
+    profile = fast_profile(farm__max_sessions_per_account=1, farm__static_credentials=True)
+
+    async def scenario(farm: ReferenceFarm) -> tuple[BaseException, dict[str, int]]:
+        first, other = list(farm.state.accounts.values())[:2]
+        async with _connect(farm, first.username, first.password):
+            async with _connect(farm, other.username, other.password):  # another account: fine
+                pass
+            with pytest.raises(asyncssh.DisconnectError) as refused:
+                async with _connect(farm, first.username, first.password):
+                    pass
+        for _ in range(100):  # the server sees the close within a few loop turns
+            if farm.metrics_snapshot()["logins"]["open_sessions"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        async with _connect(farm, first.username, first.password):  # closed: the account may log on again
+            pass
+        return refused.value, farm.metrics_snapshot()["logins"]
+
+    refused, logins = _farm_run(profile, scenario)
+    assert refused.code == asyncssh.DISC_TOO_MANY_CONNECTIONS
+    assert classify(refused) == "refused"
+    assert logins["refused"] == 1 and logins["logins"] == 3
+    assert logins["peak_per_account"] == 1 and logins["peak_accounts_in_use"] == 2
+
+
+def test_farm_default_allows_any_number_of_logins(fast_profile: Callable[..., Profile]) -> None:
+    profile = fast_profile(farm__static_credentials=True)
+    assert profile.farm is not None and profile.farm.max_sessions_per_account == 0
+
+    async def scenario(farm: ReferenceFarm) -> dict[str, int]:
+        account = next(iter(farm.state.accounts.values()))
+        async with (
+            _connect(farm, account.username, account.password),
+            _connect(farm, account.username, account.password),
+        ):
+            return farm.metrics_snapshot()["logins"]
+
+    logins = _farm_run(profile, scenario)
+    assert logins["peak_per_account"] == 2 and logins["refused"] == 0
+
+
+def test_a_negative_limit_is_bad_input() -> None:
+    with pytest.raises(InputError, match=r"farm\.max_sessions_per_account is -1"):
+        AccountLogins(-1)
+
+
+# --- real Locust runs -------------------------------------------------------------------------------
+
+
+def _farm_logins(profile_path: Path) -> dict[str, Any]:
+    url = load_profile(profile_path).portal.url.rstrip("/") + "/metrics?format=json"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def _locust(args: list[str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LOCUST, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+
+def _assert_distinct_accounts(before: dict[str, Any], after: dict[str, Any], samples: pd.DataFrame) -> None:
+    logins = after["logins"]
+    assert logins["limit"] == 1
+    # Any second concurrent logon of one account would have been refused and counted here.
+    assert logins["refused"] == before["logins"]["refused"] == 0
+    assert logins["logins"] >= before["logins"]["logins"] + USERS  # every user logged on
+    # 12 distinct accounts held sessions at the same moment: every user had its own.
+    assert logins["peak_accounts_in_use"] == USERS
+    assert len(samples) > 0 and not (~samples["success"]).any()
+    users = samples[["worker", "user_id"]].drop_duplicates()
+    assert len(users) == USERS and samples["worker"].nunique() == 2
+
+
+def test_two_processes_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
+    # Sessions of ~20 x 0.3 s: after the first (random length) one, every user holds its login for
+    # seconds, so all 12 are logged on at once during the run.
+    slow = {**ONE_LOGIN, "workload__think_min_s": 0.2, "workload__think_max_s": 0.4}
+    profile = reference_farm("reference-before", **slow)
+    before = _farm_logins(profile)
+    with private_dir("accounts") as work:
+        args = [
+            "-f", "locustfiles/homeoffice.py", "--headless", "-u", str(USERS), "-r", str(USERS),
+            "-t", "8s", "--processes", "2", "--profile", str(profile),
+            "--results-dir", str(work), "--label", "accounts", "--run-id", "p2", "HomeofficeUser",
+        ]  # fmt: skip
+        proc = _locust(args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        samples = pd.read_parquet(work / "accounts" / "p2" / SAMPLES_DIR)
+    _assert_distinct_accounts(before, _farm_logins(profile), samples)
+
+
+def test_master_and_two_workers_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
+    profile = reference_farm("reference-before", **ONE_LOGIN, farm__static_credentials=True)
+    before = _farm_logins(profile)
+    port = free_port()
+    common = ["-f", "locustfiles/homeoffice.py", "--profile", str(profile)]
+    with private_dir("accounts-dist") as work:
+        logs = [(work / f"{name}.log").open("wb") for name in ("master", "worker-0", "worker-1")]
+        master_args = [
+            "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+            "--expect-workers", "2", "--expect-workers-max-wait", "60", "--headless",
+            "-u", str(USERS), "-r", str(USERS), "-t", "8s",
+            "--results-dir", str(work), "--label", "accounts", "--run-id", "mw", "GatewayUser",
+        ]  # fmt: skip
+        worker_args = ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
+        procs = [
+            subprocess.Popen([LOCUST, *common, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            for args, log in zip([master_args, worker_args, worker_args], logs, strict=True)
+        ]
+        try:
+            codes = [procs[0].wait(120), procs[1].wait(30), procs[2].wait(30)]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
+            for log in logs:
+                log.close()
+        text = {p.name: p.read_text(errors="replace")[-2000:] for p in work.glob("*.log")}
+        assert codes == [0, 0, 0], text
+        samples = pd.read_parquet(work / "accounts" / "mw" / SAMPLES_DIR)
+    _assert_distinct_accounts(before, _farm_logins(profile), samples)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shape", "step", "--step-users", "10,25", "--step-hold", "5"], "25 users need 25 accounts; "),
+        (["-u", "21", "-r", "21", "-t", "5s", "--processes", "2"], "21 users over 2 workers (11 per worker)"),
+    ],
+    ids=["step-peak", "two-processes"],
+)
+def test_too_few_accounts_stops_a_headless_run_before_any_load(
+    reference_farm: Callable[..., Path], args: list[str], message: str
+) -> None:
+    profile = reference_farm("reference-before", **FAST)  # 20 accounts
+    lower = "--step-users" if "step" in args else "-u"
+    before = _farm_logins(profile)
+    with private_dir("accounts-few") as work:
+        t0 = time.monotonic()
+        argv = ["-f", "locustfiles/homeoffice.py", "--headless", "--profile", str(profile), *args]
+        proc = _locust([*argv, "--results-dir", str(work), "HomeofficeUser"], timeout_s=60)
+        elapsed = time.monotonic() - t0
+        made = list(work.rglob("meta.json"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gateload: error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert errors[0].endswith(f"has 20: raise farm.accounts in the profile or lower {lower}")
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 30 and made == []  # no run started
+    after = _farm_logins(profile)
+    assert after["tickets"] == before["tickets"]  # no load reached the farm
+    served = [sum(sum(s["served"].values()) for s in m["servers"].values()) for m in (before, after)]
+    assert served[0] == served[1]
