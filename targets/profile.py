@@ -187,6 +187,8 @@ class Farm:
     bind: str = "127.0.0.1"
     balancer: Literal["round-robin", "least-connections"] = "round-robin"
     accounts: int = 200  # test users generated into the credentials file
+    # concurrent SSH sessions one account may hold (pam_limits maxlogins, ocserv max-same-clients); 0 = any
+    max_sessions_per_account: int = 0
     mfa: bool = False  # TOTP step after the password
     ticket_ttl_s: float = 30.0
     static_credentials: bool = False  # also accept account passwords on the gateway

@@ -22,7 +22,7 @@ from locust.user.task import LOCUST_STATE_STOPPING
 from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import remote
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
-from locustfiles.lib.runtime import Target, fire, next_user_id, target_for
+from locustfiles.lib.runtime import Account, Lease, Target, fire, next_user_id, target_for
 from locustfiles.lib.sshbridge import Bridge, Timed, get_bridge
 from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
 from targets.profile import ACTIVITIES, Profile
@@ -413,15 +413,26 @@ class RemoteUser(User):
         self.backoff = Backoff(self.rng)
         self.user_id = 0
         self.remote: remote.RemoteSession | None = None
+        self.lease: Lease | None = None  # this user's own account while it runs (accounts.py)
+
+    @property
+    def account(self) -> Account:
+        """The account this running user holds (no other running user of the run holds it)."""
+        assert self.lease is not None, "on_start() leases the account"
+        return self.lease.account
 
     def on_start(self) -> None:
         self.user_id = next_user_id()
+        self.lease = self.target.lease(self.environment)
         self.remote = self.new_session()
 
     def on_stop(self) -> None:
         # Killed (test stopped): drop the connection without waiting and without firing samples.
         if self.remote is not None:
             self.remote.abort()
+        # The abort reaches the loop before any later connect, so the next holder never overlaps it.
+        lease, self.lease = self.lease, None
+        self.target.release(lease)
 
     def new_session(self) -> remote.RemoteSession:
         """This user's gateway session (not yet logged on)."""
@@ -467,7 +478,7 @@ class GatewayUser(RemoteUser):
         )
 
     def _connect(self, session: remote.RemoteSession) -> bool:
-        account = self.target.account_for(self.user_id)
+        account = self.account
         password = None if self.target.profile.credentials.ssh_key else account.password
         if not self._logged_on_once:
             ok = session.logon(account.username, password) is None

@@ -20,7 +20,7 @@ from locust import FastHttpUser, task
 from locust.contrib.fasthttp import FastHttpSession, insecure_ssl_context_factory
 
 from locustfiles.lib.errors import OperationError, RecordedFailure, classify, safe_error
-from locustfiles.lib.runtime import Account, Target, next_user_id, sample_context, target_for
+from locustfiles.lib.runtime import Account, Lease, Target, next_user_id, sample_context, target_for
 from targets.portalflow import Extract, Flow, Request, Response, StepFailure, Ticket, extract, make_flow, run
 from targets.profile import Profile
 
@@ -219,9 +219,15 @@ class PortalUser(FastHttpUser):
         self.max_retries = 0
         super().__init__(environment)
         self.user_id = 0
+        self.lease: Lease | None = None  # this user's own account while it runs (accounts.py)
 
     def on_start(self) -> None:
         self.user_id = next_user_id()
+        self.lease = self.target.lease(self.environment)
+
+    def on_stop(self) -> None:
+        lease, self.lease = self.lease, None
+        self.target.release(lease)
 
     def wait_time(self) -> float:
         w = self.target.profile.workload
@@ -231,9 +237,8 @@ class PortalUser(FastHttpUser):
     def visit(self) -> None:
         """One portal visit; a failed step (already recorded) ends it, as a person would retry later."""
         self.client.cookiejar.clear()
-        portal = PortalClient(
-            self, self.target, self.target.account_for(self.user_id), self.user_id, self.client
-        )
+        assert self.lease is not None, "on_start() leases the account"
+        portal = PortalClient(self, self.target, self.lease.account, self.user_id, self.client)
         try:
             portal.logon()
             portal.apps()

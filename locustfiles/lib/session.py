@@ -88,7 +88,7 @@ class HomeofficeUser(RemoteUser):
         if t_intended is not None:
             gevent.sleep(max(0.0, t_intended - time.time()))
         start, t0 = time.time(), time.perf_counter()
-        portal = PortalClient(self, self.target, self.target.account_for(self.user_id), self.user_id)
+        portal = PortalClient(self, self.target, self.account, self.user_id)
         assert self.remote is not None
         self.remote.server = (
             None  # a new session has no gateway backend yet: a portal failure is the portal's
