@@ -27,6 +27,11 @@ from gateload.errors import InputError
 from targets.portalflow import PortalFlow, absolute_flow_class, check_flow, load_flow_class
 
 CREDENTIALS_ENV = "GATELOAD_CREDENTIALS"
+# A shell's own first prompt: matched against the end of its output, escape sequences removed.
+DEFAULT_FIRST_PROMPT = r"[$#%>] $"
+# N lines of B printable bytes with POSIX tools only; the output holds no "$", "#" or "%".
+DEFAULT_SCREEN_COMMAND = r"printf '%0{bytes}d\n' $(seq {bursts}) | tr 0-9 a-j"
+SCREEN_PLACEHOLDERS = ("bursts", "bytes")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class GatewayTarget:
     tunnel_target: str = "intranet:80"  # host:port reached through direct-tcpip
     tunnel_path: str = "/"
     keepalive_s: float = 15.0
+    # The PTY shell: its fixed prompt if it has one ("gw$ " on the reference farm); "" = wait for the
+    # first prompt (first_prompt regex, or a quiet period), then set a unique prompt per connection.
+    prompt: str = ""
+    first_prompt: str = DEFAULT_FIRST_PROMPT
+    # The command of a screen activity, with {bursts} and {bytes} from [workload].
+    screen_command: str = DEFAULT_SCREEN_COMMAND
 
 
 @dataclass(frozen=True)
@@ -407,6 +418,7 @@ def _check(profile: Profile, path: Path) -> None:
         raise bad("workload.typing_interval_ms", "must be >= 0")
     if profile.gateway.keepalive_s < 0:
         raise bad("gateway.keepalive_s", "must be >= 0 (0 = no keepalive)")
+    _check_shell(profile.gateway, bad)
     if (profile.target.kind == "reference") != (profile.farm is not None):
         raise bad("farm", "is required when target.kind = 'reference' and not allowed otherwise")
     if profile.farm is not None:
@@ -424,6 +436,22 @@ def _check_portal_flow(profile: Profile, bad: Any) -> None:
             load_flow_class(portal.flow_class, profile.path.parent)
         except ValueError as exc:
             raise bad("portal.flow_class", str(exc)) from None
+
+
+def _check_shell(gw: GatewayTarget, bad: Any) -> None:
+    if gw.prompt and not gw.prompt.strip():
+        raise bad("gateway.prompt", 'is only blanks; give the shell\'s fixed prompt, or "" to detect it')
+    try:
+        re.compile(gw.first_prompt)
+    except re.error as exc:
+        raise bad("gateway.first_prompt", f"is not a regular expression ({exc}); fix it") from None
+    if not gw.screen_command.strip():
+        raise bad("gateway.screen_command", "is empty; give a command such as 'screen {bursts} {bytes}'")
+    for name in re.findall(r"\{(\w*)\}", gw.screen_command):
+        if name not in SCREEN_PLACEHOLDERS:
+            raise bad(
+                "gateway.screen_command", f"has {{{name}}}; the placeholders are {{bursts}} and {{bytes}}"
+            )
 
 
 def _check_farm(profile: Profile, bad: Any) -> None:

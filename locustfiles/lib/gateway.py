@@ -55,7 +55,7 @@ SSH_CATALOGUE = Catalogue(
         Operation(
             SSH,
             "screen_update",
-            "Enter after `screen N B` until all bytes and the prompt",
+            "Enter after `gateway.screen_command` (N lines of B bytes) until all bytes and the prompt",
             errors=_ERR,
             activities=("screen",),
         ),
@@ -124,8 +124,15 @@ def connect_spec(profile: Profile, username: str, password: str | None) -> Conne
         verify_host_key=gw.verify_host_key,
         banner_prefix=gw.server_banner_prefix,
         keepalive_s=gw.keepalive_s,
+        prompt=gw.prompt.encode(),
+        first_prompt=gw.first_prompt,
         timeout_s=profile.workload.timeout_s,
     )
+
+
+def screen_line(command: str, bursts: int, size: int) -> bytes:
+    """The profile's screen command with its ``{bursts}`` and ``{bytes}`` filled in."""
+    return command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
 
 
 def choose_activity(rng: random.Random, mix: dict[str, float], allowed: Sequence[str] = ACTIVITIES) -> str:
@@ -251,9 +258,9 @@ class SSHSession:
         return True
 
     def screen(self) -> bool:
-        """``screen N B`` in the shell: one ``screen_update`` sample from Enter to the prompt."""
+        """``gateway.screen_command`` in the shell: one ``screen_update`` sample from Enter to the prompt."""
         w = self.profile.workload
-        line = f"screen {w.screen_bursts} {w.screen_bytes}".encode()
+        line = screen_line(self.profile.gateway.screen_command, w.screen_bursts, w.screen_bytes)
         outcome = self.bridge.run(self._require().run_line(line, w.timeout_s))
         self._fire(SSH, "screen_update", outcome, length=outcome.value or 0)
         if not outcome.ok:

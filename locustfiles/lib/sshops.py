@@ -1,7 +1,7 @@
 """The SSH operations of a gateway session, as asyncio coroutines that run in the bridge's loop thread.
 
 Each operation is timed inside its coroutine (``perf_counter`` in the loop thread) and returns
-:class:`~locustfiles.lib.sshbridge.Timed` outcomes; nothing here touches Locust or gevent, so the
+:class:`~locustfiles.lib.aiobridge.Timed` outcomes; nothing here touches Locust or gevent, so the
 greenlet side (``gateway.py``) fires the samples.
 
 Echo round trips (keystrokes, Enter until the prompt) are timed from the kernel's receive timestamp of
@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
+import re
+import secrets
 import socket
 import struct
 import time
@@ -29,10 +32,24 @@ import asyncssh
 from gevent.monkey import get_original
 
 from locustfiles.lib.errors import OperationError
-from locustfiles.lib.sshbridge import Timed, timed
+from locustfiles.lib.aiobridge import Timed, timed
+from targets.profile import DEFAULT_FIRST_PROMPT
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
 PROMPT = b"gw$ "
+#: No output for this long after the shell opened counts as "at the prompt" (a prompt no regex knows).
+FIRST_PROMPT_QUIET_S = 1.5
+#: zsh's first-run menu for an account without ~/.zshrc; "q" quits it and changes nothing.
+ZSH_NEWUSER_MENU = b"--- Type one of the keys in parentheses ---"
+#: The line that gives the shell its per-connection prompt. Plain assignments, valid in every POSIX
+#: shell and zsh: a unique PS1, and no prompt decorations that would print after it (bash's
+#: PROMPT_COMMAND, zsh's right prompt and end-of-line mark).
+SET_PROMPT = "PS1='[{token}]''$ ' PROMPT_COMMAND= RPS1= RPROMPT= PROMPT_EOL_MARK="
+# Terminal escape sequences a line editor writes around prompts and echoes (CSI such as bracketed
+# paste "\x1b[?2004h", OSC such as xterm titles, and two-byte ones such as keypad mode "\x1b=").
+_ESCAPE = rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -Z\\^-~]"
+_ESCAPE_RE = re.compile(_ESCAPE)
+_CONTROL = rb"\x00-\x1a\x1c-\x1f\x7f"  # control bytes but ESC (backspace, CR, ...)
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
 
@@ -52,6 +69,10 @@ class ConnectSpec:
     banner_prefix: str = "gateload-server: "
     keepalive_s: float = 15.0
     timeout_s: float = CONNECT_TIMEOUT_S
+    # The shell's fixed prompt (e.g. the reference farm's "gw$ "); "" = wait for the first prompt
+    # (``first_prompt`` regex or a quiet period), then set a unique one per connection.
+    prompt: bytes = b""
+    first_prompt: str = DEFAULT_FIRST_PROMPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +121,7 @@ class GatewayConnection:
         self.shell: asyncssh.SSHClientProcess[bytes] | None = None
         self.sftp: asyncssh.SFTPClient | None = None
         self.sock: StampedSocket | None = None
+        self.prompt: bytes = spec.prompt  # what every command waits for once the shell is ready
 
     @property
     def dropped(self) -> bool:
@@ -145,9 +167,43 @@ class GatewayConnection:
         return None
 
     async def open_shell(self) -> None:
-        """A PTY shell, ready when the first prompt arrives."""
-        self.shell = await self._conn().create_process(term_type="xterm", term_size=(80, 24), encoding=None)
-        await self.shell.stdout.readuntil(PROMPT)
+        """A PTY shell, ready when its prompt is known and showing.
+
+        With a fixed ``spec.prompt`` that is the first prompt. Otherwise the shell's own first prompt
+        (or a quiet period) is awaited, then one line of assignments gives it a prompt unique to this
+        connection; the shell is ready when that prompt arrives. Assignments only, so bash, dash and
+        zsh all take the line; the quotes split the prompt so its echo never looks like the prompt.
+        """
+        shell = await self._conn().create_process(term_type="xterm", term_size=(80, 24), encoding=None)
+        self.shell = shell
+        if self.spec.prompt:
+            await shell.stdout.readuntil(self.spec.prompt)
+            return
+        await self._first_prompt(shell)
+        token = f"gl-{secrets.token_hex(4)}"
+        shell.stdin.write(SET_PROMPT.format(token=token).encode() + b"\r")
+        self.prompt = f"[{token}]$ ".encode()
+        await shell.stdout.readuntil(self.prompt)
+
+    async def _first_prompt(self, shell: asyncssh.SSHClientProcess[bytes]) -> None:
+        """Read until the output ends in a prompt, or goes quiet; answer zsh's new-user menu with "q"."""
+        pattern = re.compile(self.spec.first_prompt.encode(), re.MULTILINE)
+        seen = b""
+        answered = False
+        while True:
+            try:
+                chunk = await asyncio.wait_for(shell.stdout.read(65536), FIRST_PROMPT_QUIET_S)
+            except TimeoutError:
+                return  # quiet: whatever the prompt looks like, the shell waits for input
+            if not chunk:
+                raise OperationError("ssh_error", "the shell ended before its first prompt")
+            seen = (seen + chunk)[-4096:]
+            if not answered and ZSH_NEWUSER_MENU in seen:
+                shell.stdin.write(b"q")
+                answered, seen = True, b""
+                continue
+            if pattern.search(visible(seen)):
+                return
 
     async def type_burst(self, text: bytes, interval_s: float, timeout_s: float) -> list[KeySample]:
         """Type ``text`` at a human pace, timing each keystroke until its echo.
@@ -167,6 +223,7 @@ class GatewayConnection:
         samples: list[KeySample] = []
         perf, clock = time.perf_counter, time.time
         watchdog = _KeystrokeWatchdog(timeout_s)
+        echo = {char: _key_echo(char, text) for char in set(text)}
         t0_wall, t0 = clock(), perf()
         try:
             for k, char in enumerate(text):
@@ -180,7 +237,7 @@ class GatewayConnection:
                     sock.first_tx = 0.0
                 try:
                     stdin.write(key)
-                    if await stdout.readexactly(len(key)) != key:
+                    if not (await stdout.readuntil(echo[char])).endswith(key):
                         raise OperationError("ssh_error", "unexpected echo")
                 except asyncio.CancelledError:
                     if not watchdog.take_timeout():
@@ -210,7 +267,8 @@ class GatewayConnection:
         start_time, t0 = time.time(), time.perf_counter()
         try:
             shell.stdin.write(line)
-            await asyncio.wait_for(shell.stdout.readexactly(len(line)), timeout_s)
+            if line:
+                await asyncio.wait_for(shell.stdout.readuntil(_line_echo(line)), timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the command line's echo failed: the operation failed
@@ -225,7 +283,7 @@ class GatewayConnection:
 
     async def _enter(self, shell: asyncssh.SSHClientProcess[bytes]) -> int:
         shell.stdin.write(b"\r")
-        return len(await shell.stdout.readuntil(PROMPT))
+        return len(await shell.stdout.readuntil(self.prompt))
 
     async def exec(self, command: str) -> int:
         """Run a command on an exec channel; returns the bytes of output."""
@@ -344,6 +402,41 @@ class StampedSocket(_RealSocket):
             if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(payload)
                 self.rx_time = sec + nsec * 1e-9
+
+
+def visible(data: bytes) -> bytes:
+    """``data`` without terminal escape sequences (what a prompt regex is matched against)."""
+    return _ESCAPE_RE.sub(b"", data)
+
+
+@functools.lru_cache(maxsize=256)
+def _key_echo(char: int, typed: bytes) -> re.Pattern[bytes]:
+    """What may come back for keystroke ``char``: escapes, control bytes and redraws, then the key.
+
+    A line editor may redraw what was typed before (zsh answers the second key of a line with
+    backspace and both keys) and writes escape sequences, which can contain the key's letter: those
+    are skipped as whole sequences. Any other byte ends the match early as unexpected output.
+    """
+    key = re.escape(bytes((char,)))
+    redraw = b"".join(re.escape(bytes((c,))) for c in sorted(set(typed)) if 32 <= c < 127 and c != char)
+    allowed = (
+        rb"(?:" + _ESCAPE + rb"|[" + _CONTROL + rb"]" + (rb"|[" + redraw + rb"]" if redraw else b"") + rb")"
+    )
+    return re.compile(
+        rb"\A" + allowed + rb"*?(?:" + key + rb"|[^" + _CONTROL + rb"\x1b" + redraw + key + rb"])"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _line_echo(line: bytes) -> re.Pattern[bytes]:
+    """The echo of a pasted command line: its bytes in order, whatever a line editor puts between.
+
+    Line editors redraw and wrap long lines (bash inserts "\r", zsh " \r\x1b[K" and repeats a
+    character), so the echo is complete when every byte of the line has come, in order. Possessive
+    gaps take the first occurrence of each byte: linear time, no backtracking.
+    """
+    parts = [rb"[^" + re.escape(bytes((c,))) + rb"]*+" + re.escape(bytes((c,))) for c in line]
+    return re.compile(rb"\A" + b"".join(parts))
 
 
 def stamped_ms(sock: StampedSocket, fallback_ms: float) -> float:

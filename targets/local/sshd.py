@@ -1,16 +1,20 @@
-"""A real OpenSSH sshd on a loopback port, configured entirely from a private folder.
+"""A real OpenSSH sshd on a loopback port, configured from a private folder, with stock accounts.
 
-What it offers is what the GatewayUser needs from a real gateway: a dedicated test user whose shell is
-``/bin/sh`` (a heavy ``.bashrc`` makes sshd exec slow), password and public-key auth, the SFTP
-subsystem (``internal-sftp``, starting in a per-run folder seeded with documents), ``direct-tcpip``
-only to the services named in ``permit_open``, and backend attribution the way the reference farm does
-it: the pre-auth banner ``gateload-server: <id>`` and ``GATELOAD_SERVER=<id>`` in the session.
+What it offers is what the GatewayUser needs from a real gateway, set up the way an administrator
+would: a local account made by ``useradd -m`` from ``/etc/skel`` with one of the distribution's shells
+(``/bin/sh`` = dash, ``/bin/bash``, ``/usr/bin/zsh``) and its default prompt, password and public-key
+auth, the distribution's ``sftp-server`` starting in the account's home (which holds the documents),
+``direct-tcpip`` only to the services named in ``permit_open``, and no helper scripts or prompt
+settings for the harness. What the local "farm" adds is backend attribution the way the reference
+farm does it: the pre-auth banner ``gateload-server: <id>`` and ``GATELOAD_SERVER=<id>`` in sessions.
 
 Usage::
 
     keys = SshKeys.generate(tmp)
     with Sshd(keys, tmp / "gw-01", server_id="gw-01", permit_open=[("127.0.0.1", 8080)]) as sshd:
         ...  # sshd.host, sshd.port, sshd.user.name, sshd.user.password, keys.client_key
+    with Sshd(keys, tmp / "gw-bash", shell="/bin/bash") as sshd:  # the stock bash account
+        ...
 """
 
 from __future__ import annotations
@@ -18,36 +22,32 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import random
 import re
 import secrets
+import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from targets.local.process import Daemon, Launcher, free_port, require_binary, require_root
+from targets.local.process import Daemon, Launcher, MissingTool, free_port, require_binary, require_root
 
 TEST_USER = "gateload-test"
-# Root-only file holding the test user's password, so concurrent test runs on one machine agree on it.
+#: The stock test account for each login shell the tests use (TEST_USER is the /bin/sh one).
+USERS_BY_SHELL = {"/bin/sh": TEST_USER, "/bin/bash": "gateload-bash", "/usr/bin/zsh": "gateload-zsh"}
+# Root-only file holding a test user's password, so concurrent test runs on one machine agree on it.
 SECRET_DIR = Path("/var/lib/gateload")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it (privilege separation)
-
-# `screen N B` as the reference gateway answers it: N bursts of B printable bytes, one per line.
-SCREEN_SCRIPT = """#!/bin/sh
-n=${1:-1}; b=${2:-80}; i=0
-while [ "$i" -lt "$n" ]; do head -c "$b" /dev/zero | tr '\\0' 'x'; printf '\\n'; i=$((i + 1)); done
-"""
-
-
-# The PTY shell is a login shell: /etc/profile resets PATH and PS1, then this runs. It restores the
-# run's bin folder (sshd passes GATELOAD_BIN) and sets the reference farm's prompt.
-LOGIN_PROFILE = """\
-[ -n "$GATELOAD_BIN" ] && PATH="$GATELOAD_BIN:$PATH"
-PS1='gw$ '
-export PATH PS1
-"""
+SKEL_DIR = Path("/etc/skel")
+SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")  # Debian's default `Subsystem sftp`
+# Uploads land in the shared home; ones older than this are left over from finished runs.
+STALE_UPLOAD_S = 3600.0
+# What the previous version of this module wrote as ~/.profile: replaced by the skeleton's.
+_LEGACY_PROFILE_MARK = "GATELOAD_BIN"
 
 
 @dataclass(frozen=True)
@@ -63,36 +63,83 @@ class TestUser:
     gid: int
 
 
-def ensure_test_user(name: str = TEST_USER) -> TestUser:
-    """Create the test user (``/bin/sh``, empty home) if missing and set its password with chpasswd.
+def ensure_test_user(name: str = TEST_USER, shell: str = "/bin/sh") -> TestUser:
+    """Create the stock test account if missing (``useradd -m``: home from /etc/skel) and set its password.
 
-    The password is random per machine, kept in a root-only file and set again on every call, so
-    parallel test runs agree on it and a changed password heals itself. Needs root.
+    The account is what an administrator would make: the given login shell, the skeleton's dot files,
+    the distribution's default prompt; the harness copes with that, nothing is adapted to it. The
+    password is random per machine, kept in a root-only file and set again on every call, so parallel
+    test runs agree on it and a changed password heals itself. An account left by an older version
+    of this module (no skeleton, a harness ``.profile``) gets the skeleton's files back. Needs root.
     """
     require_root("create the test user and set its password")
     require_binary("useradd", "passwd")
+    if not os.access(shell, os.X_OK):
+        raise MissingTool(f"login shell {shell} not found; install it (e.g. `apt-get install -y zsh`)")
     SECRET_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(SECRET_DIR / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        home = Path("/home") / name
         try:
-            pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
         except KeyError:
-            # No skeleton files: a login shell must not read a heavy profile on every exec.
             subprocess.run(
-                ["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/bin/sh", name],
-                check=True,
-                capture_output=True,
+                ["useradd", "--create-home", "--shell", shell, name], check=True, capture_output=True
             )
-        entry = pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
+        if entry.pw_shell != shell:
+            subprocess.run(["usermod", "--shell", shell, name], check=True, capture_output=True)
         home = Path(entry.pw_dir)
-        home.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chown(home, entry.pw_uid, entry.pw_gid)
-        (home / ".profile").write_text(LOGIN_PROFILE)
+        _restore_skeleton(home, entry.pw_uid, entry.pw_gid)
+        _remove_stale_uploads(home)
         password = _stored_password(SECRET_DIR / f"{name}.secret")
         # The password goes on stdin, never on a command line that `ps` would show.
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True, capture_output=True)
         return TestUser(name, password, home, entry.pw_uid, entry.pw_gid)
+
+
+def _restore_skeleton(home: Path, uid: int, gid: int) -> None:
+    """Give the home what ``useradd -m`` would have: missing skeleton files, no harness ``.profile``."""
+    if not home.is_dir():
+        home.mkdir(mode=0o755, parents=True)
+        os.chown(home, uid, gid)
+    profile = home / ".profile"
+    if profile.is_file() and _LEGACY_PROFILE_MARK in profile.read_text(errors="replace"):
+        profile.unlink()
+    if not SKEL_DIR.is_dir():
+        return
+    for src in SKEL_DIR.iterdir():
+        dst = home / src.name
+        if src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+            os.chown(dst, uid, gid)
+
+
+def _remove_stale_uploads(home: Path) -> None:
+    """Uploads of finished runs (``upload-*`` older than an hour); a running test's are younger."""
+    cutoff = time.time() - STALE_UPLOAD_S
+    for path in home.glob("upload-*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # another run removed it first
+
+
+def seed_document(folder: Path, name: str, size: int, uid: int, gid: int) -> Path:
+    """Write a document of ``size`` bytes into ``folder`` as the account's own file.
+
+    The content depends only on name and size and the file is replaced atomically, so concurrent
+    test runs seeding the same home never show a reader a half-written or different document.
+    """
+    data = random.Random(f"{name}:{size}").randbytes(size)
+    target = folder / name
+    if target.is_file() and target.stat().st_size == size and target.read_bytes() == data:
+        return target
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.chown(tmp, uid, gid)
+    os.replace(tmp, target)
+    return target
 
 
 def _stored_password(path: Path) -> str:
@@ -146,7 +193,12 @@ class SshKeys:
 
 
 class Sshd(Launcher):
-    """A foreground ``sshd -D -e -f <private config>`` on 127.0.0.1 and a free port."""
+    """A foreground ``sshd -D -e -f <private config>`` on 127.0.0.1 and a free port.
+
+    ``shell`` picks the stock account (:data:`USERS_BY_SHELL`) unless ``user`` names one. The config is
+    Debian's default where it matters to a client (ed25519 host key, password and public-key auth,
+    the distribution's sftp-server, PTYs) plus one ``PermitOpen`` and the attribution banner.
+    """
 
     def __init__(
         self,
@@ -156,7 +208,8 @@ class Sshd(Launcher):
         server_id: str = "gw-01",
         permit_open: list[tuple[str, int]] | None = None,
         documents: dict[str, int] | None = None,
-        user: str = TEST_USER,
+        user: str | None = None,
+        shell: str = "/bin/sh",
         host: str = "127.0.0.1",
         max_startups: str = "200:30:400",
     ) -> None:
@@ -167,11 +220,12 @@ class Sshd(Launcher):
         self.server_id = server_id
         self.permit_open = permit_open or []
         self.documents = documents or {}
-        self.user = ensure_test_user(user)
+        self.user = ensure_test_user(user or USERS_BY_SHELL.get(shell, TEST_USER), shell)
         self.host = host
         self.port = 0
         self.max_startups = max_startups
-        self.sftp_dir = state_dir / "sftp"
+        # Where the SFTP session starts (sftp-server's default, the home): the documents live there.
+        self.sftp_dir = self.user.home
         self._daemon: Daemon | None = None
 
     @property
@@ -179,7 +233,7 @@ class Sshd(Launcher):
         return self._daemon
 
     def _prepare(self) -> None:
-        """Write the state folder, seed the SFTP folder; sshd needs its privilege-separation dir."""
+        """Write the state folder, seed the documents; sshd needs its privilege-separation dir."""
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self._prepare_state()
 
@@ -201,28 +255,21 @@ class Sshd(Launcher):
         keys_dir = self.state_dir / "authorized_keys"
         keys_dir.mkdir(mode=0o755, exist_ok=True)
         (keys_dir / self.user.name).write_text(self.keys.client_key_pub.read_text())
-        bin_dir = self.state_dir / "bin"
-        bin_dir.mkdir(mode=0o755, exist_ok=True)
-        (bin_dir / "screen").write_text(SCREEN_SCRIPT)
-        (bin_dir / "screen").chmod(0o755)
-        self.sftp_dir.mkdir(mode=0o755, exist_ok=True)
-        os.chown(self.sftp_dir, self.user.uid, self.user.gid)
         for name, size in self.documents.items():
-            doc = self.sftp_dir / name
-            doc.write_bytes(os.urandom(size))
-            os.chown(doc, self.user.uid, self.user.gid)
+            seed_document(self.sftp_dir, name, size, self.user.uid, self.user.gid)
 
     def config_text(self) -> str:
         """The private sshd_config; nothing from /etc/ssh/sshd_config is read."""
         permit = " ".join(f"{h}:{p}" for h, p in self.permit_open) or "none"
         forwarding = "local" if self.permit_open else "no"
-        path = f"{self.state_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+        sftp = str(SFTP_SERVER) if os.access(SFTP_SERVER, os.X_OK) else "internal-sftp"
         return f"""\
 # Written by targets/local/sshd.py for one test run; removed with its folder.
 Port {self.port}
 ListenAddress {self.host}
 HostKey {self.keys.host_key}
 PidFile none
+# PAM cannot open sessions in this container (no login/audit); Debian ships UsePAM yes.
 UsePAM no
 AllowUsers {self.user.name}
 PermitRootLogin no
@@ -230,8 +277,9 @@ PasswordAuthentication yes
 PermitEmptyPasswords no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
-AuthorizedKeysFile {self.state_dir / "authorized_keys"}/%u
-# The run folder lives under /tmp (mode 1777), which StrictModes would reject.
+# The run's client key in the run folder, so runs never pile keys into ~/.ssh/authorized_keys.
+AuthorizedKeysFile .ssh/authorized_keys {self.state_dir / "authorized_keys"}/%u
+# That folder lives under /tmp (mode 1777), which StrictModes would reject.
 StrictModes no
 AllowTcpForwarding {forwarding}
 PermitOpen {permit}
@@ -240,9 +288,10 @@ X11Forwarding no
 AllowAgentForwarding no
 PermitTunnel no
 PermitTTY yes
-Subsystem sftp internal-sftp -d {self.sftp_dir}
+AcceptEnv LANG LC_*
+Subsystem sftp {sftp}
 Banner {self.state_dir / "banner"}
-SetEnv GATELOAD_SERVER={self.server_id} GATELOAD_BIN={self.state_dir / "bin"} PATH={path}
+SetEnv GATELOAD_SERVER={self.server_id}
 PrintMotd no
 PrintLastLog no
 UseDNS no
