@@ -19,7 +19,7 @@ import asyncssh
 
 from targets.reference.capacity import SimServer
 from targets.reference.context import FarmContext
-from targets.reference.shell import EXIT, PROMPT, run_line
+from targets.reference.shell import EXIT, PROMPT, prompt_of, run_line
 
 INTRANET_HOST = "intranet"
 # AES-GCM first and no chacha20: in asyncssh chacha20-poly1305 builds several cipher contexts per
@@ -176,6 +176,7 @@ async def _shell(
     write, drain = stdout.write, stdout.drain
     line = bytearray()
     after_cr = False
+    variables: dict[str, str] = {}  # the session's shell variables; PS1 is its prompt
     write(PROMPT)
     while True:
         try:
@@ -193,9 +194,9 @@ async def _shell(
                 text = line.decode(errors="replace")
                 line.clear()
                 write(b"\r\n")
-                if await run_line(text, server, write, drain, b"\r\n") == EXIT:
+                if await run_line(text, server, write, drain, b"\r\n", variables) == EXIT:
                     return
-                write(PROMPT)
+                write(prompt_of(variables))
                 continue
             after_cr = False
             await server.work("keystroke")
