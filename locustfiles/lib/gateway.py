@@ -23,7 +23,7 @@ from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import remote
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, fire, next_user_id, target_for
-from locustfiles.lib.sshbridge import Bridge, Timed, get_bridge
+from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
 from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
 from targets.profile import ACTIVITIES, Profile
 

@@ -1,11 +1,12 @@
 """The gevent/asyncio bridge: one asyncio loop in a real OS thread, awaited from greenlets.
 
-Locust runs users as greenlets under gevent's monkey patching; asyncssh is asyncio. What measured
-accurate on this machine (see DESIGN.md): one asyncio loop per process in a **real** OS thread (the
-original ``_thread.start_new_thread``, an epoll selector from the unpatched ``selectors``), coroutines
-started with ``call_soon_threadsafe``, the result handed back to the waiting greenlet through the gevent
-hub's thread-safe callback, and every operation timed **inside the coroutine** (:func:`timed`), because
-timing around the bridge in the greenlet adds 7-20 ms under load.
+Locust runs users as greenlets under gevent's monkey patching; asyncssh, like the asyncio clients other
+remote-access protocols need (SSL-VPN tunnels, RDP), is asyncio. What measured accurate on this machine
+(see DESIGN.md): one asyncio loop per process in a **real** OS thread (the original
+``_thread.start_new_thread``, an epoll selector from the unpatched ``selectors``), coroutines started
+with ``call_soon_threadsafe``, the result handed back to the waiting greenlet through the gevent hub's
+thread-safe callback, and every operation timed **inside the coroutine** (:func:`timed`), because timing
+around the bridge in the greenlet adds 7-20 ms under load.
 
 The loop starts lazily on first use, so ``locust --processes N`` (which forks) gets one loop per child.
 A greenlet killed while it waits (a stopped user) cancels its coroutine and does not wait for it. At
