@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from argparse import Namespace
 from collections.abc import Callable
@@ -309,3 +310,60 @@ def test_too_few_accounts_stops_a_headless_run_before_any_load(
     assert after["tickets"] == before["tickets"]  # no load reached the farm
     served = [sum(sum(s["served"].values()) for s in m["servers"].values()) for m in (before, after)]
     assert served[0] == served[1]
+
+
+def test_the_web_ui_refuses_a_start_with_too_few_accounts(reference_farm: Callable[..., Path]) -> None:
+    profile = reference_farm("reference-before", **FAST)  # 20 accounts
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path: str, form: dict[str, str]) -> dict[str, Any]:
+        data = urllib.parse.urlencode(form).encode()
+        with urllib.request.urlopen(urllib.request.Request(base + path, data=data), timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    with private_dir("accounts-web") as work:
+        argv = ["-f", "locustfiles/homeoffice.py", "--profile", str(profile), "--web-host", "127.0.0.1"]
+        argv += ["--web-port", str(port), "--results-dir", str(work), "--label", "web", "HomeofficeUser"]
+        with (work / "web.log").open("wb") as log:
+            proc = subprocess.Popen([LOCUST, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not up() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert up(), (work / "web.log").read_text()[-2000:]
+            few = post("/swarm", {"user_count": "21", "spawn_rate": "5", "shape": "none"})
+            step = post(
+                "/swarm", {"user_count": "1", "spawn_rate": "5", "shape": "step", "step_users": "5,30"}
+            )
+            fits = post("/swarm", {"user_count": "2", "spawn_rate": "2", "shape": "none"})
+            post("/stop", {})
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert few["success"] is False and few["message"].startswith("21 users need 21 accounts; ")
+    assert "has 20: raise farm.accounts in the profile or lower -u" in few["message"]
+    assert step["success"] is False and step["message"].startswith("30 users need 30 accounts; ")
+    assert step["message"].endswith("or lower --step-users")
+    assert fits["success"] is True, fits
+
+
+@pytest.mark.parametrize("profile_name", ["reference-before", "reference-after"])
+def test_the_reference_profiles_have_accounts_for_the_demo(profile_name: str) -> None:
+    from gateload.campaign import DEMO_SHAPES
+    from locustfiles.lib.schedule import plan_from_args
+
+    farm = load_profile(REPO / "targets" / "profiles" / f"{profile_name}.toml").farm
+    assert farm is not None and farm.max_sessions_per_account == 0  # existing profiles: no limit
+    for shape in DEMO_SHAPES.values():
+        peak = plan_from_args(shape.split()).peak_users
+        assert peak == 260
+        for processes in (1, 2, 4):
+            check_accounts(peak, farm.accounts, processes, profile_name)  # raises if it does not fit
