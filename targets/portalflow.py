@@ -752,6 +752,20 @@ def _advance(phase: Phase, response: Response) -> Request | _Done:
     return request
 
 
+def sample_names(profile: Any) -> dict[str, list[str]]:
+    """The sample names each phase may fire, in order (for operation catalogues and the web UI).
+
+    A ``flow_class`` declares them as a class attribute ``SAMPLE_NAMES = {"logon": [...], ...}``;
+    without it, its phases are unknown here (empty lists).
+    """
+    portal = profile.portal
+    if portal.flow_class:
+        declared = getattr(load_flow_class(portal.flow_class, profile.path.parent), "SAMPLE_NAMES", {})
+        return {phase: list(declared.get(phase, [])) for phase in PHASES}
+    flow = portal.flow or REFERENCE_FLOW
+    return {phase: list(dict.fromkeys(s.sample_name() for s in getattr(flow, phase))) for phase in PHASES}
+
+
 def make_flow(profile: Any, account: AccountLike) -> Flow:
     """The flow of a profile for one account: ``flow_class``, ``[portal.flow]`` or the reference one."""
     portal = profile.portal

@@ -42,6 +42,7 @@ from targets.portalflow import (
     make_flow,
     render,
     run,
+    sample_names,
     status_error_class,
     truthy,
 )
@@ -278,6 +279,20 @@ def test_html_example_spells_out_the_reference_flow_and_json_example_differs_in_
     assert all("Authorization" in s.headers for s in [*api.apps, *api.document, *api.logout])
 
 
+def test_sample_names_per_phase_come_from_the_flow(tmp_path: Path) -> None:
+    reference = sample_names(load_profile(PROFILES / "reference-before.toml"))
+    assert reference == {
+        "logon": ["GET /login", "POST /login", "POST /mfa"],
+        "apps": ["GET /api/apps"],
+        "launch": ["POST /api/launch"],
+        "document": ["GET /documents/[doc]"],
+        "logout": ["POST /logout"],
+    }
+    api = sample_names(load_profile(EXAMPLE_JSON))
+    assert api["logon"] == ["POST /api/v1/auth", "POST /api/v1/auth/otp"] and api["launch"] == []
+    assert api["logout"] == ["DELETE /api/v1/auth"]  # the default name: method and path
+
+
 def test_a_profile_with_a_flow_survives_a_dump(tmp_path: Path) -> None:
     original = load_profile(EXAMPLE_JSON)
     copy = load_profile(dump_profile(original, tmp_path / "copy.toml"))
@@ -360,6 +375,11 @@ from targets.portalflow import Request, StepFailure, Ticket
 class TokenFlow:
     """The JSON API example's flow, written in Python."""
 
+    SAMPLE_NAMES = {
+        "logon": ["POST /api/v1/auth", "POST /api/v1/auth/otp"],
+        "logout": ["DELETE /api/v1/auth"],
+    }
+
     def __init__(self, profile, account):
         self.account, self.gateway, self.token = account, profile.gateway, ""
 
@@ -406,6 +426,8 @@ def test_flow_class_is_loaded_beside_the_profile_and_checked(tmp_path: Path) -> 
     profile = load_profile(good)
     flow = make_flow(profile, ACCOUNT)
     assert type(flow).__name__ == "TokenFlow"
+    names = sample_names(profile)
+    assert names["logon"] == ["POST /api/v1/auth", "POST /api/v1/auth/otp"] and names["apps"] == []
     # a copy written elsewhere still finds the module
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
