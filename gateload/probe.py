@@ -21,24 +21,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import re
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from gateload.errors import InputError
 from targets.profile import Profile, is_loopback, load_profile
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 PROBE_COMMAND = "echo gateload-probe"
-_CSRF_INPUT = re.compile(r"<input\b[^>]*\bname=[\"']csrf_token[\"'][^>]*>", re.IGNORECASE)
-_VALUE = re.compile(r"\bvalue=[\"']([^\"']*)[\"']", re.IGNORECASE)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -207,33 +203,6 @@ class GatewayLogin:
     how: str  # "the portal's ticket", "the account password", "the key credentials.ssh_key"
 
 
-@dataclass
-class HttpAnswer:
-    """What a portal request returned (the transport-neutral response of ``send``)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode(errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body or b"null")
-
-
-Send = Callable[[str, str, dict[str, str], bytes | None], Awaitable[HttpAnswer]]
-
-
-class StepFailed(Exception):
-    """A portal step did not give what the flow needs; ``str()`` is safe to print."""
-
-    def __init__(self, step: str, problem: str, fix: str) -> None:
-        super().__init__(f"{step}: {problem}")
-        self.step, self.problem, self.fix = step, problem, fix
-
-
 class Probe:
     """One pass over a profile's services; lines go to ``report``."""
 
@@ -337,32 +306,56 @@ class Probe:
         return True
 
     async def _portal_flow(self, sender: AiohttpSender) -> None:
-        username = self.account.username
-        t0 = time.perf_counter()
+        """The profile's logon flow, phase by phase (``targets/portalflow.py``, as the Locust users do)."""
+        from targets.portalflow import arun, make_flow
+
+        portal, account = self.profile.portal, self.account
         try:
-            ticket = await reference_logon(sender, self.account, self.profile.portal.app)
-        except StepFailed as exc:
-            self.report.add(FAIL, "portal", f"logon as {username}: {exc} -> {exc.fix}")
+            flow = make_flow(self.profile, account)
+        except (ValueError, ImportError) as exc:  # a flow_class that loaded at profile check but fails now
+            self.report.add(FAIL, "portal", f"flow: {type(exc).__name__} -> fix portal.flow_class")
             return
-        served = f", server {sender.server}" if sender.server else ""
-        self.report.add(OK, "portal", f"logon as {username} ({sender.requests} requests, {_ms(t0)}{served})")
-        if ticket is not None:
-            self.login = ticket
-            self.report.add(
-                OK, "portal", f"launch {self.profile.portal.app}: gateway login for {ticket.username}"
-            )
         document = self.profile.workload.documents[0] if self.profile.workload.documents else ""
-        steps: list[tuple[str, Callable[[], Awaitable[str]]]] = []
+        t0, before = time.perf_counter(), sender.requests
+        phases: list[tuple[str, Callable[[], Any]]] = [
+            (f"logon as {account.username}", flow.logon),
+            ("apps", flow.apps),
+            (f"launch {portal.app}", flow.launch),
+        ]
         if document:
-            steps.append((f"document {document}", lambda: reference_document(sender, document)))
-        steps.append(("logout", lambda: reference_logout(sender)))
-        for what, step in steps:
-            try:
-                detail = await step()
-            except StepFailed as exc:
-                self.report.add(FAIL, "portal", f"{what}: {exc} -> {exc.fix}")
+            phases.append((f"document {document}", lambda: flow.document(document)))
+        phases.append(("logout", flow.logout))
+        logged_on = True
+        for what, phase in phases:
+            if not logged_on:
+                self.report.add(SKIP, "portal", f"{what}: logon failed")
                 continue
-            self.report.add(OK, "portal", f"{what}{detail}")
+            t0, before = time.perf_counter(), sender.requests
+            try:
+                result = await arun(phase(), sender)
+            except Exception as exc:  # a StepFailure, or a bug in a flow_class: one line either way
+                self.report.add(FAIL, "portal", f"{what}: {_flow_failure(exc, sender.last)}")
+                logged_on = logged_on and not what.startswith("logon")
+                continue
+            self.report.add(OK, "portal", f"{what}{self._portal_detail(what, result, sender, t0, before)}")
+
+    def _portal_detail(self, what: str, result: Any, sender: AiohttpSender, t0: float, before: int) -> str:
+        n = sender.requests - before
+        facts = [f"{n} request{'s' if n != 1 else ''}", _ms(t0)]
+        if sender.server:
+            facts.append(f"server {sender.server}")
+        if what.startswith("apps") and isinstance(result, list):
+            return f": {len(result)} app(s) ({', '.join(facts)})"
+        if what.startswith("launch") and result is not None:
+            own = result.secret == self.account.password
+            self.login = GatewayLogin(
+                result.username, result.secret, "the account password" if own else "the portal's ticket"
+            )
+            kind = "the account's own password" if own else "a ticket"
+            return f": gateway login {result.username} with {kind} ({', '.join(facts)})"
+        if what.startswith("document") and isinstance(result, int):
+            facts.insert(0, f"{result} bytes")
+        return f" ({', '.join(facts)})"
 
     # --- gateway ----------------------------------------------------------------------------------
 
@@ -575,15 +568,17 @@ class Probe:
 
 
 def _prompt_fix(profile: Profile) -> str:
-    """How to tell the harness what this gateway's prompt looks like (the key A's prompt work adds)."""
-    keys = [name for name in vars(profile.gateway) if "prompt" in name]
-    if keys:
-        return f"set gateway.{keys[0]} to match the shell's first prompt"
-    return "the shell must print a prompt ending in '$ ', '# ', '% ' or '> '"
+    """How to tell the harness what this gateway's shell prompt looks like."""
+    gw = profile.gateway
+    if gw.prompt:
+        return (
+            f'the shell never showed gateway.prompt {gw.prompt!r}: set it to its prompt, or "" to detect it'
+        )
+    return "set gateway.first_prompt to a regex matching the shell's first prompt (or gateway.prompt)"
 
 
 def connect_spec(profile: Profile, login: GatewayLogin, timeout_s: float) -> Any:
-    """How to reach, verify and log on to the profile's gateway (as ``gateway.connect_spec``, no Locust)."""
+    """What ``locustfiles.lib.gateway.connect_spec`` makes (that module imports Locust; tested equal)."""
     import asyncssh
 
     from locustfiles.lib.sshops import ConnectSpec
@@ -604,6 +599,8 @@ def connect_spec(profile: Profile, login: GatewayLogin, timeout_s: float) -> Any
         verify_host_key=gw.verify_host_key,
         banner_prefix=gw.server_banner_prefix,
         keepalive_s=gw.keepalive_s,
+        prompt=gw.prompt.encode(),
+        first_prompt=gw.first_prompt,
         timeout_s=timeout_s,
     )
 
@@ -612,117 +609,60 @@ def connect_spec(profile: Profile, login: GatewayLogin, timeout_s: float) -> Any
 
 
 class AiohttpSender:
-    """``send(method, path, headers, body) -> HttpAnswer`` over one aiohttp session (its own cookies)."""
+    """The flow engine's ``send(Request) -> Response`` over one aiohttp session (its own cookie jar)."""
 
     def __init__(self, http: Any, base_url: str, server_header: str = "", server_cookie: str = "") -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.server_header, self.server_cookie = server_header, server_cookie
         self.requests = 0
+        self.last = ""  # the name of the last request (e.g. "POST /login"): where a phase failed
         self.server: str | None = None  # the backend that answered last, when the portal says
 
-    async def __call__(
-        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
-    ) -> HttpAnswer:
-        self.requests += 1
-        async with self.http.request(method, self.base_url + path, headers=headers or {}, data=body) as resp:
-            data = await resp.read()
-            answer = HttpAnswer(resp.status, {k: v for k, v in resp.headers.items()}, data)
-        self.server = self._server_of(answer) or self.server
-        return answer
+    async def __call__(self, request: Any) -> Any:
+        from multidict import CIMultiDict
 
-    def _server_of(self, answer: HttpAnswer) -> str | None:
-        if self.server_header:
-            for name, value in answer.headers.items():
-                if name.lower() == self.server_header.lower() and value:
-                    return value
-        if self.server_cookie:
-            for cookie in self.http.cookie_jar:
-                if cookie.key == self.server_cookie and cookie.value:
-                    return cookie.value
+        from locustfiles.lib.errors import classify
+        from targets.portalflow import Response
+
+        self.requests += 1
+        self.last = request.name
+        url = self.base_url + request.path
+        try:
+            async with self.http.request(
+                request.method, url, headers=request.headers, data=request.body
+            ) as r:
+                body = await r.read()
+                status, headers = r.status, CIMultiDict(r.headers)
+        except Exception as exc:  # no answer: the engine fails the step with this class
+            return Response(None, error_class=classify(exc) or "other")
+        if self.server_header and headers.get(self.server_header):
+            self.server = headers[self.server_header]
+        elif self.server_cookie and self.cookie(self.server_cookie):
+            self.server = self.cookie(self.server_cookie)
+        return Response(status, headers, body, cookie=self.cookie)
+
+    def cookie(self, name: str) -> str | None:
+        """A cookie's value in this session's jar."""
+        for cookie in self.http.cookie_jar:
+            if cookie.key == name and cookie.value:
+                return str(cookie.value)
         return None
 
 
-async def _step(send: Any, step: str, method: str, path: str, **kw: Any) -> HttpAnswer:
-    """One request of the flow; a transport error or an error status is a :class:`StepFailed`."""
-    headers = dict(kw.get("headers") or {})
-    body: bytes | None = None
-    if "form" in kw:
-        body = urlencode(kw["form"]).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    if "json_body" in kw:
-        body = json.dumps(kw["json_body"]).encode()
-        headers["Content-Type"] = "application/json"
-    try:
-        answer = await send(method, path, headers, body)
-    except Exception as exc:
-        raise StepFailed(step, _why(exc), "is the portal overloaded or down?") from None
-    if answer.status >= 400:
-        raise StepFailed(step, f"HTTP {answer.status}", _status_fix(answer.status))
-    return answer
-
-
-def _status_fix(status: int) -> str:
-    if status in (401, 403):
-        return "check the account's password (and totp_secret) in the credentials file"
-    if status in (404, 405):
-        return "the portal's routes differ from this logon flow: describe its flow in the profile"
-    if status >= 500:
-        return "the portal failed: see its logs"
-    return "the portal rejected the request: compare its logon flow with the profile's"
-
-
-async def reference_logon(send: Send, account: Any, app: str) -> GatewayLogin | None:
-    """The reference portal's logon: login page (CSRF), password, MFA if asked, apps, launch."""
-    page = await _step(send, "GET /login", "GET", "/login")
-    tag = _CSRF_INPUT.search(page.text)
-    value = _VALUE.search(tag.group(0)) if tag else None
-    if value is None:
-        raise StepFailed(
-            "GET /login", "no csrf_token in the login page", "describe the portal's flow in the profile"
-        )
-    csrf = value.group(1)
-    send.csrf = csrf  # type: ignore[attr-defined]  (later POSTs carry it in a header)
-    form = {"username": account.username, "password": account.password, "csrf_token": csrf}
-    answer = await _step(send, "POST /login", "POST", "/login", form=form, headers={"X-CSRF-Token": csrf})
-    if _json_object(answer, "POST /login").get("mfa_required"):
-        if not account.totp_secret:
-            raise StepFailed("POST /mfa", "the portal asks for MFA", "add the account's totp_secret column")
-        import pyotp
-
-        code = pyotp.TOTP(account.totp_secret).now()
-        await _step(send, "POST /mfa", "POST", "/mfa", form={"code": code, "csrf_token": csrf})
-    await _step(send, "GET /api/apps", "GET", "/api/apps")
-    launch = await _step(
-        send,
-        "POST /api/launch",
-        "POST",
-        "/api/launch",
-        json_body={"app": app},
-        headers={"X-CSRF-Token": csrf},
-    )
-    data = _json_object(launch, "POST /api/launch")
-    if "ticket" not in data or "username" not in data:
-        return None  # a portal that hands out no ticket: the gateway takes the account's own credentials
-    return GatewayLogin(str(data["username"]), str(data["ticket"]), "the portal's ticket")
-
-
-async def reference_document(send: Send, name: str) -> str:
-    answer = await _step(send, f"GET /documents/{name}", "GET", f"/documents/{quote(name)}")
-    return f" ({len(answer.body)} bytes)"
-
-
-async def reference_logout(send: Send) -> str:
-    csrf = getattr(send, "csrf", "")
-    await _step(send, "POST /logout", "POST", "/logout", headers={"X-CSRF-Token": csrf} if csrf else {})
-    return ""
-
-
-def _json_object(answer: HttpAnswer, step: str) -> dict[str, Any]:
-    try:
-        value = answer.json()
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise StepFailed(step, "the answer is not a JSON object", "describe the portal's flow in the profile")
-    return value
+def _flow_failure(exc: BaseException, step: str) -> str:
+    """What failed and how to fix it, in fixed words (a StepFailure's text never holds a value)."""
+    cls = getattr(exc, "error_class", None)
+    if cls is None:
+        return f"{step}: the flow class raised {type(exc).__name__} -> fix portal.flow_class"
+    detail = getattr(exc, "detail", "") or cls
+    fixes = {
+        "http_401": "check the account's password (and totp_secret) in the credentials file",
+        "http_403": "check the account's password (and totp_secret) in the credentials file",
+        "http_4xx": "the portal's routes differ from the logon flow: describe its flow in [portal.flow]",
+        "http_503": "the portal is overloaded or a backend is down",
+        "http_5xx": "the portal failed: see its logs",
+        "other": "the answer lacks what the flow expects or extracts: compare [portal.flow] with the portal",
+    }
+    fix = fixes.get(cls, "is the portal overloaded or down?")
+    return f"{step}: {detail} ({cls}) -> {fix}"

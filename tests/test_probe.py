@@ -6,6 +6,7 @@ pytest process has imported Locust). One of them also checks that the probe neve
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -82,8 +83,10 @@ def test_probe_of_the_reference_farm_is_all_ok_and_imports_no_locust(farm: Path)
     for expected in (
         "plain HTTP",
         "logon as ",
-        "launch desktop",
-        "document memo.pdf (65536 bytes)",
+        "apps: ",
+        "launch desktop: gateway login user",
+        "with a ticket",
+        "document memo.pdf (65536 bytes, 1 request",
         "logout",
         "TCP connect",
         "matches",
@@ -95,7 +98,7 @@ def test_probe_of_the_reference_farm_is_all_ok_and_imports_no_locust(farm: Path)
         "tunnel to intranet:80 GET /: HTTP 200",
     ):
         assert expected in ok, (expected, out.stdout)
-    assert len(lines(out.stdout, "ok")) == 12  # 5 portal, 7 gateway checks
+    assert len(lines(out.stdout, "ok")) == 13  # 6 portal, 7 gateway checks
     for secret in secrets_of(farm):
         assert secret not in out.stdout + out.stderr
 
@@ -113,7 +116,7 @@ def test_a_wrong_fingerprint_is_a_fail_line_that_shows_the_pin_command(farm: Pat
     # nothing is sent to a gateway that is not the pinned one
     assert any("authentication" in line for line in lines(out.stdout, "skip"))
     assert "authenticated" not in out.stdout
-    assert len(lines(out.stdout, "ok")) == 6  # the portal's five, and the gateway's TCP connect
+    assert len(lines(out.stdout, "ok")) == 7  # the portal's six, and the gateway's TCP connect
 
 
 def test_a_portal_that_is_down_is_a_fail_line_and_the_gateway_is_still_checked(
@@ -140,6 +143,22 @@ def test_a_gateway_that_is_down_fails_and_skips_the_rest(farm: Path, tmp_path: P
     assert "connection refused" in fail and "gateway.host/port" in fail
     assert lines(out.stdout, "ok") == [] and len(lines(out.stdout, "skip")) == 1
     assert "portal" not in out.stdout  # --only gateway
+
+
+def test_the_probes_connect_spec_is_the_load_generators(farm: Path) -> None:
+    # The probe builds its own spec (locustfiles.lib.gateway imports Locust); the two must not drift.
+    from gateload.probe import GatewayLogin, connect_spec
+    from locustfiles.lib.gateway import connect_spec as users_spec
+
+    profile = load_profile(farm)
+    mine = connect_spec(profile, GatewayLogin("user0001", "pw", "test"), profile.workload.timeout_s)
+    theirs = users_spec(profile, "user0001", "pw")
+    assert [k.get_fingerprint() for k in mine.trusted_host_keys] == [
+        k.get_fingerprint() for k in theirs.trusted_host_keys
+    ]
+    assert dataclasses.replace(mine, trusted_host_keys=()) == dataclasses.replace(
+        theirs, trusted_host_keys=()
+    )
 
 
 def test_pin_prints_the_farms_host_key_fingerprint(farm: Path) -> None:
@@ -236,3 +255,24 @@ def test_probe_of_a_real_tls_portal_verifies_its_certificate(real_farm: Any, tmp
     assert out.returncode == 1
     [fail] = lines(out.stdout, "FAIL")
     assert "TLS certificate not verified" in fail and "set portal.ca_file" in fail
+
+
+def test_a_wrong_password_fails_the_logon_step_and_the_gateway_login_without_showing_it(
+    farm: Path, tmp_path: Path
+) -> None:
+    username = load_profile(farm).credentials_path.read_text().splitlines()[1].split(",")[0]
+    wrong = "Wrong-Password-4711"
+    credentials = tmp_path / "credentials.csv"
+    credentials.write_text(f"username,password\n{username},{wrong}\n")
+    path = variant(farm, tmp_path, "wrong-password", credentials={"file": str(credentials)})
+    out = gateload("probe", str(path))
+    assert out.returncode == 1, out.stdout
+    portal, gateway = lines(out.stdout, "FAIL")
+    assert f"logon as {username}: POST /login: HTTP 401" in portal and "credentials file" in portal
+    assert f"authentication as {username}: authentication refused" in gateway
+    # after a failed logon the rest of the portal session is skipped, not failed again
+    skipped = [line.split()[1:3] for line in lines(out.stdout, "skip")]
+    assert skipped == [["portal", w] for w in ("apps:", "launch", "document", "logout:")] + [
+        ["gateway", "shell,"]
+    ]
+    assert wrong not in out.stdout + out.stderr
