@@ -276,3 +276,54 @@ def test_a_wrong_password_fails_the_logon_step_and_the_gateway_login_without_sho
         ["gateway", "shell,"]
     ]
     assert wrong not in out.stdout + out.stderr
+
+
+# --- a portal of another shape: the JSON API example's flow ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def json_portal(farm: Path) -> Iterator[str]:
+    """tests/json_portal.py (bearer token, no ticket) on a free port, with the farm's accounts."""
+    import gevent
+
+    creds = load_profile(farm).credentials_path
+    script = Path(__file__).with_name("json_portal.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(creds)], stdout=subprocess.PIPE, text=True)
+    try:
+        with gevent.Timeout(20, RuntimeError("json portal did not start within 20 s")):
+            line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("ready "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_probe_runs_the_profiles_own_flow_against_a_json_api_portal(
+    farm: Path, json_portal: str, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    data = tomllib.loads((ROOT / "targets/profiles/example-json-api-portal.toml").read_text())
+    reference = tomllib.loads(farm.read_text())
+    data["target"]["allow_non_loopback"] = False
+    data["portal"]["url"] = json_portal
+    data["gateway"] = {k: reference["gateway"][k] for k in ("host", "port", "host_key", "prompt")}
+    data["credentials"] = reference["credentials"]
+    path = tmp_path / "json-api.toml"
+    path.write_text(tomli_w.dumps(data))
+    out = gateload("probe", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    ok = "\n".join(lines(out.stdout, "ok"))
+    assert "logon as " in ok and "server api-1" in ok
+    assert "with the account's own password" in ok  # no ticket from this portal
+    assert "with the account password" in ok and "PTY shell, prompt seen" in ok
+    with urllib.request.urlopen(f"{json_portal}/stats", timeout=5) as r:
+        stats = json.loads(r.read())
+    # the probe logged on and out once (DELETE /api/v1/auth) and left no session behind
+    assert stats["POST /api/v1/auth"] == stats["DELETE /api/v1/auth"] == 1 and stats["live_tokens"] == 0, (
+        stats
+    )
+    for secret in secrets_of(path):
+        assert secret not in out.stdout + out.stderr
