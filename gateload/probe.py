@@ -363,16 +363,22 @@ class Probe:
         gw = self.profile.gateway
         where = f"{gw.host}:{gw.port}"
         if not await self._gateway_tcp(where):
-            self.report.add(SKIP, "gateway", "host key, authentication, shell, exec, SFTP, tunnel")
+            self.report.add(
+                SKIP, "gateway", "host key, authentication, shell, screen update, exec, SFTP, tunnel"
+            )
             return
         if not await self._host_key(where):
             self.report.add(
-                SKIP, "gateway", "authentication, shell, exec, SFTP, tunnel: host key not trusted"
+                SKIP,
+                "gateway",
+                "authentication, shell, screen update, exec, SFTP, tunnel: host key not trusted",
             )
             return
         login = self.login or self._account_login()
         if login is None:
-            self.report.add(SKIP, "gateway", "authentication, shell, exec, SFTP, tunnel: no account")
+            self.report.add(
+                SKIP, "gateway", "authentication, shell, screen update, exec, SFTP, tunnel: no account"
+            )
             return
         await self._session(login)
 
@@ -475,14 +481,17 @@ class Probe:
                 else "check the account in the credentials file (or credentials.ssh_key)"
             )
             self.report.add(FAIL, "gateway", f"authentication as {login.username}: {_why(exc)} -> {fix}")
-            self.report.add(SKIP, "gateway", "shell, exec, SFTP, tunnel: not logged in")
+            self.report.add(SKIP, "gateway", "shell, screen update, exec, SFTP, tunnel: not logged in")
             return
         served = f", server {server}" if server else ""
         self.report.add(
             OK, "gateway", f"authenticated as {login.username} with {login.how} ({_ms(t0)}{served})"
         )
         try:
-            await self._shell(conn)
+            if await self._shell(conn):
+                await self._screen(conn)
+            else:
+                self.report.add(SKIP, "gateway", "screen update: no shell")
             await self._exec(conn)
             await self._sftp(conn)
             await self._tunnel(conn)
@@ -491,7 +500,7 @@ class Probe:
                 await asyncio.wait_for(conn.close(), self.timeout_s)
             conn.abort()
 
-    async def _shell(self, conn: Any) -> None:
+    async def _shell(self, conn: Any) -> bool:
         t0 = time.perf_counter()
         try:
             await asyncio.wait_for(conn.open_shell(), self.timeout_s)
@@ -501,11 +510,30 @@ class Probe:
                 "gateway",
                 f"shell: no prompt within {self.timeout_s:g} s -> {_prompt_fix(self.profile)}",
             )
-            return
+            return False
         except Exception as exc:
             self.report.add(FAIL, "gateway", f"shell: {_why(exc)} -> does the account get a PTY shell?")
-            return
+            return False
         self.report.add(OK, "gateway", f"PTY shell, prompt seen ({_ms(t0)})")
+        return True
+
+    async def _screen(self, conn: Any) -> None:
+        """``gateway.screen_command`` in the shell, as the screen activity runs it (small sizes)."""
+        bursts, size = 2, 256
+        command = self.profile.gateway.screen_command
+        line = command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
+        outcome = await conn.run_line(line, self.timeout_s)
+        got = outcome.value or 0
+        if not outcome.ok or got < bursts * size:
+            why = _why(outcome.error) if outcome.error is not None else f"only {got} bytes came back"
+            self.report.add(
+                FAIL,
+                "gateway",
+                f"screen update `{line.decode()}`: {why} -> set gateway.screen_command to a command this "
+                "shell has that prints {bursts} lines of {bytes} bytes",
+            )
+            return
+        self.report.add(OK, "gateway", f"screen update ({got} bytes, {outcome.duration_ms:.0f} ms)")
 
     async def _exec(self, conn: Any) -> None:
         t0 = time.perf_counter()

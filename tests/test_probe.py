@@ -93,12 +93,13 @@ def test_probe_of_the_reference_farm_is_all_ok_and_imports_no_locust(farm: Path)
         "authenticated as ",
         "with the portal's ticket",
         "PTY shell, prompt seen",
+        "screen update (",
         "exec `echo gateload-probe`",
         "SFTP stat memo.pdf (65536 bytes",
         "tunnel to intranet:80 GET /: HTTP 200",
     ):
         assert expected in ok, (expected, out.stdout)
-    assert len(lines(out.stdout, "ok")) == 13  # 6 portal, 7 gateway checks
+    assert len(lines(out.stdout, "ok")) == 14  # 6 portal, 8 gateway checks
     for secret in secrets_of(farm):
         assert secret not in out.stdout + out.stderr
 
@@ -159,6 +160,15 @@ def test_the_probes_connect_spec_is_the_load_generators(farm: Path) -> None:
     assert dataclasses.replace(mine, trusted_host_keys=()) == dataclasses.replace(
         theirs, trusted_host_keys=()
     )
+
+
+def test_a_screen_command_the_shell_lacks_is_a_fail_line(farm: Path, tmp_path: Path) -> None:
+    path = variant(farm, tmp_path, "no-screen", gateway={"screen_command": "no-such-screen {bursts} {bytes}"})
+    out = gateload("probe", str(path), "--only", "gateway")
+    assert out.returncode == 1, out.stdout
+    [fail] = lines(out.stdout, "FAIL")
+    assert "screen update `no-such-screen 2 256`" in fail and "set gateway.screen_command" in fail
+    assert any("exec" in line for line in lines(out.stdout, "ok"))  # the other checks still ran
 
 
 def test_pin_prints_the_farms_host_key_fingerprint(farm: Path) -> None:
@@ -309,7 +319,9 @@ def test_probe_runs_the_profiles_own_flow_against_a_json_api_portal(
     reference = tomllib.loads(farm.read_text())
     data["target"]["allow_non_loopback"] = False
     data["portal"]["url"] = json_portal
-    data["gateway"] = {k: reference["gateway"][k] for k in ("host", "port", "host_key", "prompt")}
+    data["gateway"] = {
+        k: reference["gateway"][k] for k in ("host", "port", "host_key", "prompt", "screen_command")
+    }
     data["credentials"] = reference["credentials"]
     path = tmp_path / "json-api.toml"
     path.write_text(tomli_w.dumps(data))
