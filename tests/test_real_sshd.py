@@ -1,9 +1,10 @@
 """The gateway side against real OpenSSH: sshd on loopback, behind haproxy in TCP mode.
 
-What is checked: the dedicated test user (``/bin/sh``), password and public-key auth, the pinned host
-key, the SFTP subsystem, ``direct-tcpip`` only to the permitted local service, backend attribution
-(auth banner and ``GATELOAD_SERVER``), and the GatewayUser doing every SSH activity through the real
-load balancer with the same per-server counts that haproxy reports. sshd and haproxy are started from
+What is checked: the stock test account (``useradd -m``, ``/bin/sh``, no harness files), password and
+public-key auth, the pinned host key, the SFTP subsystem (the distribution's sftp-server, in the
+home), ``direct-tcpip`` only to the permitted local service, backend attribution (auth banner and
+``GATELOAD_SERVER``), and the GatewayUser doing every SSH activity through the real load balancer
+with the same per-server counts that haproxy reports. sshd and haproxy are started from
 the project's files and stopped afterwards, with no process left.
 """
 
@@ -72,9 +73,12 @@ async def _connect(
     return conn, client
 
 
-def test_dedicated_user_with_sh_password_and_key_auth(farm: LocalRealFarm) -> None:
+def test_stock_user_with_sh_password_and_key_auth(farm: LocalRealFarm) -> None:
     sshd = farm.sshds[0]
     assert pwd.getpwnam(sshd.user.name).pw_shell == "/bin/sh"
+    # As useradd -m made it: the skeleton's .profile, no prompt or helper commands for the harness.
+    assert (sshd.user.home / ".profile").read_bytes() == Path("/etc/skel/.profile").read_bytes()
+    assert "PS1" not in sshd.config_text() and not (sshd.state_dir / "bin").exists()
     assert farm.keys is not None
 
     async def scenario() -> tuple[str, str, str, str]:
