@@ -67,6 +67,8 @@ PROFILES: dict[str, str | bytes] = {
     "non_loopback_bind.toml": BASE.replace('state_dir = "state"', 'state_dir = "state"\nbind = "192.0.2.10"'),
     "missing_credentials.toml": BASE.replace("good.csv", "missing.csv"),
     "credentials_without_header.toml": BASE.replace("good.csv", "no_header.csv"),
+    "bad_protocol_name.toml": BASE.replace("port = 0\n", 'port = 0\nprotocol = "SSH"\n', 1),
+    "unknown_protocol.toml": BASE.replace("port = 0\n", 'port = 0\nprotocol = "carrierpigeon"\n', 1),
 }
 
 CREDENTIALS = {
