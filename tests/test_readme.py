@@ -169,6 +169,37 @@ def test_every_readme_command_parses() -> None:
     assert {"campaign", "locust", "check"} <= kinds, kinds
 
 
+def inline_commands(text: str | None = None) -> list[list[str]]:
+    """``gateload ...`` and ``locust ...`` commands quoted in the prose, placeholders made concrete.
+
+    ``[--out DIR]`` loses its brackets, ``RUN...`` its dots, ``locust ...`` the elided part, and a
+    one-letter placeholder (``K``, ``N``) becomes 2, so the options themselves can be parsed.
+    """
+    text = README.read_text() if text is None else text
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    found = []
+    for quoted in re.findall(r"`((?:\.venv/bin/)?(?:gateload|locust) [^`]+)`", prose):
+        argv = []
+        for token in shlex.split(quoted.replace("[", "").replace("]", "")):
+            token = token.removesuffix("...")
+            if token:
+                argv.append("2" if re.fullmatch(r"[A-Z]", token) else token)
+        found.append(argv)
+    return found
+
+
+def test_commands_quoted_in_the_prose_parse() -> None:
+    commands = inline_commands()
+    assert len(commands) >= 5, commands
+    for argv in commands:
+        what = Command(-1, tuple(argv), False)
+        check_paths(what.argv, what)
+        if PROGRAMS[argv[0]] == "gateload":
+            check_gateload(argv[1:], what)
+        else:
+            parse_strict(locust_parser(), ["-f", "locustfiles/homeoffice.py", *argv[1:]], what)
+
+
 def test_a_typo_or_a_removed_option_would_fail() -> None:
     # The checks above are only worth something if they can fail: a misspelt option does.
     bad = Command(0, (".venv/bin/gateload", "campaign"), False)
