@@ -265,6 +265,12 @@ def test_probe_of_a_real_tls_portal_verifies_its_certificate(real_farm: Any, tmp
     assert out.returncode == 1
     [fail] = lines(out.stdout, "FAIL")
     assert "TLS certificate not verified" in fail and "set portal.ca_file" in fail
+    # the explicit opt-out works without the CA, and says so on every probe
+    relaxed = variant(path, tmp_path, "no-tls-verify", portal={"ca_file": "", "tls_verify": False})
+    out = gateload("probe", str(relaxed), "--only", "portal")
+    assert out.returncode == 0, out.stdout
+    [warn] = lines(out.stdout, "warn")
+    assert "TLS NOT verified (portal.tls_verify = false)" in warn
 
 
 def test_a_wrong_password_fails_the_logon_step_and_the_gateway_login_without_showing_it(
@@ -339,3 +345,21 @@ def test_probe_runs_the_profiles_own_flow_against_a_json_api_portal(
     )
     for secret in secrets_of(path):
         assert secret not in out.stdout + out.stderr
+
+
+def test_explicit_opt_outs_are_warn_lines_not_failures(farm: Path, tmp_path: Path) -> None:
+    path = variant(farm, tmp_path, "no-verify", gateway={"host_key": "", "verify_host_key": False})
+    out = gateload("probe", str(path), "--only", "gateway")
+    assert out.returncode == 0, out.stdout
+    [warn] = lines(out.stdout, "warn")
+    real = asyncssh.read_public_key(load_profile(farm).gateway.host_key).get_fingerprint()
+    assert f"host key NOT verified (gateway.verify_host_key = false); it is {real}" in warn
+
+
+def test_probe_logs_on_with_the_mfa_step(reference_farm: Any) -> None:
+    path = reference_farm("reference-before", farm__mfa=True, farm__accounts=5)
+    assert load_profile(path).farm.mfa  # type: ignore[union-attr]
+    out = gateload("probe", str(path), "--only", "portal")
+    assert out.returncode == 0, out.stdout
+    # login page, password, TOTP: the flow's `when = "mfa"` step ran
+    assert any("logon as " in line and "(3 requests" in line for line in lines(out.stdout, "ok")), out.stdout
