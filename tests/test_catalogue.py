@@ -34,8 +34,9 @@ from analysis.synthetic import DEFAULT_MIX, SynthSpec, write_run
 from gateload.errors import InputError
 from locustfiles.lib import remote, runfolder
 from locustfiles.lib.catalogues import run_catalogue
-from locustfiles.lib.gateway import SSH_CATALOGUE, GatewayUser
+from locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, GatewayUser, SSHSession
 from locustfiles.lib.portal import PortalUser
+from locustfiles.lib.runtime import target_for
 from locustfiles.lib.session import HomeofficeUser
 from targets.profile import load_profile
 from targets.reference.harness import write_profile_variant
@@ -333,6 +334,9 @@ def test_a_new_protocol_is_one_module_that_homeoffice_user_composes(
         {"gateway.protocol": "fakevpn", "workload.mix": {"tunnel": 1.0, "document": 1.0, "typing": 5.0}},
     )
     profile = load_profile(variant)
+    fake = remote.for_profile(profile)
+    assert fake.catalogue.protocols == ("fakevpn",)
+    assert isinstance(fake.factory(None, None, 1), remote.RemoteSession)
     ops = HomeofficeUser.operations(profile)
     assert [o.key for o in ops.operations if o.type == "VPN"] == [
         "VPN tunnel_up",
@@ -353,6 +357,21 @@ def test_a_new_protocol_is_one_module_that_homeoffice_user_composes(
     assert run.count("VPN", "http") >= 1 and run.count("HTTP", "POST /api/launch") >= 4
     assert run.count("SSH", "connect") == 0 and run.count("SSH", "keystroke") == 0  # typing is not served
     assert all(s["context"]["server"] in (None, "vpn-1") or s["request_type"] == "HTTP" for s in run.samples)
+
+
+def test_ssh_session_is_a_remote_session(fast_profile, tmp_path: Path) -> None:
+    profile = fast_profile()
+    env = environment(profile.path, GatewayUser).env
+    session = SSHSession(env, target_for(env), 1)
+    assert isinstance(session, remote.RemoteSession)
+    assert (
+        remote.for_profile(profile).factory is SSHSession
+        and remote.protocol("ssh").catalogue == SSH_CATALOGUE
+    )
+    assert (
+        session.activities == SSH_ACTIVITIES == ("typing", "screen", "sftp_get", "sftp_put", "tunnel", "exec")
+    )
+    assert not session.usable and not session.dropped and session.server is None
 
 
 def test_an_unknown_protocol_is_a_one_line_error(fast_profile, tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ class HomeofficeUser(RemoteUser):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.sessions_started = 0
-        # the profile's mix, among the activities the portal and this protocol serve (catalogue order)
+        # the profile's mix, among the activities the portal and this protocol serve; in the profile's
+        # order, so a seeded random stream draws the same activities as before the catalogue
         served = self.operations(self.target.profile).activities
         self.activities = tuple(a for a in ACTIVITIES if a in served)
 
