@@ -269,8 +269,8 @@ Port {self.port}
 ListenAddress {self.host}
 HostKey {self.keys.host_key}
 PidFile none
-# PAM cannot open sessions in this container (no login/audit); Debian ships UsePAM yes.
-UsePAM no
+# As Debian ships it: passwords checked and sessions opened through PAM (/etc/pam.d/sshd).
+UsePAM yes
 AllowUsers {self.user.name}
 PermitRootLogin no
 PasswordAuthentication yes
