@@ -276,6 +276,11 @@ def test_master_and_two_workers_give_every_user_its_own_account(reference_farm: 
                 log.close()
         text = {p.name: p.read_text(errors="replace")[-2000:] for p in work.glob("*.log")}
         assert codes == [0, 0, 0], text
+        logged = "".join(
+            (work / f"{name}.log").read_text(errors="replace") for name in ("worker-0", "worker-1")
+        )
+        # the master checked the accounts against the 2 workers at the start; no worker had to share
+        assert "share accounts" not in (work / "master.log").read_text(errors="replace") + logged
         samples = pd.read_parquet(work / "accounts" / "mw" / SAMPLES_DIR)
     _assert_distinct_accounts(before, _farm_logins(profile), samples)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from locustfiles.lib.accounts import check_accounts
 from locustfiles.lib.recorder import Recorder, RecordResult, role_of
 from locustfiles.lib.schedule import Phase, Plan
 from locustfiles.lib.shapes import PlannedShape
+from targets.profile import CREDENTIALS_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class RunController:
             except InputError as exc:
                 sys.stderr.write(f"gateload: error: {exc}\n")
                 sys.stderr.flush()
+                self._stop_forked_workers()
                 raise SystemExit(2) from None
             self._install_shape(self.resolved.plan)
             self._warn_if_master_is_exposed()
@@ -107,6 +110,19 @@ class RunController:
         if self.web_ui is not None:
             self._install_web_check(self.web_ui)
 
+    def _stop_forked_workers(self) -> None:
+        """``--processes`` forks the workers before this check runs, and Locust's exit leaves them waiting
+        60 s for the master's heartbeat (its atexit reaper takes a running child for a finished one)."""
+        if self.role != "master" or not getattr(self.env.parsed_options, "processes", None):
+            return
+        import psutil
+
+        for child in psutil.Process().children():
+            try:
+                child.terminate()
+            except psutil.Error:
+                continue
+
     def _warn_if_master_is_exposed(self) -> None:
         host = getattr(self.env.parsed_options, "master_bind_host", "127.0.0.1")
         if self.role == "master" and host in ("*", "", "0.0.0.0", "::"):
@@ -115,7 +131,7 @@ class RunController:
                 "pass --master-bind-host 127.0.0.1 (and a free --master-bind-port) to keep it on loopback"
             )
 
-    def _require_profile(self, resolved: options.RunOptions) -> None:
+    def _require_profile(self, resolved: options.RunOptions, workers: int | None = None) -> None:
         needing = sorted(
             u.__name__ for u in self.env.user_classes if u.__module__.startswith("locustfiles.lib")
         )
@@ -128,10 +144,10 @@ class RunController:
                 # every running user holds its own account (accounts.py): the peak must fit each share
                 plan, farm = resolved.plan, resolved.profile.farm
                 lower = "--step-users" if plan.shape == "step" else "-u"
-                add = "raise farm.accounts in the profile" if farm is not None else "add accounts"
-                check_accounts(
-                    plan.peak_users, count, self._account_shares(), str(path), lower=lower, add=add
-                )
+                own_file = os.environ.get(CREDENTIALS_ENV)  # the farm's accounts are not the ones in use
+                add = "raise farm.accounts in the profile" if farm and not own_file else "add accounts"
+                shares = workers or self._account_shares()
+                check_accounts(plan.peak_users, count, shares, str(path), lower=lower, add=add)
             return
         if needing:
             raise InputError(
@@ -147,6 +163,17 @@ class RunController:
         if self.web_ui is not None and connected:
             return connected
         return max(connected, int(getattr(self.env.parsed_options, "expect_workers", 1) or 1), 1)
+
+    def _check_shares_at_start(self, resolved: options.RunOptions, workers: int) -> None:
+        """The workers taking part may not be those checked before the start: say if accounts fall short."""
+        if resolved.profile is None:
+            return
+        try:
+            self._require_profile(resolved, workers)
+        except InputError as exc:
+            logger.error(
+                "gateload: %s; users will share accounts and a per-account limit may refuse them", exc
+            )
 
     def _install_shape(self, plan: Plan) -> None:
         self.env.shape_class = None if plan.shape == "none" else self.shape
@@ -190,6 +217,7 @@ class RunController:
             profile = options.profile_path(environment.parsed_options)
             info = {"id": run_id, "t0": started, "slots": slots, "profile": profile}
             setattr(environment.parsed_options, RUN_INFO, info)
+            self._check_shares_at_start(resolved, len(slots))
         self._install_arrivals(resolved.plan, started, 0, 1)
         self.recorder.start(run_id, run_dir, participants)
         if resolved.plan.shape == "none":
