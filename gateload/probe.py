@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe",
         help="check a profile's target once per service and say what to fix",
         description="Connects once per configured service (portal logon, gateway host key, "
-        "authentication, shell, exec, SFTP, tunnel) and prints one line per check. "
+        "authentication, shell, screen update, exec, SFTP, tunnel) and prints one line per check. "
         "Exit code 0 all ok, 1 something failed, 2 bad input.",
     )
     p.add_argument("profile", type=Path, help="target profile (TOML)")
@@ -127,6 +127,7 @@ def parse_host_port(text: str, default_port: int = 22) -> tuple[str, int]:
 
 
 def pin_command(args: argparse.Namespace) -> int:
+    """``gateload pin``: print the host key line for [gateway]; 2 when no key could be fetched."""
     host, port = parse_host_port(args.target)
     if not (is_loopback(host) or args.allow_remote):
         raise InputError(f"{host} is not on loopback; pass --allow-remote if you mean to contact it")
@@ -182,12 +183,13 @@ async def fetch_host_key(
 
 
 def probe_command(args: argparse.Namespace) -> int:
+    """``gateload probe``: 0 when every check is ok (or an explicit opt-out), 1 when one failed."""
     from gateload.campaign import check_reachable
 
     profile = load_profile(args.profile)
     check_reachable(profile, args.allow_remote)
     if args.timeout < 0:
-        raise InputError(f"--timeout is {args.timeout}; give a number of seconds > 0")
+        raise InputError(f"--timeout is {args.timeout}; give seconds > 0 (or 0 for workload.timeout_s)")
     timeout_s = args.timeout or profile.workload.timeout_s
     report = Report()
     asyncio.run(Probe(profile, report, timeout_s).run(args.only))
@@ -219,6 +221,11 @@ class Probe:
             await self.portal()
         if only in (None, "gateway"):
             await self.gateway()
+
+    def _start_hint(self, keys: str) -> str:
+        if self.profile.farm is not None:  # the reference farm: gateload starts it
+            return f"start it (gateload serve --profile {self.profile.path}) or fix {keys}"
+        return f"start it or fix {keys}"
 
     def _load_account(self) -> None:
         from locustfiles.lib.runtime import load_accounts
@@ -291,7 +298,7 @@ class Probe:
             )
             return False
         except (OSError, TimeoutError) as exc:
-            self.report.add(FAIL, "portal", f"{where}  {_why(exc)} -> start the portal or fix portal.url")
+            self.report.add(FAIL, "portal", f"{where}  {_why(exc)} -> {self._start_hint('portal.url')}")
             return False
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
@@ -389,7 +396,7 @@ class Probe:
             _, writer = await asyncio.wait_for(asyncio.open_connection(gw.host, gw.port), self.timeout_s)
         except (OSError, TimeoutError) as exc:
             self.report.add(
-                FAIL, "gateway", f"{where}  {_why(exc)} -> start the gateway or fix gateway.host/port"
+                FAIL, "gateway", f"{where}  {_why(exc)} -> {self._start_hint('gateway.host/port')}"
             )
             return False
         writer.close()

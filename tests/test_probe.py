@@ -129,7 +129,7 @@ def test_a_portal_that_is_down_is_a_fail_line_and_the_gateway_is_still_checked(
     assert out.returncode == 1, out.stdout + out.stderr
     [fail] = lines(out.stdout, "FAIL")
     assert fail.split()[1] == "portal" and down in fail and "connection refused" in fail
-    assert "-> start the portal or fix portal.url" in fail
+    assert f"-> start it (gateload serve --profile {path}) or fix portal.url" in fail
     # without a ticket the gateway is tried with the account password (the farm takes both)
     ok = lines(out.stdout, "ok")
     assert any("with the account password" in line for line in ok), out.stdout
@@ -189,6 +189,19 @@ def test_a_profile_pinned_by_the_pin_output_probes_ok(farm: Path, tmp_path: Path
     out = gateload("probe", str(path), "--only", "gateway")
     assert out.returncode == 0, out.stdout
     assert f"host key pinned {fingerprint} matches" in out.stdout
+
+
+def test_host_port_forms() -> None:
+    from gateload.errors import InputError
+    from gateload.probe import parse_host_port
+
+    assert parse_host_port("127.0.0.1") == ("127.0.0.1", 22)
+    assert parse_host_port("localhost:2222") == ("localhost", 2222)
+    assert parse_host_port("[::1]:2222") == ("::1", 2222)
+    assert parse_host_port("::1") == ("::1", 22)
+    for bad in ("127.0.0.1:0", "127.0.0.1:x", ":22", "[::1", "[::1]x"):
+        with pytest.raises(InputError):
+            parse_host_port(bad)
 
 
 @pytest.mark.parametrize(
