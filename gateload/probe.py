@@ -159,21 +159,28 @@ def _pin_hint(exc: BaseException) -> str:
 
 
 async def fetch_host_key(
-    host: str, port: int, timeout_s: float, algs: tuple[str, ...] = ()
+    host: str, port: int, timeout_s: float, algs: tuple[str, ...] = (), sock: Any = None
 ) -> tuple[Any, str]:
     """The host key the server presents in key exchange, and the address it came from.
 
     ``algs`` restricts the host key algorithms (to compare with a pinned key of one type); by default
     the client's preference decides, as it does when the load generator connects with a fingerprint.
+    ``sock``: a TCP connection to use (the probe's own); else one is opened. It is closed afterwards.
     """
     import asyncssh
 
     from locustfiles.lib.sshops import open_stamped_socket
 
-    sock = await open_stamped_socket(host, port, timeout_s)
+    if sock is None:
+        sock = await open_stamped_socket(host, port, timeout_s)
     peer = sock.getpeername()
     options: dict[str, Any] = {"server_host_key_algs": list(algs)} if algs else {}
-    key = await asyncio.wait_for(asyncssh.get_server_host_key(sock=sock, config=None, **options), timeout_s)
+    try:
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(sock=sock, config=None, **options), timeout_s
+        )
+    finally:
+        sock.close()  # asyncssh closed it unless the exchange failed early
     if key is None:
         raise asyncssh.KeyExchangeFailed("no host key in the key exchange")
     return key, f"{peer[0]}:{peer[1]}"
@@ -214,6 +221,7 @@ class Probe:
         self.timeout_s = timeout_s
         self.account: Any = None
         self.login: GatewayLogin | None = None  # from the portal's launch, when it hands one out
+        self._sock: Any = None  # the gateway TCP connection, between the TCP check and the key exchange
 
     async def run(self, only: str | None = None) -> None:
         self._load_account()
@@ -390,18 +398,18 @@ class Probe:
         await self._session(login)
 
     async def _gateway_tcp(self, where: str) -> bool:
+        """The TCP connection; kept for the key exchange, so the probe connects twice in all (key, login)."""
+        from locustfiles.lib.sshops import open_stamped_socket
+
         gw = self.profile.gateway
         t0 = time.perf_counter()
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(gw.host, gw.port), self.timeout_s)
+            self._sock = await open_stamped_socket(gw.host, gw.port, self.timeout_s)
         except (OSError, TimeoutError) as exc:
             self.report.add(
                 FAIL, "gateway", f"{where}  {_why(exc)} -> {self._start_hint('gateway.host/port')}"
             )
             return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
         self.report.add(OK, "gateway", f"{where}  TCP connect ({_ms(t0)})")
         return True
 
@@ -414,6 +422,8 @@ class Probe:
             try:
                 pinned = asyncssh.read_public_key(str(self.profile.resolve(gw.host_key)))
             except (OSError, asyncssh.KeyImportError):
+                if self._sock is not None:
+                    self._sock.close()
                 self.report.add(
                     FAIL,
                     "gateway",
@@ -422,8 +432,9 @@ class Probe:
                 )
                 return False
         algs = (pinned.get_algorithm(),) if pinned is not None else ()
+        sock, self._sock = self._sock, None
         try:
-            key, _ = await fetch_host_key(gw.host, gw.port, self.timeout_s, algs)
+            key, _ = await fetch_host_key(gw.host, gw.port, self.timeout_s, algs, sock)
         except Exception as exc:  # whatever it is, the line says so
             self.report.add(
                 FAIL, "gateway", f"{where}  no SSH key exchange ({_why(exc)}) -> is gateway.port an SSH port?"
