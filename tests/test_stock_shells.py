@@ -151,7 +151,7 @@ def test_bash_account_with_its_default_prompt() -> None:
         assert profile.gateway.host_key_fingerprint.startswith("SHA256:") and not profile.gateway.host_key
         run = run_users(profile.path, GatewayUser, users=10, until=lambda r: False, timeout_s=30)
     _check_every_operation(run, users=10, server="gw-bash")
-    print("bash, 10 users, 30 s:", dict(run.operations()))
+    print("bash, 10 users, 30 s:", dict(run.operations()), "failed:", dict(run.operations(ok=False)))
 
 
 def test_wrong_fingerprint_fails_every_connect_as_host_key_mismatch() -> None:
@@ -181,4 +181,4 @@ def test_dash_and_zsh_accounts(shell: str) -> None:
         if shell.endswith("zsh"):
             assert not (user.home / ".zshrc").exists()  # the harness quit the menu, changing nothing
     _check_every_operation(run, users=5, server=f"gw-{Path(shell).name}")
-    print(shell, "5 users, 12 s:", dict(run.operations()))
+    print(shell, "5 users, 12 s:", dict(run.operations()), "failed:", dict(run.operations(ok=False)))
