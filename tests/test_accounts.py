@@ -111,8 +111,24 @@ def test_too_few_accounts_is_one_line_naming_the_fix() -> None:
     assert str(err.value).startswith("40 users need 40 accounts; creds.csv has 20: add accounts or lower -u")
     with pytest.raises(InputError) as err:
         check_accounts(21, 21, 2, "creds.csv")
-    assert "over 2 workers (11 per worker) need 22 accounts" in str(err.value)
+    assert "over 2 workers (11 accounts per worker) need 22 accounts" in str(err.value)
     assert "\n" not in str(err.value)
+    check_accounts(6, 3, 1, "creds.csv", per_account=2)  # a gateway allowing 2 sessions per account
+    with pytest.raises(InputError) as err:
+        check_accounts(7, 3, 1, "creds.csv", per_account=2)
+    assert str(err.value).startswith("7 users at 2 per account need 4 accounts; creds.csv has 3")
+    with pytest.raises(InputError, match="--users-per-account is 0; give 1 or more"):
+        check_accounts(1, 3, 1, "creds.csv", per_account=0)
+
+
+def test_users_per_account_fills_the_least_held_account_up_to_its_limit() -> None:
+    leases = AccountLeases(6)
+    share = Partition(0, 2)  # accounts 0, 2, 4
+    taken = [leases.acquire(share, per_account=2) for _ in range(6)]
+    assert taken == [0, 2, 4, 0, 2, 4] and leases.shared == 0  # spread, then doubled up
+    assert leases.acquire(share, per_account=2) == 0 and leases.shared == 1  # past the limit: counted
+    assert accounts_needed(7, 1, per_account=2) == 4
+    assert accounts_needed(21, 2, per_account=2) == 12  # 11 users on one worker need 6 accounts
 
 
 def _worker_env(client_id: str, index: int, info: dict[str, Any] | None) -> Namespace:
@@ -289,7 +305,10 @@ def test_master_and_two_workers_give_every_user_its_own_account(reference_farm: 
     ("args", "message"),
     [
         (["--shape", "step", "--step-users", "10,25", "--step-hold", "5"], "25 users need 25 accounts; "),
-        (["-u", "21", "-r", "21", "-t", "5s", "--processes", "2"], "21 users over 2 workers (11 per worker)"),
+        (
+            ["-u", "21", "-r", "21", "-t", "5s", "--processes", "2"],
+            "21 users over 2 workers (11 accounts per",
+        ),
     ],
     ids=["step-peak", "two-processes"],
 )
@@ -348,7 +367,8 @@ def test_the_web_ui_refuses_a_start_with_too_few_accounts(reference_farm: Callab
             step = post(
                 "/swarm", {"user_count": "1", "spawn_rate": "5", "shape": "step", "step_users": "5,30"}
             )
-            fits = post("/swarm", {"user_count": "2", "spawn_rate": "2", "shape": "none"})
+            # 30 users at 2 per account fit 20 accounts (a gateway allowing 2 sessions per account)
+            fits = post("/swarm", {"user_count": "30", "spawn_rate": "30", "users_per_account": "2"})
             post("/stop", {})
         finally:
             proc.terminate()

@@ -9,6 +9,9 @@ split between the load-generator processes of a run, and within a process they a
 - :class:`AccountLeases`: a user takes the lowest free account of its process's share when it starts
   and gives it back when it stops. Only greenlets of one process touch it, so it needs no lock (a
   gevent lock must never be shared with a real thread).
+- ``--users-per-account N`` (default 1) lets up to N users hold one account at once, for a gateway
+  that allows N sessions per account (ocserv's default ``max-same-clients`` is 2) or a test
+  environment with one account and no limit.
 - :func:`accounts_needed` / :func:`check_accounts`: the pre-flight check, before any load is sent.
 
 Nothing here imports Locust.
@@ -38,30 +41,42 @@ class Partition:
         return range(self.slot, accounts, self.slots)
 
 
-def accounts_needed(users: int, workers: int = 1) -> int:
+def accounts_needed(users: int, workers: int = 1, per_account: int = 1) -> int:
     """Accounts the credentials file must hold for ``users`` concurrent users spread over ``workers``.
 
     Locust gives each worker at most ``ceil(users / workers)`` users, and the smallest share of
-    ``n`` accounts is ``floor(n / workers)``: every worker's users fit when that share is big enough.
+    ``n`` accounts is ``floor(n / workers)``: every worker's users fit when that share, times the
+    users one account may take (``per_account``), is big enough.
     """
-    w = max(1, workers)
-    return w * math.ceil(max(0, users) / w)
+    w, k = max(1, workers), max(1, per_account)
+    return w * math.ceil(math.ceil(max(0, users) / w) / k)
 
 
 def check_accounts(
-    users: int, accounts: int, workers: int, source: str, *, lower: str = "-u", add: str = "add accounts"
+    users: int,
+    accounts: int,
+    workers: int,
+    source: str,
+    *,
+    per_account: int = 1,
+    lower: str = "-u",
+    add: str = "add accounts",
 ) -> None:
     """InputError (one line: the problem and the fix) if ``accounts`` cannot give every user its own.
 
-    ``lower`` names the option that sets the peak users, ``add`` how to get more accounts.
+    ``per_account`` is ``--users-per-account``; ``lower`` names the option that sets the peak users,
+    ``add`` how to get more accounts.
     """
-    needed = accounts_needed(users, workers)
+    if per_account < 1:
+        raise InputError(f"--users-per-account is {per_account}; give 1 or more (1: every user its own)")
+    needed = accounts_needed(users, workers, per_account)
     if accounts >= needed:
         return
     spread = ""
     if workers > 1:
-        per_worker = needed // max(1, workers)
-        spread = f" over {workers} workers ({per_worker} per worker)"
+        spread = f" over {workers} workers ({needed // workers} accounts per worker)"
+    if per_account > 1:
+        spread += f" at {per_account} per account"
     raise InputError(
         f"{users} users{spread} need {needed} accounts; {source} has {accounts}: {add} or lower {lower}"
     )
@@ -70,8 +85,9 @@ def check_accounts(
 class AccountLeases:
     """The accounts of one process held by running users: the lowest free one of the share is leased.
 
-    When a share is exhausted (users added past the pre-flight check, e.g. a worker joining a running
-    test), the least-held account is shared rather than the user failing: :attr:`shared` counts those
+    With ``per_account`` > 1 an account takes up to that many users, the least-held first. When a share
+    is exhausted (users added past the pre-flight check, e.g. a worker joining a running test), the
+    least-held account is shared beyond that rather than the user failing: :attr:`shared` counts those
     leases so the caller can warn that a per-account session limit may now refuse logons.
     """
 
@@ -91,18 +107,19 @@ class AccountLeases:
         """How many running users hold account ``index``."""
         return self._holders.get(index, 0)
 
-    def acquire(self, partition: Partition = Partition()) -> int:
-        """Lease the lowest free account of ``partition`` (the least-held one when none is free)."""
+    def acquire(self, partition: Partition = Partition(), per_account: int = 1) -> int:
+        """Lease the lowest free account of ``partition``: the least-held one, up to ``per_account`` users."""
         owned = partition.indices(self.accounts)
         if not owned:  # more workers than accounts: this share is empty, borrow from the whole file
             owned = range(self.accounts)
-        for index in owned:
-            if index not in self._holders:
-                self._holders[index] = 1
-                return index
-        index = min(owned, key=lambda i: (self._holders[i], i))
-        self._holders[index] += 1
-        self.shared += 1
+        if per_account <= 1:  # the common case: the first account nobody holds
+            index = next((i for i in owned if i not in self._holders), None)
+        else:
+            index = min(owned, key=lambda i: (self._holders.get(i, 0), i))
+        if index is None or self._holders.get(index, 0) >= max(1, per_account):
+            index = min(owned, key=lambda i: (self._holders.get(i, 0), i))
+            self.shared += 1
+        self._holders[index] = self._holders.get(index, 0) + 1
         return index
 
     def release(self, index: int) -> None:

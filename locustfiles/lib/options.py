@@ -48,6 +48,9 @@ _ARGUMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--label", {"default": "run", "help": "gateload: run label, e.g. before or after"}),
     ("--run-id", {"default": "",
                   "help": "gateload: run id (default YYYYmmdd-HHMMSS-xxxx, new for every start)"}),
+    ("--users-per-account", {"type": int, "default": 1, "metavar": "N",
+                             "help": "gateload: running users that may hold one account at once (1: each "
+                                     "its own; more only if the gateway allows N sessions per account)"}),
     ("--allow-remote", {"action": "store_true", "default": False,
                         "help": "gateload: allow a target outside loopback (the profile can allow it too)"}),
 )  # fmt: skip
@@ -96,6 +99,7 @@ class RunOptions:
     results_dir: Path
     label: str
     run_id: str  # "" = generate one per run
+    users_per_account: int = 1  # --users-per-account (accounts.py)
 
     def run_dir(self, run_id: str) -> Path:
         return self.results_dir / self.label / run_id
@@ -116,7 +120,10 @@ def resolve(options: Any, *, check_existing: bool = True) -> RunOptions:
     if run_id:
         _name("--run-id", run_id)
     results_dir = Path(getattr(options, "results_dir", "results") or "results")
-    resolved = RunOptions(plan, profile, results_dir, label, run_id)
+    per_account = getattr(options, "users_per_account", 1)
+    if not isinstance(per_account, int) or per_account < 1:
+        raise InputError(f"--users-per-account is {per_account!r}; give 1 or more (1: every user its own)")
+    resolved = RunOptions(plan, profile, results_dir, label, run_id, per_account)
     _check_writable(results_dir)
     if check_existing and run_id and has_results(resolved.run_dir(run_id)):
         raise InputError(

@@ -147,7 +147,10 @@ class RunController:
                 own_file = os.environ.get(CREDENTIALS_ENV)  # the farm's accounts are not the ones in use
                 add = "raise farm.accounts in the profile" if farm and not own_file else "add accounts"
                 shares = workers or self._account_shares()
-                check_accounts(plan.peak_users, count, shares, str(path), lower=lower, add=add)
+                per_account = resolved.users_per_account
+                check_accounts(
+                    plan.peak_users, count, shares, str(path), per_account=per_account, lower=lower, add=add
+                )
             return
         if needing:
             raise InputError(

@@ -67,7 +67,9 @@ class Target:
     def lease(self, environment: Any) -> Lease:
         """An account for a starting user: the lowest free one of this process's share of the file."""
         shared_before = self.leases.shared
-        index = self.leases.acquire(partition_of(environment))
+        options = getattr(environment, "parsed_options", None)
+        per_account = max(1, int(getattr(options, "users_per_account", 1) or 1))
+        index = self.leases.acquire(partition_of(environment), per_account)
         if self.leases.shared > shared_before and shared_before == 0:
             logger.warning(
                 "gateload: more users on this process than accounts in its share of %d; users now share "
