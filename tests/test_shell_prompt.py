@@ -25,6 +25,7 @@ from locustfiles.lib.sshops import (
     GatewayConnection,
     _key_echo,
     _line_echo,
+    ends_with_prompt,
     visible,
 )
 from targets.profile import DEFAULT_FIRST_PROMPT, DEFAULT_SCREEN_COMMAND, Profile, load_profile
@@ -49,10 +50,13 @@ TYPED = b"echo the quick brown fox"
         (b"--- Type one of the keys in parentheses --- ", False),  # zsh's new-user menu
         (b"Last login: Thu Dec  3 06:00:00 2026\r\n", False),
         (b"gateload-bash@vm:~$ ls\r\n", False),
+        (b"it costs 5 $ \nmore\n", False),  # "$ " at the end of an earlier line is no prompt
+        (b"menu> ", True),
     ],
 )
 def test_default_first_prompt_on_what_shells_print(output: bytes, is_prompt: bool) -> None:
-    assert bool(re.search(DEFAULT_FIRST_PROMPT.encode(), visible(output), re.MULTILINE)) is is_prompt
+    pattern = re.compile(DEFAULT_FIRST_PROMPT.encode(), re.MULTILINE)
+    assert ends_with_prompt(pattern, visible(output)) is is_prompt
 
 
 def test_visible_strips_csi_osc_and_two_byte_escapes() -> None:

@@ -31,8 +31,8 @@ from typing import Any
 import asyncssh
 from gevent.monkey import get_original
 
-from locustfiles.lib.errors import OperationError
 from locustfiles.lib.aiobridge import Timed, timed
+from locustfiles.lib.errors import OperationError
 from targets.profile import DEFAULT_FIRST_PROMPT
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
@@ -202,7 +202,7 @@ class GatewayConnection:
                 shell.stdin.write(b"q")
                 answered, seen = True, b""
                 continue
-            if pattern.search(visible(seen)):
+            if ends_with_prompt(pattern, visible(seen)):
                 return
 
     async def type_burst(self, text: bytes, interval_s: float, timeout_s: float) -> list[KeySample]:
@@ -402,6 +402,11 @@ class StampedSocket(_RealSocket):
             if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(payload)
                 self.rx_time = sec + nsec * 1e-9
+
+
+def ends_with_prompt(pattern: re.Pattern[bytes], text: bytes) -> bool:
+    """True if a match of ``pattern`` ends where ``text`` ends (a prompt waits for input after it)."""
+    return any(m.end() == len(text) for m in pattern.finditer(text))
 
 
 def visible(data: bytes) -> bytes:
