@@ -533,7 +533,10 @@ def test_portal_users_log_on_to_a_json_api_portal(
     after = json_portal.stats()
     # every account has a TOTP secret (the farm's mfa = true): one OTP step per logon, no bad token
     logons = after["POST /api/v1/auth"] - before.get("POST /api/v1/auth", 0)
-    assert logons == run.count("HTTP", "POST /api/v1/auth") == run.count("HTTP", "POST /api/v1/auth/otp")
+    # Stopping the users may cut a visit between two requests (or after one reached the portal and
+    # before its sample fired): each of the 4 users leaves at most one such gap.
+    auth, otp = run.count("HTTP", "POST /api/v1/auth"), run.count("HTTP", "POST /api/v1/auth/otp")
+    assert 0 <= logons - auth <= 4 and 0 <= auth - otp <= 4
     assert after.get("bad_token", 0) == before.get("bad_token", 0)
     assert after.get("auth_failed", 0) == before.get("auth_failed", 0)
     _no_secret_in(run, _secrets(profile))
@@ -586,4 +589,5 @@ def test_a_flow_class_drives_portal_users(tmp_path: Path, flow_farm: Path, json_
     )
     assert run.count("HTTP", "DELETE /api/v1/auth") >= 4
     assert run.operations(ok=False) == {}, run.errors()
-    assert run.count("HTTP", "POST /api/v1/auth/otp") == run.count("HTTP", "POST /api/v1/auth") >= 4
+    auth, otp = run.count("HTTP", "POST /api/v1/auth"), run.count("HTTP", "POST /api/v1/auth/otp")
+    assert auth >= 4 and 0 <= auth - otp <= 2  # the class's TOTP step ran (a stop may cut one per user)
