@@ -1,6 +1,8 @@
 """The homeoffice portal: a reusable client for one employee's portal session, and ``PortalUser``.
 
-Samples are fired with Locust ``request_type`` ``"HTTP"`` and names that say the method and the path
+What is sent is the profile's portal logon flow (``targets/portalflow.py``: ``[portal.flow]`` steps, a
+``portal.flow_class``, or the reference portal's flow); this module is its Locust transport. Samples are
+fired with Locust ``request_type`` ``"HTTP"`` and the step's name, which says the method and the path
 template (``"GET /login"``, ``"GET /documents/[doc]"``), so ``type name`` reads well in the Locust UI and
 keys the analysis. Each sample's context carries the backend that answered (``portal.server_header`` or
 the balancer cookie ``portal.server_cookie``) and the error class of a failure.
