@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from gateload.errors import InputError
@@ -199,3 +200,38 @@ def test_profile_shell_keys_and_their_checks(tmp_path: Path) -> None:
             write_profile_variant("reference-before", tmp_path / f"bad-{i}.toml", {key: value})
         message = str(err.value)
         assert key in message and problem in message and "\n" not in message
+
+
+def test_reference_shell_assignments_in_pty_and_exec(fast_profile: Callable[..., Profile]) -> None:
+    profile = fast_profile(farm__static_credentials=True)
+
+    async def scenario() -> tuple[bytes, bytes, bytes, int, int]:
+        async with ReferenceFarm(profile, seed=9) as farm:
+            username, password = _farm_account(farm)
+            options = {"known_hosts": None, "client_keys": None, "agent_path": None, "config": None}
+            async with asyncssh.connect(
+                "127.0.0.1", farm.gateway_port, username=username, password=password, **options
+            ) as conn:
+                proc = await conn.create_process(term_type="xterm", encoding=None)
+
+                async def until(marker: bytes) -> bytes:
+                    return await asyncio.wait_for(proc.stdout.readuntil(marker), 10)
+
+                await until(b"gw$ ")
+                proc.stdin.write(b"PS1='[x]''$ ' PROMPT_COMMAND= RPS1=\r")
+                set_prompt = await until(b"[x]$ ")
+                proc.stdin.write(b"A='open\r")
+                unterminated = await until(b"[x]$ ")
+                proc.stdin.write(b"A=1 echo hi\r")
+                mixed = await until(b"[x]$ ")
+                ok = (await conn.run("PS1='y$ '")).exit_status or 0
+                bad = (await conn.run("A='open")).exit_status or 0
+                proc.stdin.write(b"exit\r")
+                await asyncio.wait_for(proc.wait(), 5)
+            return set_prompt, unterminated, mixed, ok, bad
+
+    set_prompt, unterminated, mixed, ok, bad = asyncio.run(scenario())
+    assert set_prompt.endswith(b"\r\n[x]$ ") and b"gw$ " not in set_prompt
+    assert b"sh: syntax error: unterminated quoted string\r\n" in unterminated
+    assert b"only plain assignments" in mixed  # a command after assignments is not run
+    assert (ok, bad) == (0, 2)  # exec takes the line too, and drops the variables
