@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import pwd
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from users_support import Run, run_users
 
 from locustfiles.lib.gateway import GatewayUser
 from targets.local.process import Daemon, free_port, start_with_retry
-from targets.local.sshd import Sshd, SshKeys
+from targets.local.sshd import SECRET_DIR, STALE_UPLOAD_S, Sshd, SshKeys, ensure_test_user
 from targets.profile import load_profile
 from targets.reference.gateway import host_key_fingerprint
 
@@ -182,3 +185,29 @@ def test_dash_and_zsh_accounts(shell: str) -> None:
             assert not (user.home / ".zshrc").exists()  # the harness quit the menu, changing nothing
     _check_every_operation(run, users=5, server=f"gw-{Path(shell).name}")
     print(shell, "5 users, 12 s:", dict(run.operations()), "failed:", dict(run.operations(ok=False)))
+
+
+def test_an_account_left_by_the_old_harness_is_made_stock_again() -> None:
+    name = "gateload-legacy"  # its own account: the shared test accounts stay untouched
+    user = start_or_skip(lambda: ensure_test_user(name, "/bin/sh"))
+    try:
+        skel = Path("/etc/skel")
+        assert (user.home / ".profile").read_bytes() == (skel / ".profile").read_bytes()
+        # What the previous version wrote: a harness .profile and no skeleton .bashrc.
+        (user.home / ".profile").write_text(
+            '[ -n "$GATELOAD_BIN" ] && PATH="$GATELOAD_BIN:$PATH"\nPS1=\'gw$ \'\n'
+        )
+        (user.home / ".bashrc").unlink()
+        old, new = user.home / "upload-1-1-memo.pdf", user.home / "upload-2-1-memo.pdf"
+        for upload in (old, new):
+            upload.write_bytes(b"u")
+        os.utime(old, (time.time() - 2 * STALE_UPLOAD_S,) * 2)
+        again = ensure_test_user(name, "/bin/bash")
+        for dot in (".profile", ".bashrc"):
+            assert (again.home / dot).read_bytes() == (skel / dot).read_bytes(), dot
+        assert pwd.getpwnam(name).pw_shell == "/bin/bash"
+        assert not old.exists() and new.exists()  # only a finished run's upload is cleared
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+        for suffix in (".secret", ".lock"):
+            (SECRET_DIR / f"{name}{suffix}").unlink(missing_ok=True)
