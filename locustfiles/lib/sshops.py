@@ -10,6 +10,10 @@ the answer (``SO_TIMESTAMPNS``) back to the moment the request went into the ``s
 thread has to win the GIL back from the greenlets, which cost milliseconds while one of them hogged
 the CPU (bench/bench_timing.py). Without the stamps (no ``SO_TIMESTAMPNS``, data buffered) the
 ``perf_counter`` time around the operation is used, as for every other operation.
+
+Shells are taken as shipped (bash, dash, zsh; README "Shells and prompts"): unless the profile names
+a fixed prompt, :meth:`GatewayConnection.open_shell` gives each connection a unique prompt that every
+command then waits for, and echoes are matched past the escape sequences and redraws of line editors.
 """
 
 from __future__ import annotations
@@ -211,7 +215,8 @@ class GatewayConnection:
         Keystroke k is planned for t0 + k * interval. A late echo delays the next keystroke (it is sent
         at once, not skipped); the plan is kept as ``t_intended`` so coordinated omission can be
         corrected. The burst stops at the first failure; a keystroke without its echo after
-        ``timeout_s`` fails with ``TimeoutError``.
+        ``timeout_s`` fails with ``TimeoutError``, one answered by other output than escape sequences,
+        control bytes and redraws of ``text`` (see :func:`_key_echo`) with "unexpected echo".
 
         Hot path (profiled: bench/bench_ssh.py): the keystroke is written and awaited inline, and one
         watchdog timer per burst enforces the timeout, instead of a task and a timer per keystroke
