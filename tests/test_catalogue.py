@@ -32,7 +32,7 @@ from analysis.metrics import analyze_run
 from analysis.runs import load_run
 from analysis.synthetic import DEFAULT_MIX, SynthSpec, write_run
 from gateload.errors import InputError
-from locustfiles.lib import remote, runfolder
+from locustfiles.lib import options, remote, runfolder
 from locustfiles.lib.catalogues import run_catalogue
 from locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, GatewayUser, SSHSession
 from locustfiles.lib.portal import PortalUser
@@ -344,6 +344,13 @@ def test_a_new_protocol_is_one_module_that_homeoffice_user_composes(
         "VPN reconnect",
     ]
     assert ops.logon == "SESSION logon" and ops.echo is None
+    # a mix this protocol and the portal cannot serve is refused before load starts, in one line
+    typing_only = write_profile_variant(variant, tmp_path / "typing.toml", {"workload.mix": {"typing": 1.0}})
+    with pytest.raises(InputError) as err:
+        options.resolve(parsed("--profile", str(typing_only), "--results-dir", str(tmp_path / "r")))
+    assert "no weight to an activity protocol 'fakevpn' serves; weight one of tunnel, document" in str(
+        err.value
+    )
 
     run = environment(variant, HomeofficeUser)
     runner = run.env.create_local_runner()

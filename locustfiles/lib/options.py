@@ -111,10 +111,11 @@ def resolve(options: Any, *, check_existing: bool = True) -> RunOptions:
     profile = load_run_profile(options)
     if profile is not None:
         check_loopback(profile, bool(getattr(options, "allow_remote", False)))
-        # an unknown [gateway] protocol is a one-line error before any user starts
-        from locustfiles.lib.remote import for_profile
+        # an unknown [gateway] protocol, or a mix it cannot serve, is a one-line error before any user starts
+        from locustfiles.lib.catalogues import portal_catalogue
+        from locustfiles.lib.remote import check_profile
 
-        for_profile(profile)
+        check_profile(profile, portal_catalogue(profile).activities)
     label = _name("--label", getattr(options, "label", "run") or "run")
     run_id = getattr(options, "run_id", "") or ""
     if run_id:

@@ -127,3 +127,16 @@ def protocol(name: str) -> RemoteProtocol:
 def for_profile(profile: Any) -> RemoteProtocol:
     """The protocol the profile's ``[gateway] protocol`` names (``ssh`` when the profile predates it)."""
     return protocol(getattr(profile.gateway, "protocol", "ssh"))
+
+
+def check_profile(profile: Any, also_served: tuple[str, ...] = ()) -> RemoteProtocol:
+    """The profile's protocol, checked before load starts: it exists, and the workload mix gives weight
+    to an activity it (or the portal: ``also_served``) serves; else a one-line :class:`InputError`."""
+    proto = for_profile(profile)
+    served = (*proto.catalogue.activities, *also_served)
+    if not any(profile.workload.mix.get(a, 0.0) > 0 for a in served):
+        raise InputError(
+            f"{profile.path}: workload.mix gives no weight to an activity protocol {proto.name!r} serves; "
+            f"weight one of {', '.join(dict.fromkeys(served))}"
+        )
+    return proto
