@@ -365,6 +365,19 @@ def test_a_new_protocol_is_one_module_that_homeoffice_user_composes(
     assert run.count("SSH", "connect") == 0 and run.count("SSH", "keystroke") == 0  # typing is not served
     assert all(s["context"]["server"] in (None, "vpn-1") or s["request_type"] == "HTTP" for s in run.samples)
 
+    # GatewayUser (no portal) speaks the profile's protocol too
+    assert GatewayUser.operations(profile) == fake.catalogue
+    gw = environment(variant, GatewayUser)
+    runner = gw.env.create_local_runner()
+    try:
+        runner.start(2, spawn_rate=2)
+        wait_until(lambda: gw.count("VPN", "http") >= 4, 30)
+    finally:
+        runner.quit()
+    assert not gw.user_errors, gw.user_errors
+    assert gw.count("VPN", "tunnel_up") == 2 and gw.count("VPN", "http") >= 4
+    assert {s["request_type"] for s in gw.samples} == {"VPN"}
+
 
 def test_ssh_session_is_a_remote_session(fast_profile, tmp_path: Path) -> None:
     profile = fast_profile()

@@ -21,9 +21,9 @@ from locust.user.task import LOCUST_STATE_STOPPING
 
 from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import remote
+from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, fire, next_user_id, target_for
-from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
 from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
 from targets.profile import ACTIVITIES, Profile
 
@@ -407,8 +407,9 @@ def idle(user: User, seconds: float) -> bool:
 class RemoteUser(User):
     """Base of the users that hold one gateway session: target, random stream, backoff, ``remote``.
 
-    The session comes from :meth:`new_session` (SSH here; ``HomeofficeUser`` takes the profile's
-    protocol), and :meth:`operations` is the catalogue of what the user records (meta.json).
+    The session comes from :meth:`new_session`: the profile's ``[gateway] protocol`` (SSH by default,
+    :mod:`locustfiles.lib.remote`); :meth:`operations` is the catalogue of what the user records
+    (meta.json).
     """
 
     abstract = True
@@ -442,13 +443,13 @@ class RemoteUser(User):
         self.target.release(lease)
 
     def new_session(self) -> remote.RemoteSession:
-        """This user's gateway session (not yet logged on)."""
-        return SSHSession(self.environment, self.target, self.user_id)
+        """This user's session of the profile's protocol (not yet logged on)."""
+        return remote.for_profile(self.target.profile).factory(self.environment, self.target, self.user_id)
 
     @classmethod
     def operations(cls, profile: Profile) -> Catalogue:
-        """The operations this user class records with ``profile`` (meta.json ``catalogue``)."""
-        return SSH_CATALOGUE
+        """The operations this user class records with ``profile``: its protocol's (meta.json)."""
+        return remote.for_profile(profile).catalogue
 
 
 SSHUser = RemoteUser  # the name it had while every session was SSH
@@ -457,8 +458,8 @@ SSHUser = RemoteUser  # the name it had while every session was SSH
 class GatewayUser(RemoteUser):
     """Gateway-only load with static credentials (account password, or ``credentials.ssh_key``).
 
-    Each task is one activity of the SSH mix on a kept-open connection, then think time; a drop is
-    recorded and followed by a ``reconnect``.
+    Each task is one activity of the mix the protocol serves (SSH by default) on a kept-open connection,
+    then think time; a drop is recorded and followed by a ``reconnect``.
     """
 
     abstract = False

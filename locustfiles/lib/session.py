@@ -78,10 +78,6 @@ class HomeofficeUser(RemoteUser):
             [SESSION_CATALOGUE, portal_catalogue(profile), remote.for_profile(profile).catalogue]
         )
 
-    def new_session(self) -> remote.RemoteSession:
-        """A session of the profile's protocol (``[gateway] protocol``)."""
-        return remote.for_profile(self.target.profile).factory(self.environment, self.target, self.user_id)
-
     @task
     def session(self) -> None:
         """One session: logon, activities, logoff; a failed logon waits a growing pause, then returns."""
