@@ -33,6 +33,7 @@ from targets.local.process import free_port
 from targets.profile import Profile, load_profile
 from targets.reference.farm import ReferenceFarm
 from targets.reference.logins import AccountLogins
+from targets.reference.state import add_authorized_key
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
@@ -195,6 +196,28 @@ def test_farm_refuses_a_second_concurrent_login_of_one_account(fast_profile: Cal
     assert classify(refused) == "refused"
     assert logins["refused"] == 1 and logins["logins"] == 3
     assert logins["peak_per_account"] == 1 and logins["peak_accounts_in_use"] == 2
+
+
+def test_farm_limits_public_key_logons_too(fast_profile: Callable[..., Profile], ssh_keypair: Any) -> None:
+    """A key logon has no password check to refuse in: over the limit it is closed right after
+    authentication, as sshd closes a session pam_limits refuses; the client cannot open a channel."""
+    profile = fast_profile(farm__max_sessions_per_account=1)
+    key = asyncssh.read_private_key(ssh_keypair.private_path)
+
+    async def scenario(farm: ReferenceFarm) -> tuple[str, BaseException, dict[str, int]]:
+        add_authorized_key(farm.state_dir, ssh_keypair.public_line)
+        opts: dict[str, Any] = {"known_hosts": None, "client_keys": [key], "agent_path": None}
+        async with asyncssh.connect("127.0.0.1", farm.gateway_port, username="user0001", **opts) as first:
+            echoed = (await first.run("echo one", check=True)).stdout
+            with pytest.raises(asyncssh.Error) as refused:
+                async with asyncssh.connect("127.0.0.1", farm.gateway_port, username="user0001", **opts) as c:
+                    await c.run("echo two", check=True)
+            return str(echoed), refused.value, farm.metrics_snapshot()["logins"]
+
+    echoed, refused, logins = _farm_run(profile, scenario)
+    assert echoed == "one\n"
+    assert isinstance(refused, asyncssh.DisconnectError | asyncssh.ChannelOpenError)
+    assert logins["logins"] == 1 and logins["refused"] == 1 and logins["open_sessions"] == 1
 
 
 def test_farm_default_allows_any_number_of_logins(fast_profile: Callable[..., Profile]) -> None:

@@ -4,8 +4,10 @@
 sshd and ``max-same-clients`` to ocserv: a logon of an account that already has that many SSH
 sessions open is refused after its credentials were checked (the gateway sends an SSH disconnect
 ``DISC_TOO_MANY_CONNECTIONS``, "too many logins for this account", which a client classifies as
-``refused``). The counters show in ``/metrics``: they are also how a test proves that a load
-generator gave every concurrent user its own account.
+``refused``). A public-key logon has no password check to refuse in: over the limit it is closed with
+the same disconnect right after authentication, as sshd closes a session pam_limits refuses, and the
+client sees its first channel fail. The counters show in ``/metrics``: they are also how a test proves
+that a load generator gave every concurrent user its own account.
 """
 
 from __future__ import annotations
