@@ -142,6 +142,16 @@ def test_the_live_ssh_catalogues_agree_with_the_one_old_runs_get(fast_profile) -
     assert set(SSH_CATALOGUE.errors()) <= set(LEGACY.errors())
 
 
+def test_the_portals_operations_are_its_flows_sample_names() -> None:
+    profile = load_profile(Path(__file__).parent.parent / "targets/profiles/example-json-api-portal.toml")
+    portal = PortalUser.operations(profile)
+    assert [o.key for o in portal.operations][:2] == ["HTTP POST /api/v1/auth", "HTTP POST /api/v1/auth/otp"]
+    assert [o.key for o in portal.operations if "document" in o.activities] == [
+        "HTTP GET /api/v1/files/[doc]"
+    ]
+    assert "HTTP GET /login" not in {o.key for o in HomeofficeUser.operations(profile).operations}
+
+
 # --- a real run ---------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """Operations catalogues of the load generator's users, and the catalogue of a run (meta.json).
 
 Each protocol declares its own operations next to its code (SSH: ``gateway.SSH_CATALOGUE``; the
-homeoffice session's rows: ``session.SESSION_CATALOGUE``). The portal's requests are declared here,
-because the portal client fires them under the names of its flow. A user class says what it records
-with a classmethod ``operations(profile) -> Catalogue``; :func:`run_catalogue` merges those of a run's
-user classes. No Locust import here: the analysis' data model is :mod:`analysis.catalogue`.
+homeoffice session's rows: ``session.SESSION_CATALOGUE``). The portal's requests are the sample names
+of the profile's portal flow (``targets.portalflow.sample_names``), so they are built here from the
+profile. A user class says what it records with a classmethod ``operations(profile) -> Catalogue``;
+:func:`run_catalogue` merges those of a run's user classes. No Locust import here: the analysis' data
+model is :mod:`analysis.catalogue`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from analysis.catalogue import Catalogue, Operation
+from targets.portalflow import sample_names
 
 HTTP = "HTTP"
 _HTTP_ERRORS = (
@@ -33,7 +35,7 @@ def _http(name: str, what: str, activities: tuple[str, ...] = ()) -> Operation:
     return Operation(HTTP, name, what, errors=_HTTP_ERRORS, activities=activities)
 
 
-#: The reference portal's requests (``targets/reference``; a real portal's profile describes the same flow).
+#: The reference portal's requests (``targets/reference``), for callers without a profile.
 PORTAL_CATALOGUE = Catalogue(
     ("portal",),
     (
@@ -49,8 +51,17 @@ PORTAL_CATALOGUE = Catalogue(
 
 
 def portal_catalogue(profile: Any) -> Catalogue:
-    """The portal requests a user records with ``profile`` (the reference portal's names)."""
-    return PORTAL_CATALOGUE
+    """The portal requests a user records with ``profile``: one operation per sample name of its flow
+    (``[portal.flow]``, a ``flow_class``'s ``SAMPLE_NAMES``, or the reference flow), in phase order;
+    the ``document`` phase serves the ``document`` activity."""
+    if profile is None:
+        return PORTAL_CATALOGUE
+    ops: dict[str, Operation] = {}
+    for phase, names in sample_names(profile).items():
+        for name in names:
+            activities = ("document",) if phase == "document" else ()
+            ops.setdefault(name, _http(name, f"portal {phase} request", activities))
+    return Catalogue(("portal",), tuple(ops.values()))
 
 
 def run_catalogue(user_classes: Iterable[type], profile: Any) -> Catalogue | None:

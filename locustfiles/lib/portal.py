@@ -21,6 +21,8 @@ import gevent.ssl
 from locust import FastHttpUser, task
 from locust.contrib.fasthttp import FastHttpSession, insecure_ssl_context_factory
 
+from analysis.catalogue import Catalogue
+from locustfiles.lib.catalogues import portal_catalogue
 from locustfiles.lib.errors import OperationError, RecordedFailure, classify, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, next_user_id, sample_context, target_for
 from targets.portalflow import Extract, Flow, Request, Response, StepFailure, Ticket, extract, make_flow, run
@@ -230,6 +232,11 @@ class PortalUser(FastHttpUser):
     def on_stop(self) -> None:
         lease, self.lease = self.lease, None
         self.target.release(lease)
+
+    @classmethod
+    def operations(cls, profile: Profile) -> Catalogue:
+        """The requests of the profile's portal flow (meta.json ``catalogue``)."""
+        return portal_catalogue(profile)
 
     def wait_time(self) -> float:
         w = self.target.profile.workload
