@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis import health
-from analysis.catalogue import LEGACY
 from analysis.runs import Run
 from analysis.stats import (
     DEFAULT_BOOT,
@@ -39,10 +38,7 @@ from analysis.stats import (
 )
 from analysis.steady import Window, steady_windows
 
-ALL = "ALL"  # every non-SESSION operation together
-# The homeoffice session's names; a run's own come from its catalogue (Run.catalogue.logon, ...).
-LOGON = LEGACY.logon
-SESSION = LEGACY.role("session")
+ALL = "ALL"  # every non-aggregate operation together (aggregates: SESSION rows; see analysis.catalogue)
 BLOCK_S = 0.5  # target time-block width; the bootstrap resamples runs of blocks
 MIN_BLOCKS = 10
 MIN_BLOCK_S = 1.0
