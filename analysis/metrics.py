@@ -7,6 +7,8 @@ time blocks and draws one circular-block-bootstrap weight matrix for it; every s
 Conventions: throughput counts *successful* non-SESSION operations per second (a fast 503 is not
 throughput); latency percentiles are over successful operations, failures are counted per error class;
 SESSION rows are aggregates, so they give sessions/s and logon time but are never counted as operations.
+"SESSION" stands for every aggregate the run's operations catalogue declares (:mod:`analysis.catalogue`),
+and the logon time is that of its ``logon`` operation.
 """
 
 from __future__ import annotations

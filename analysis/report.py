@@ -575,8 +575,10 @@ def _method_section() -> str:
         "Welch on log ratios).</li>"
         "<li>Verdicts: PASS only when the whole interval clears the margin, FAIL when it lies wholly on the "
         "wrong side, INCONCLUSIVE otherwise.</li>"
-        "<li>Throughput counts successful non-SESSION operations; latency percentiles are of successful "
-        "operations; paced operations are measured from their intended start (coordinated omission).</li>"
+        "<li>Throughput counts successful operations, not the aggregate rows that span them (SESSION logon "
+        "and session, or what the run's operations catalogue marks aggregate); latency percentiles are of "
+        "successful operations; paced operations are measured from their intended start (coordinated "
+        "omission).</li>"
         "<li>Percentile replicates come from log-bucketed histograms (bucket error under 0.2 %); point "
         "estimates are exact.</li></ul>"
     )
