@@ -13,11 +13,11 @@ import asyncssh
 import pytest
 from users_support import FAST, Run, environment, run_users, wait_until
 
+from locustfiles.lib.aiobridge import get_bridge
 from locustfiles.lib.gateway import SSH_ACTIVITIES, GatewayUser, SSHSession
 from locustfiles.lib.portal import PortalUser
 from locustfiles.lib.runtime import target_for
 from locustfiles.lib.session import HomeofficeUser
-from locustfiles.lib.aiobridge import get_bridge
 from targets.profile import ACTIVITIES, load_profile
 from targets.reference.harness import write_profile_variant
 from targets.reference.state import add_authorized_key
