@@ -477,10 +477,10 @@ class Probe:
     async def _session(self, login: GatewayLogin) -> None:
         import asyncssh
 
-        from locustfiles.lib.sshops import GatewayConnection
+        from locustfiles.lib.sshops import GatewayConnection, connect_spec
 
         try:
-            spec = connect_spec(self.profile, login, self.timeout_s)
+            spec = connect_spec(self.profile, login.username, login.secret, self.timeout_s)
         except (OSError, asyncssh.KeyImportError):
             path = self.profile.credentials.ssh_key
             self.report.add(
@@ -621,34 +621,6 @@ def _prompt_fix(profile: Profile) -> str:
             f'the shell never showed gateway.prompt {gw.prompt!r}: set it to its prompt, or "" to detect it'
         )
     return "set gateway.first_prompt to a regex matching the shell's first prompt (or gateway.prompt)"
-
-
-def connect_spec(profile: Profile, login: GatewayLogin, timeout_s: float) -> Any:
-    """What ``locustfiles.lib.gateway.connect_spec`` makes (that module imports Locust; tested equal)."""
-    import asyncssh
-
-    from locustfiles.lib.sshops import ConnectSpec
-
-    gw = profile.gateway
-    trusted = (asyncssh.read_public_key(str(profile.resolve(gw.host_key))),) if gw.host_key else ()
-    client_keys: tuple[Any, ...] = ()
-    if login.secret is None and profile.credentials.ssh_key:
-        client_keys = (asyncssh.read_private_key(str(profile.resolve(profile.credentials.ssh_key))),)
-    return ConnectSpec(
-        host=gw.host,
-        port=gw.port,
-        username=login.username,
-        password=login.secret,
-        client_keys=client_keys,
-        trusted_host_keys=trusted,
-        host_key_fingerprint=gw.host_key_fingerprint,
-        verify_host_key=gw.verify_host_key,
-        banner_prefix=gw.server_banner_prefix,
-        keepalive_s=gw.keepalive_s,
-        prompt=gw.prompt.encode(),
-        first_prompt=gw.first_prompt,
-        timeout_s=timeout_s,
-    )
 
 
 # --- the portal over aiohttp ----------------------------------------------------------------------

@@ -6,7 +6,6 @@ pytest process has imported Locust). One of them also checks that the probe neve
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import subprocess
 import sys
@@ -146,20 +145,24 @@ def test_a_gateway_that_is_down_fails_and_skips_the_rest(farm: Path, tmp_path: P
     assert "portal" not in out.stdout  # --only gateway
 
 
-def test_the_probes_connect_spec_is_the_load_generators(farm: Path) -> None:
-    # The probe builds its own spec (locustfiles.lib.gateway imports Locust); the two must not drift.
-    from gateload.probe import GatewayLogin, connect_spec
-    from locustfiles.lib.gateway import connect_spec as users_spec
+def test_one_connect_spec_for_probe_and_users(farm: Path) -> None:
+    # The probe and the users share sshops.connect_spec (no Locust import): one way to pin and log on.
+    import asyncssh
+
+    from locustfiles.lib.sshops import connect_spec
 
     profile = load_profile(farm)
-    mine = connect_spec(profile, GatewayLogin("user0001", "pw", "test"), profile.workload.timeout_s)
-    theirs = users_spec(profile, "user0001", "pw")
-    assert [k.get_fingerprint() for k in mine.trusted_host_keys] == [
-        k.get_fingerprint() for k in theirs.trusted_host_keys
-    ]
-    assert dataclasses.replace(mine, trusted_host_keys=()) == dataclasses.replace(
-        theirs, trusted_host_keys=()
+    spec = connect_spec(profile, "user0001", "pw", 3.0)
+    pinned = asyncssh.read_public_key(str(profile.resolve(profile.gateway.host_key)))
+    assert [k.get_fingerprint() for k in spec.trusted_host_keys] == [pinned.get_fingerprint()]
+    assert (spec.host, spec.port, spec.username, spec.timeout_s) == (
+        profile.gateway.host,
+        profile.gateway.port,
+        "user0001",
+        3.0,
     )
+    assert connect_spec(profile, "user0001", "pw").timeout_s == profile.workload.timeout_s
+    assert "pw" not in repr(spec)
 
 
 def test_a_screen_command_the_shell_lacks_is_a_fail_line(farm: Path, tmp_path: Path) -> None:

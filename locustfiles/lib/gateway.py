@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncssh
 import gevent
 from locust import User, task
 from locust.user.task import LOCUST_STATE_STOPPING
@@ -24,7 +23,7 @@ from locustfiles.lib import remote
 from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, fire, next_user_id, target_for
-from locustfiles.lib.sshops import ConnectSpec, GatewayConnection
+from locustfiles.lib.sshops import GatewayConnection, connect_spec
 from targets.profile import ACTIVITIES, Profile
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
@@ -95,39 +94,6 @@ SSH_CATALOGUE = Catalogue(
 SSH_ACTIVITIES = tuple(a for a in ACTIVITIES if a in SSH_CATALOGUE.activities)
 _TYPED = b"echo the quick brown fox jumps over the lazy dog "
 DEFAULT_UPLOAD_BYTES = 65536
-
-_keys: dict[str, Any] = {}
-
-
-def _load_key(path: str, private: bool) -> Any:
-    """A key file, read once per process."""
-    if path not in _keys:
-        _keys[path] = asyncssh.read_private_key(path) if private else asyncssh.read_public_key(path)
-    return _keys[path]
-
-
-def connect_spec(profile: Profile, username: str, password: str | None) -> ConnectSpec:
-    """How to reach and verify the profile's gateway as ``username``."""
-    gw = profile.gateway
-    trusted = (_load_key(str(profile.resolve(gw.host_key)), False),) if gw.host_key else ()
-    client_keys = ()
-    if password is None and profile.credentials.ssh_key:
-        client_keys = (_load_key(str(profile.resolve(profile.credentials.ssh_key)), True),)
-    return ConnectSpec(
-        host=gw.host,
-        port=gw.port,
-        username=username,
-        password=password,
-        client_keys=client_keys,
-        trusted_host_keys=trusted,
-        host_key_fingerprint=gw.host_key_fingerprint,
-        verify_host_key=gw.verify_host_key,
-        banner_prefix=gw.server_banner_prefix,
-        keepalive_s=gw.keepalive_s,
-        prompt=gw.prompt.encode(),
-        first_prompt=gw.first_prompt,
-        timeout_s=profile.workload.timeout_s,
-    )
 
 
 def screen_line(command: str, bursts: int, size: int) -> bytes:

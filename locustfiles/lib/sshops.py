@@ -37,7 +37,7 @@ from gevent.monkey import get_original
 
 from locustfiles.lib.aiobridge import Timed, timed
 from locustfiles.lib.errors import OperationError
-from targets.profile import DEFAULT_FIRST_PROMPT
+from targets.profile import DEFAULT_FIRST_PROMPT, Profile
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
 PROMPT = b"gw$ "
@@ -77,6 +77,42 @@ class ConnectSpec:
     # (``first_prompt`` regex or a quiet period), then set a unique one per connection.
     prompt: bytes = b""
     first_prompt: str = DEFAULT_FIRST_PROMPT
+
+
+_keys: dict[tuple[str, bool], Any] = {}
+
+
+def load_key(path: str, private: bool) -> Any:
+    """A key file, read once per process (``OSError`` or ``asyncssh.KeyImportError`` when unusable)."""
+    if (path, private) not in _keys:
+        _keys[path, private] = asyncssh.read_private_key(path) if private else asyncssh.read_public_key(path)
+    return _keys[path, private]
+
+
+def connect_spec(
+    profile: Profile, username: str, password: str | None, timeout_s: float | None = None
+) -> ConnectSpec:
+    """How to reach and verify the profile's gateway as ``username`` (the users' and the probe's way)."""
+    gw = profile.gateway
+    trusted = (load_key(str(profile.resolve(gw.host_key)), False),) if gw.host_key else ()
+    client_keys = ()
+    if password is None and profile.credentials.ssh_key:
+        client_keys = (load_key(str(profile.resolve(profile.credentials.ssh_key)), True),)
+    return ConnectSpec(
+        host=gw.host,
+        port=gw.port,
+        username=username,
+        password=password,
+        client_keys=client_keys,
+        trusted_host_keys=trusted,
+        host_key_fingerprint=gw.host_key_fingerprint,
+        verify_host_key=gw.verify_host_key,
+        banner_prefix=gw.server_banner_prefix,
+        keepalive_s=gw.keepalive_s,
+        prompt=gw.prompt.encode(),
+        first_prompt=gw.first_prompt,
+        timeout_s=profile.workload.timeout_s if timeout_s is None else timeout_s,
+    )
 
 
 @dataclass(frozen=True, slots=True)
