@@ -183,7 +183,7 @@ def test_farm_refuses_a_second_concurrent_login_of_one_account(fast_profile: Cal
             with pytest.raises(asyncssh.DisconnectError) as refused:
                 async with _connect(farm, first.username, first.password):
                     pass
-        for _ in range(100):  # the server sees the close within a few loop turns
+        for _ in range(500):  # the server sees the close within a few loop turns (bounded: 5 s)
             if farm.metrics_snapshot()["logins"]["open_sessions"] == 0:
                 break
             await asyncio.sleep(0.01)
@@ -268,9 +268,15 @@ def _assert_distinct_accounts(before: dict[str, Any], after: dict[str, Any], sam
 
 
 def test_two_processes_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
-    # Sessions of ~20 x 0.3 s: after the first (random length) one, every user holds its login for
-    # seconds, so all 12 are logged on at once during the run.
-    slow = {**ONE_LOGIN, "workload__think_min_s": 0.2, "workload__think_max_s": 0.4}
+    # Sessions of up to 200 activities 0.2-0.4 s apart: a user whose first (random length) session is
+    # short logs off and on once, then holds its login past the run's end, so at some moment during
+    # the run all 12 are logged on at once (at most 12 short logon gaps cannot cover ~7 s).
+    slow = {
+        **ONE_LOGIN,
+        "workload__activities_per_session": 200,
+        "workload__think_min_s": 0.2,
+        "workload__think_max_s": 0.4,
+    }
     profile = reference_farm("reference-before", **slow)
     before = _farm_logins(profile)
     with private_dir("accounts") as work:
