@@ -292,6 +292,26 @@ def test_two_processes_give_every_user_its_own_account(reference_farm: Callable[
     _assert_distinct_accounts(before, _farm_logins(profile), samples)
 
 
+def test_the_farm_counters_catch_users_sharing_an_account(reference_farm: Callable[..., Path]) -> None:
+    """The control: 12 users on 6 accounts at 2 per account, on a one-login farm, are refused and counted."""
+    profile = reference_farm("reference-before", **{**ONE_LOGIN, "farm__accounts": USERS // 2})
+    with private_dir("accounts-shared") as work:
+        args = [
+            "-f", "locustfiles/homeoffice.py", "--headless", "-u", str(USERS), "-r", str(USERS),
+            "-t", "6s", "--processes", "2", "--profile", str(profile), "--users-per-account", "2",
+            "--exit-code-on-error", "0", "--results-dir", str(work), "--label", "shared", "--run-id", "s",
+            "GatewayUser",
+        ]  # fmt: skip
+        proc = _locust(args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        samples = pd.read_parquet(work / "shared" / "s" / SAMPLES_DIR)
+    logins = _farm_logins(profile)["logins"]
+    failed = samples[~samples["success"]]
+    assert logins["refused"] > 0 and logins["peak_accounts_in_use"] <= USERS // 2
+    assert len(failed) > 0 and set(failed["error"]) == {"refused"}
+    assert set(failed["name"]) <= {"connect", "reconnect"}
+
+
 def test_master_and_two_workers_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
     profile = reference_farm("reference-before", **ONE_LOGIN, farm__static_credentials=True)
     before = _farm_logins(profile)
