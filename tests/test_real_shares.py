@@ -36,13 +36,15 @@ def farm() -> Iterator[LocalRealFarm]:
         yield local
 
 
-def _locust_run(profile: Path, user_class: str, results: Path, seconds: int = 8) -> Path:
+def _locust_run(
+    profile: Path, user_class: str, results: Path, seconds: int = 8, extra: tuple[str, ...] = ()
+) -> Path:
     """A headless run of the project's locustfile; returns its run folder."""
     argv = [
         LOCUST, "-f", "locustfiles/homeoffice.py", "--headless",
         "-u", str(USERS), "-r", str(USERS), "-t", f"{seconds}s",
         "--profile", str(profile), "--results-dir", str(results), "--label", "real", "--run-id", user_class,
-        user_class,
+        *extra, user_class,
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -86,7 +88,11 @@ def test_gateway_share_per_sshd_through_haproxy_tcp(farm: LocalRealFarm) -> None
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.05, think_max_s=0.1)
     profile = farm.write_profile("shares-gateway", accounts="gateway", workload=workload)
     before = farm.gateway_lb.counts(TCP_BACKEND)
-    run_dir = _locust_run(profile, "GatewayUser", farm.state_dir / "results")
+    # The local sshd farm has one stock test account and no per-account login limit: the users share it,
+    # said explicitly (without it, the pre-flight check refuses 6 users on 1 account).
+    run_dir = _locust_run(
+        profile, "GatewayUser", farm.state_dir / "results", extra=("--users-per-account", str(USERS))
+    )
     after = farm.gateway_lb.counts(TCP_BACKEND)
     samples = pd.read_parquet(run_dir / SAMPLES_DIR)
     connects = samples[(samples["type"] == "SSH") & (samples["name"] == "connect")]
