@@ -208,7 +208,8 @@ def write_profile(folder: Path, url: str) -> Path:
     import tomli_w
 
     creds = folder / "credentials.csv"
-    creds.write_text("username,password\nbench,bench\n")
+    # one account per running user (the trivial portal takes any)
+    creds.write_text("username,password\n" + "".join(f"bench-{i:04d},bench\n" for i in range(1, 1001)))
     creds.chmod(0o600)
     data = {
         "target": {"name": "bench-portal", "kind": "real", "description": "gateload portal bench"},

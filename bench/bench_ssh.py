@@ -407,19 +407,25 @@ def write_profile(
     workload: dict[str, Any] | None = None,
     keepalive_s: float = 15.0,
     name: str = "bench-echo",
+    accounts: int = 10_000,
 ) -> Path:
-    """A ``kind = "real"`` profile (and credentials) for the echo server; the host key is pinned."""
+    """A ``kind = "real"`` profile (and credentials) for the echo server; the host key is pinned.
+
+    ``accounts`` accounts, because every running user holds its own (the server takes any name). The
+    echo server's shell has a fixed prompt and knows no commands, so the profile names it.
+    """
     import tomli_w
 
     folder.mkdir(parents=True, exist_ok=True)
     creds = folder / f"{name}-credentials.csv"
-    creds.write_text(f"username,password\n{USERNAME},{PASSWORD}\n")
+    rows = "".join(f"{USERNAME}-{i:05d},{PASSWORD}\n" for i in range(1, accounts + 1))
+    creds.write_text("username,password\n" + rows)
     creds.chmod(0o600)
     data = {
         "target": {"name": name, "kind": "real", "description": "gateload bench target"},
         "portal": {"url": portal_url},
         "gateway": {"host": "127.0.0.1", "port": port, "host_key": str(host_key_pub),
-                    "keepalive_s": keepalive_s},
+                    "keepalive_s": keepalive_s, "prompt": PROMPT.decode()},
         "credentials": {"file": str(creds)},
         "workload": workload or {},
     }  # fmt: skip
