@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 
 PHASES = ("logon", "apps", "launch", "document", "logout")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -483,7 +483,11 @@ class Flow(Protocol):
 
 
 class StepFlow:
-    """A :class:`PortalFlow` description run for one account (one portal session)."""
+    """A :class:`PortalFlow` description run for one account (one portal session).
+
+    Steps are compiled once per process (:func:`_compiled`), so a request costs only its values'
+    lookups; the flow's steps are treated as immutable once run (``FlowStep`` is frozen).
+    """
 
     def __init__(self, flow: PortalFlow, account: AccountLike, app: str, gateway: tuple[str, int]) -> None:
         self.flow = flow
@@ -499,40 +503,52 @@ class StepFlow:
     def __repr__(self) -> str:
         return f"StepFlow(user={self.account.username!r}, values={sorted(self.values)})"
 
+    # Each phase returns the steps' generator itself (no ``yield from`` layer per request).
+
     def logon(self) -> Phase:
-        yield from self._run(self.flow.logon)
+        return self._run(self.flow.logon)
 
     def apps(self) -> Phase:
-        yield from self._run(self.flow.apps)
+        return self._run(self.flow.apps, None, self._apps_result)
+
+    def launch(self) -> Phase:
+        return self._run(self.flow.launch, None, self._launch_result)
+
+    def document(self, name: str) -> Phase:
+        return self._run(self.flow.document, {DOCUMENT_VALUE: name}, _document_result)
+
+    def logout(self) -> Phase:
+        return self._run(self.flow.logout)
+
+    def _apps_result(self, _last: Response | None) -> list[Any]:
         apps = self.values.get("apps")
         return apps if isinstance(apps, list) else []
 
-    def launch(self) -> Phase:
-        yield from self._run(self.flow.launch)
+    def _launch_result(self, _last: Response | None) -> Ticket:
         return self._ticket()
-
-    def document(self, name: str) -> Phase:
-        last = yield from self._run(self.flow.document, {DOCUMENT_VALUE: name})
-        return len(last.body) if last is not None else 0
-
-    def logout(self) -> Phase:
-        yield from self._run(self.flow.logout)
 
     # --- steps ------------------------------------------------------------------------------------
 
     def _run(
-        self, steps: list[FlowStep], extra: dict[str, Any] | None = None
-    ) -> Generator[Request, Response, Response | None]:
+        self,
+        steps: list[FlowStep],
+        extra: dict[str, Any] | None = None,
+        result: Callable[[Response | None], Any] | None = None,
+    ) -> Generator[Request, Response, Any]:
+        """The phase's requests in order; returns ``result(last response)`` (None without ``result``)."""
+        get = self.lookup if extra is None else functools.partial(self.lookup, extra=extra)
+        values = self.values
         last = None
         for step in steps:
-            if step.when:
-                negate, name = _condition(step.when)
-                if truthy(self.values.get(name)) == negate:
+            compiled = _compiled(step)
+            if compiled.when is not None:
+                negate, name = compiled.when
+                if truthy(values.get(name)) == negate:
                     continue
-            response = yield self.request(step, extra)
-            self.judge(step, response)
+            response = yield compiled.request(get)
+            compiled.judge(response, values)
             last = response
-        return last
+        return None if result is None else result(last)
 
     def lookup(self, name: str, extra: dict[str, Any] | None = None) -> Any:
         """A value by name: extracted, the step's extras, or an account field (``totp`` computed now)."""
@@ -549,50 +565,26 @@ class StepFlow:
 
     def request(self, step: FlowStep, extra: dict[str, Any] | None = None) -> Request:
         """The request of a step, templates filled."""
-
-        def get(name: str) -> Any:
-            return self.lookup(name, extra)
-
-        headers = {k: _text(render(v, get)) for k, v in step.headers.items()}
-        body = None
-        if step.form:
-            body = urlencode({k: _text(render(v, get)) for k, v in step.form.items()}).encode()
-            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
-        elif step.json:
-            body = _json.dumps(_fill_json(step.json, get)).encode()
-            headers.setdefault("Content-Type", "application/json")
-        return Request(
-            step.method, _text(render(step.path, get, quote_values=True)), step.sample_name(), headers, body
-        )
+        get = self.lookup if extra is None else functools.partial(self.lookup, extra=extra)
+        return _compiled(step).request(get)
 
     def judge(self, step: FlowStep, response: Response) -> None:
         """Check the status and extract the step's values; :class:`StepFailure` on a bad answer."""
-        status = response.status or 0
-        if step.expect:
-            if status not in step.expect:
-                raise StepFailure(status_error_class(status) or "other", f"HTTP {status} not expected")
-        else:
-            cls = status_error_class(status)
-            if cls is not None:
-                raise StepFailure(cls, f"HTTP {status}")
-        for name, ex in step.extract.items():
-            self.values[name] = extract(ex, response)
+        _compiled(step).judge(response, self.values)
 
     def _ticket(self) -> Ticket:
         spec = self.flow.ticket
-
-        def get(name: str) -> Any:
-            return self.lookup(name)
-
+        host, port, username, secret, expires_at = _compiled_ticket(spec)
+        get = self.lookup
         try:
-            host = _text(render(spec.host, get)) if spec.host else self.gateway[0]
-            port = int(render(spec.port, get)) if spec.port else self.gateway[1]
-            expires = render(spec.expires_at, get) if spec.expires_at else None
+            host_value = _text(host(get)) if host is not None else self.gateway[0]
+            port_value = int(port(get)) if port is not None else self.gateway[1]
+            expires = expires_at(get) if expires_at is not None else None
             return Ticket(
-                host=host,
-                port=port,
-                username=_text(render(spec.username, get)),
-                secret=_text(render(spec.secret, get)),
+                host=host_value,
+                port=port_value,
+                username=_text(username(get)),
+                secret=_text(secret(get)),
                 expires_at=float(expires) if expires not in (None, "") else None,
             )
         except (TypeError, ValueError):
@@ -606,14 +598,8 @@ class StepFlow:
         return str(pyotp.TOTP(self.account.totp_secret).now())
 
 
-def _fill_json(value: Any, get: Callable[[str], Any]) -> Any:
-    if isinstance(value, str):
-        return render(value, get)
-    if isinstance(value, dict):
-        return {k: _fill_json(v, get) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill_json(v, get) for v in value]
-    return value
+def _document_result(last: Response | None) -> int:
+    return len(last.body) if last is not None else 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -631,35 +617,74 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 def extract(ex: Extract, response: Response) -> Any:
     """One value from an answer; :class:`StepFailure` when it is missing (unless optional) or malformed."""
-    value: Any = None
+    return _extractor(ex)(response)
+
+
+@functools.lru_cache(maxsize=1024)
+def _extractor(ex: Extract) -> Callable[[Response], Any]:
+    """:func:`extract` for one extractor, its pattern and path worked out once."""
+    find = _finder(ex)
+    kind, optional = ex.type, ex.optional
+
+    def get(response: Response) -> Any:
+        value = find(response)
+        if value is None:
+            if optional:
+                return None
+            raise StepFailure("other", "unexpected response")
+        return value if kind == "auto" else _convert(value, kind)
+
+    return get
+
+
+def _finder(ex: Extract) -> Callable[[Response], Any]:
+    """The raw value the extractor finds in an answer, None when absent."""
     if ex.hidden:
-        tag = _input_pattern(ex.hidden).search(response.text)
-        found = _VALUE.search(tag.group(0)) if tag else None
-        value = found.group(1) if found else None
-    elif ex.json:
-        value = response.json_value()
-        for part in ex.json.split("."):
-            if isinstance(value, dict):
-                value = value.get(part)
-            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                value = value[int(part)]
-            else:
-                value = None
-            if value is None:
-                break
-    elif ex.cookie:
-        value = response.cookie(ex.cookie)
-    elif ex.regex:
-        m = _regex(ex.regex).search(response.text)
-        if m is not None:
-            value = m.group("value") if "value" in m.re.groupindex else m.group(1 if m.re.groups else 0)
-    elif ex.header:
-        value = response.header(ex.header)
-    if value is None:
-        if ex.optional:
-            return None
-        raise StepFailure("other", "unexpected response")
-    return _convert(value, ex.type)
+        tag_pattern = _input_pattern(ex.hidden)
+
+        def hidden(response: Response) -> Any:
+            tag = tag_pattern.search(response.text)
+            found = _VALUE.search(tag.group(0)) if tag else None
+            return found.group(1) if found else None
+
+        return hidden
+    if ex.json:
+        path = tuple(ex.json.split("."))
+
+        def json_path(response: Response) -> Any:
+            value = response.json_value()
+            for part in path:
+                if isinstance(value, dict):
+                    value = value.get(part)
+                elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                    value = value[int(part)]
+                else:
+                    value = None
+                if value is None:
+                    break
+            return value
+
+        return json_path
+    if ex.cookie:
+        cookie = ex.cookie
+        return lambda response: response.cookie(cookie)
+    if ex.regex:
+        try:
+            pattern = _regex(ex.regex)
+        except re.error:  # validated at load; a hand-made flow fails when the step is judged, as before
+            source = ex.regex
+            return lambda _response: _regex(source)
+        group: int | str = "value" if "value" in pattern.groupindex else (1 if pattern.groups else 0)
+
+        def regex(response: Response) -> Any:
+            m = pattern.search(response.text)
+            return m.group(group) if m is not None else None
+
+        return regex
+    if ex.header:
+        header = ex.header
+        return lambda response: response.header(header)
+    return lambda _response: None
 
 
 def _convert(value: Any, kind: str) -> Any:
@@ -679,6 +704,209 @@ def _convert(value: Any, kind: str) -> Any:
     except (TypeError, ValueError):
         raise StepFailure("other", "unexpected response") from None
     return value
+
+
+# --- compiled steps: what a step sends, worked out once per process -------------------------------
+#
+# A load generator runs the same few steps hundreds of thousands of times, so everything that does
+# not depend on the session's values (sample name, condition, constant paths, headers and bodies,
+# quoted form keys, extractors) is done once per step; a template becomes a constant or a closure
+# that only looks its values up. The output is exactly what render()/urlencode()/json.dumps() give
+# (tests/test_portal_flow.py compares both for every example flow).
+
+Getter = Callable[[str], Any]
+Fill = Callable[[Getter], Any]
+
+# The characters quote() leaves alone (urllib.parse._ALWAYS_SAFE): a value made only of them is
+# returned as it is, so the common case skips the library's byte-level quoting.
+_PLUS_SAFE = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*").fullmatch
+
+
+def _quote_plus(text: str) -> str:
+    """``quote_plus(text)`` (as ``urlencode`` quotes a form value)."""
+    return text if _PLUS_SAFE(text) else quote_plus(text)
+
+
+def _quote_path(text: str) -> str:
+    """``quote(text, safe="/")`` (as ``render(..., quote_values=True)`` quotes a path value)."""
+    return text if _PATH_SAFE(text) else quote(text, safe="/")
+
+
+def _str(value: Any) -> str:
+    return value if value.__class__ is str else _text(value)
+
+
+def _constant(text: str) -> str | None:
+    """The template's text when it names no value (braces unescaped), else None."""
+    parts = _parts(text)
+    if any(isinstance(p, _Ref) for p in parts):
+        return None
+    return "".join(parts)  # type: ignore[arg-type]
+
+
+def _value_fill(text: str) -> Fill:
+    """``lambda get: render(text, get)``: a lone ``{name}`` keeps the value's type."""
+    parts = _parts(text)
+    if len(parts) == 1 and isinstance(parts[0], _Ref):
+        name = parts[0].name
+        return lambda get: get(name)
+    return _text_fill(text)
+
+
+def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
+    """``lambda get: _text(render(text, get, quote_values=quoter is not None))``."""
+    parts = _parts(text)
+    constant = _constant(text)
+    if constant is not None:
+        return lambda _get: constant
+    if len(parts) == 1:  # a lone value: render gives it unquoted, whatever quote_values says
+        name = parts[0].name  # type: ignore[union-attr]
+        return lambda get: _str(get(name))
+    refs = [i for i, p in enumerate(parts) if isinstance(p, _Ref)]
+    if len(refs) == 1:  # "Bearer {token}", "/documents/{document}": literal, value, literal
+        i = refs[0]
+        head, name, tail = "".join(parts[:i]), parts[i].name, "".join(parts[i + 1 :])  # type: ignore
+        if quoter is None:
+            return lambda get: head + _str(get(name)) + tail
+        return lambda get: head + quoter(_str(get(name))) + tail
+    q = quoter or _str
+
+    def fill(get: Getter) -> str:
+        return "".join([p if p.__class__ is str else q(_str(get(p.name))) for p in parts])  # type: ignore
+
+    return fill
+
+
+def _json_fill(value: Any) -> Fill | None:
+    """``lambda get: _fill_json(value, get)``, or None when the value holds no template."""
+    if isinstance(value, str):  # unchanged only without values and without {{ }} escapes
+        return None if _constant(value) == value else _value_fill(value)
+    if isinstance(value, dict):
+        items = [(k, v, _json_fill(v)) for k, v in value.items()]
+        if all(f is None for _, _, f in items):
+            return None
+        return lambda get: {k: v if f is None else f(get) for k, v, f in items}
+    if isinstance(value, list):
+        elements = [(v, _json_fill(v)) for v in value]
+        if all(f is None for _, f in elements):
+            return None
+        return lambda get: [v if f is None else f(get) for v, f in elements]
+    return None
+
+
+class _CompiledStep:
+    """A :class:`FlowStep` ready to run: see :func:`_compiled`."""
+
+    __slots__ = ("body", "expect", "extract", "headers", "method", "name", "path", "step", "when")
+
+    def __init__(self, step: FlowStep) -> None:
+        self.step = step  # held so its id() is not reused while it is cached
+        self.method = step.method
+        self.name = step.sample_name()
+        self.when = _condition(step.when) if step.when else None
+        self.expect = tuple(step.expect)
+        self.extract = tuple((name, _extractor(ex)) for name, ex in step.extract.items())
+        content_type = ""
+        self.body: bytes | Fill | None = None
+        if step.form:
+            content_type = "application/x-www-form-urlencoded"
+            self.body = self._form(step.form)
+        elif step.json:
+            content_type = "application/json"
+            fill = _json_fill(step.json)
+            if fill is None:
+                self.body = _json.dumps(step.json).encode()
+            else:
+                self.body = lambda get: _json.dumps(fill(get)).encode()
+        headers: list[tuple[str, str | None, Fill | None]] = [
+            (k, _constant(v), _text_fill(v)) for k, v in step.headers.items()
+        ]
+        if content_type and "Content-Type" not in step.headers:
+            headers.append(("Content-Type", content_type, None))
+        # all constant: a dict to copy (the transport may add to it); else (key, constant, fill) triples
+        self.headers: dict[str, str] | tuple[tuple[str, str | None, Fill | None], ...]
+        if all(c is not None for _, c, _ in headers):
+            self.headers = {k: c for k, c, _ in headers}  # type: ignore[misc]
+        else:
+            self.headers = tuple((k, c, None if c is not None else f) for k, c, f in headers)
+        constant_path = _constant(step.path)
+        self.path: str | Fill = (
+            constant_path if constant_path is not None else _text_fill(step.path, _quote_path)
+        )
+
+    @staticmethod
+    def _form(form: dict[str, str]) -> bytes | Fill:
+        """The urlencoded body: constant bytes, or a fill giving them."""
+        items = [(quote_plus(k) + "=", _constant(v), _text_fill(v)) for k, v in form.items()]
+        if all(c is not None for _, c, _ in items):
+            return "&".join(k + quote_plus(c) for k, c, _ in items).encode()  # type: ignore[operator]
+        pieces = tuple((k, None if c is None else quote_plus(c), f) for k, c, f in items)
+
+        def fill(get: Getter) -> bytes:
+            return "&".join(
+                [k + (c if c is not None else _quote_plus(f(get))) for k, c, f in pieces]
+            ).encode()
+
+        return fill
+
+    def request(self, get: Getter) -> Request:
+        """The request with the session's values (headers, then body, then path: render's order)."""
+        headers = self.headers
+        if headers.__class__ is dict:
+            filled = dict(headers)  # type: ignore[arg-type]
+        else:
+            filled = {k: c if c is not None else f(get) for k, c, f in headers}  # type: ignore[misc]
+        body = self.body
+        if body is not None and body.__class__ is not bytes:
+            body = body(get)  # type: ignore[operator]
+        path = self.path
+        if path.__class__ is not str:
+            path = path(get)  # type: ignore[operator]
+        return Request(self.method, path, self.name, filled, body)  # type: ignore[arg-type]
+
+    def judge(self, response: Response, values: dict[str, Any]) -> None:
+        """Check the status and store the extracted values; :class:`StepFailure` on a bad answer."""
+        status = response.status or 0
+        if self.expect:
+            if status not in self.expect:
+                raise StepFailure(status_error_class(status) or "other", f"HTTP {status} not expected")
+        elif status >= 400:
+            raise StepFailure(status_error_class(status) or "other", f"HTTP {status}")
+        for name, get in self.extract:
+            values[name] = get(response)
+
+
+_COMPILED: dict[int, _CompiledStep] = {}
+_COMPILED_MAX = 4096  # steps live as long as their profile: a handful per process
+
+
+def _compiled(step: FlowStep) -> _CompiledStep:
+    """The step compiled, cached by identity (``FlowStep`` holds dicts, so it is not hashable)."""
+    compiled = _COMPILED.get(id(step))
+    if compiled is not None and compiled.step is step:
+        return compiled
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()  # many throwaway flows (tests, a long-lived tool): start again
+    compiled = _COMPILED[id(step)] = _CompiledStep(step)
+    return compiled
+
+
+_COMPILED_TICKETS: dict[int, tuple[TicketSpec, tuple[Any, ...]]] = {}
+
+
+def _compiled_ticket(spec: TicketSpec) -> tuple[Any, ...]:
+    """The ticket's templates as fills (None for an empty one: the profile's default applies)."""
+    entry = _COMPILED_TICKETS.get(id(spec))
+    if entry is not None and entry[0] is spec:
+        return entry[1]
+    if len(_COMPILED_TICKETS) >= _COMPILED_MAX:
+        _COMPILED_TICKETS.clear()
+    optional = (spec.host, spec.port, spec.expires_at)
+    host, port, expires_at = (_value_fill(t) if t else None for t in optional)
+    fills = (host, port, _value_fill(spec.username), _value_fill(spec.secret), expires_at)
+    _COMPILED_TICKETS[id(spec)] = (spec, fills)
+    return fills
 
 
 # --- drivers --------------------------------------------------------------------------------------

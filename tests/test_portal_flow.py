@@ -267,6 +267,89 @@ def test_secrets_stay_out_of_reprs() -> None:
         assert secret not in shown
 
 
+# --- compiled steps: exactly what the plain render path sends -------------------------------------
+
+TRICKY: list[Any] = [
+    "plain",
+    "a b/c?d=e&f=g+h",
+    "ünï cödé ✓",
+    "100%",
+    "{braces}",
+    "",
+    0,
+    42,
+    2.5,
+    True,
+    False,
+    None,
+    ["x", 1],
+    {"k": "v"},
+]
+
+ODD_STEPS = [  # what the example flows do not show: escapes, quoting, lone values, nested JSON
+    FlowStep("/a/{v1}/{{x}}/{v2}.txt", "PUT", headers={"X": "{{v1}}", "Y": "{v1}", "Z": "k={v2};{v1}"}),
+    FlowStep("{v1}", form={"q r": "{v1}", "s&t": "lit eral", "u": "pre {v1} {v2} post"}),
+    FlowStep("/j", "POST", json={"a": ["{v1}", 3, {"b": "{{c}}", "d": None}], "e": "{v2}", "f": "x{v1}"}),
+    FlowStep("/k", "PATCH", json={"same": ["const", 1.5, True]}, headers={"Content-Type": "text/json"}),
+    FlowStep("/f", "POST", form={"only": "constant value"}, headers={"content-type": "lower"}),
+]
+
+
+def _plain_request(engine: StepFlow, step: FlowStep, extra: dict[str, Any]) -> Request:
+    """The request as the engine built it before steps were compiled: render, urlencode, json.dumps."""
+    from urllib.parse import urlencode
+
+    def get(name: str) -> Any:
+        return engine.lookup(name, extra)
+
+    def text(value: Any) -> str:
+        return (
+            "" if value is None else ("true" if value else "false") if isinstance(value, bool) else str(value)
+        )
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return render(value, get)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return [fill(v) for v in value] if isinstance(value, list) else value
+
+    headers = {k: text(render(v, get)) for k, v in step.headers.items()}
+    body = None
+    if step.form:
+        body = urlencode({k: text(render(v, get)) for k, v in step.form.items()}).encode()
+        headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    elif step.json:
+        body = json.dumps(fill(step.json)).encode()
+        headers.setdefault("Content-Type", "application/json")
+    path = text(render(step.path, get, quote_values=True))
+    return Request(step.method, path, step.sample_name(), headers, body)
+
+
+def test_compiled_steps_send_exactly_what_the_plain_render_path_sends() -> None:
+    import random
+
+    flows = [REFERENCE_FLOW, load_profile(EXAMPLE_HTML).portal.flow, load_profile(EXAMPLE_JSON).portal.flow]
+    flows.append(PortalFlow(logon=ODD_STEPS))
+    rng = random.Random(20261203)
+    compared = 0
+    for flow in flows:
+        assert flow is not None
+        steps = [
+            s for phase in ("logon", "apps", "launch", "document", "logout") for s in getattr(flow, phase)
+        ]
+        names = {n for s in steps for n in s.extract} | {"v1", "v2"}
+        for _ in range(40):  # fresh values each round: nothing of one session's values is kept
+            engine = StepFlow(flow, ACCOUNT, rng.choice(["desktop", "my app/1"]), ("h", 22))
+            engine.values.update({n: rng.choice(TRICKY) for n in names})
+            extra = {"document": rng.choice(["q 1.pdf", "a/b.txt", "plain"]), "totp": "123456"}
+            for step in steps:
+                got, want = engine.request(step, extra), _plain_request(engine, step, extra)
+                assert got == want and list(got.headers.items()) == list(want.headers.items()), step
+                compared += 1
+    assert compared == 40 * (7 + 7 + 5 + len(ODD_STEPS))  # every step of every flow, 40 times
+
+
 # --- profiles: examples, validation, flow classes -------------------------------------------------
 
 
