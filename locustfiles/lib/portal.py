@@ -23,7 +23,7 @@ from locust.contrib.fasthttp import FastHttpSession, insecure_ssl_context_factor
 
 from analysis.catalogue import Catalogue
 from locustfiles.lib.catalogues import portal_catalogue
-from locustfiles.lib.errors import OperationError, RecordedFailure, classify, safe_error
+from locustfiles.lib.errors import OperationError, RecordedFailure, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, next_user_id, sample_context, target_for
 from targets.portalflow import Extract, Flow, Request, Response, StepFailure, Ticket, extract, make_flow, run
 from targets.profile import Profile
@@ -135,30 +135,17 @@ class PortalClient:
             catch_response=True,
             context=sample_context(self.user_id),
         )
-        resp = ctx.__enter__()
-        status = resp.status_code or None
-        transport = None if status else safe_error(getattr(resp, "error", None))
-
-        def settle(failure: StepFailure | None) -> None:
-            error = transport or (OperationError(failure.error_class, failure.detail) if failure else None)
-            self._label(resp, error)
-            ctx.__exit__(None, None, None)
-
-        return Response(
-            status=status,
-            headers=_Headers(resp),
-            body=(resp.content or b"") if status else b"",
-            cookie=self._cookie,
-            error_class=transport.error_class if transport else None,
-            settle=settle,
-        )
+        return _Sample(self, ctx.__enter__())
 
     def _label(self, resp: Any, failure: OperationError | None) -> None:
         """Set the sample's type, backend and error class, and its outcome."""
         self.server = self._server_of(resp) or self.server
         meta = resp.request_meta
         meta["request_type"] = HTTP
-        meta["context"].update(server=self.server, error=classify(failure), start_time=meta["start_time"])
+        context = meta["context"]
+        context["server"] = self.server
+        context["error"] = None if failure is None else failure.error_class  # = classify(failure)
+        context["start_time"] = meta["start_time"]
         if failure is None:
             resp.success()
         else:
@@ -184,11 +171,42 @@ class PortalClient:
         return None
 
 
-class _Headers(Mapping[str, Any]):
-    """A response's headers for the flow: case-insensitive ``get``; absent when no answer came."""
+class _Sample(Response):
+    """One Locust request as the flow sees it; :meth:`settle` labels and closes Locust's sample.
 
-    def __init__(self, resp: Any) -> None:
-        self._headers = getattr(resp, "headers", None) or {}
+    A method rather than a closure per request, and plain attribute stores rather than the dataclass
+    ``__init__``: this runs for every portal request (bench/bench_portal.py measures the cost).
+    """
+
+    def __init__(self, client: PortalClient, resp: Any) -> None:
+        status = resp.status_code or None
+        self._client, self._resp = client, resp
+        self._transport = None if status else safe_error(getattr(resp, "error", None))
+        headers = getattr(resp, "headers", None)
+        self.status = status
+        # `is None`, not `or`: truthiness of geventhttpclient's Headers counts every header line
+        self.headers = _Headers(headers) if headers is not None else {}
+        self.body = (resp.content or b"") if status else b""
+        self.cookie = client._cookie
+        self.error_class = self._transport.error_class if self._transport else None
+        self._parsed = None
+        self._parsed_ok = None
+
+    def settle(self, failure: StepFailure | None) -> None:  # type: ignore[override]
+        """Label the sample with the step's outcome (a transport error first) and fire it."""
+        transport = self._transport
+        error = transport or (OperationError(failure.error_class, failure.detail) if failure else None)
+        self._client._label(self._resp, error)
+        self._resp.__exit__(None, None, None)
+
+
+class _Headers(Mapping[str, Any]):
+    """A response's headers for the flow: case-insensitive ``get``."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Mapping[str, Any]) -> None:
+        self._headers = headers
 
     def __getitem__(self, name: str) -> Any:
         value = self._headers.get(name)
