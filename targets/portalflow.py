@@ -414,7 +414,7 @@ class Response:
         """The body as JSON (parsed once); raises :class:`StepFailure` when it is not JSON."""
         if self._parsed_ok is None:
             try:
-                self._parsed, self._parsed_ok = _json.loads(self.body), True
+                self._parsed, self._parsed_ok = _loads(self.body), True
             except ValueError:
                 self._parsed_ok = False
         if not self._parsed_ok:
@@ -422,10 +422,22 @@ class Response:
         return self._parsed
 
     def header(self, name: str) -> str | None:
+        """A header's value (the last one when repeated), None when absent."""
         value = self.headers.get(name)
         if isinstance(value, list):
             value = value[-1] if value else None
         return None if value is None else str(value)
+
+
+_DECODE_JSON = _json.JSONDecoder().decode  # what json.loads uses when given no options
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)``. A body starting with ``{`` or ``[`` and no NUL after it is UTF-8 (what
+    ``json.detect_encoding`` answers), so it is decoded as json.loads would, without the detection."""
+    if body[:1] in (b"{", b"[") and body[1:2] != b"\x00":
+        return _DECODE_JSON(body.decode("utf-8", "surrogatepass"))
+    return _json.loads(body)
 
 
 class StepFailure(Exception):
@@ -539,8 +551,9 @@ class StepFlow:
         get = self.lookup if extra is None else functools.partial(self.lookup, extra=extra)
         values = self.values
         last = None
+        cache = _COMPILED
         for step in steps:
-            compiled = _compiled(step)
+            compiled = cache.get(id(step)) or _compiled(step)
             if compiled.when is not None:
                 negate, name = compiled.when
                 if truthy(values.get(name)) == negate:
@@ -883,8 +896,9 @@ _COMPILED_MAX = 4096  # steps live as long as their profile: a handful per proce
 
 def _compiled(step: FlowStep) -> _CompiledStep:
     """The step compiled, cached by identity (``FlowStep`` holds dicts, so it is not hashable)."""
+    # An entry holds its step, so while it is cached no other object can have the step's id().
     compiled = _COMPILED.get(id(step))
-    if compiled is not None and compiled.step is step:
+    if compiled is not None:
         return compiled
     if len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.clear()  # many throwaway flows (tests, a long-lived tool): start again
@@ -897,8 +911,8 @@ _COMPILED_TICKETS: dict[int, tuple[TicketSpec, tuple[Any, ...]]] = {}
 
 def _compiled_ticket(spec: TicketSpec) -> tuple[Any, ...]:
     """The ticket's templates as fills (None for an empty one: the profile's default applies)."""
-    entry = _COMPILED_TICKETS.get(id(spec))
-    if entry is not None and entry[0] is spec:
+    entry = _COMPILED_TICKETS.get(id(spec))  # holds the spec: see _compiled
+    if entry is not None:
         return entry[1]
     if len(_COMPILED_TICKETS) >= _COMPILED_MAX:
         _COMPILED_TICKETS.clear()
@@ -976,7 +990,8 @@ def _advance(phase: Phase, response: Response) -> Request | _Done:
         # a bug in a flow class: close the sample as failed, then let the bug show
         _finish(response, StepFailure("other", "flow error"))
         raise
-    _finish(response, None)
+    if response.settle is not None:  # _finish(response, None), inline: this is every request
+        response.settle(None)
     return request
 
 

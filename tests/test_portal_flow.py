@@ -350,6 +350,38 @@ def test_compiled_steps_send_exactly_what_the_plain_render_path_sends() -> None:
     assert compared == 40 * (7 + 7 + 5 + len(ODD_STEPS))  # every step of every flow, 40 times
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": [1, "\xc3\xbc"]}',
+        b"[1, 2]",
+        b"{}",
+        b"{",
+        b'{"a": 1} trailing',
+        b'  {"lead": "space"}',
+        b'\xef\xbb\xbf{"bom": 8}',
+        '{"u16": 1}'.encode("utf-16"),
+        '{"u16le": 1}'.encode("utf-16-le"),
+        '[{"u32": 1}]'.encode("utf-32"),
+        b'{"bad utf-8": "\xff"}',
+        b'"a string"',
+        b"",
+    ],
+)
+def test_json_answers_parse_as_json_loads_parses_them(body: bytes) -> None:
+    """The engine's UTF-8 shortcut for bodies starting with { or [ agrees with json.loads."""
+    try:
+        expected: Any = ("ok", json.loads(body))
+    except ValueError as exc:
+        expected = ("error", type(exc))
+    response = _response(body=body)
+    if expected[0] == "ok":
+        assert response.json_value() == expected[1]
+    else:
+        with pytest.raises(StepFailure):
+            response.json_value()
+
+
 # --- profiles: examples, validation, flow classes -------------------------------------------------
 
 
