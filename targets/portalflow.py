@@ -28,6 +28,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str  # json.dumps's string writer
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, quote_plus
@@ -775,13 +776,23 @@ def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
         return lambda _get: constant
     if len(parts) == 1:  # a lone value: render gives it unquoted, whatever quote_values says
         name = parts[0].name  # type: ignore[union-attr]
-        return lambda get: _str(get(name))
+
+        def lone(get: Getter) -> str:
+            value = get(name)
+            return value if value.__class__ is str else _text(value)
+
+        return lone
     refs = [i for i, p in enumerate(parts) if isinstance(p, _Ref)]
     if len(refs) == 1:  # "Bearer {token}", "/documents/{document}": literal, value, literal
         i = refs[0]
         head, name, tail = "".join(parts[:i]), parts[i].name, "".join(parts[i + 1 :])  # type: ignore
         if quoter is None:
-            return lambda get: head + _str(get(name)) + tail
+
+            def framed(get: Getter) -> str:
+                value = get(name)
+                return head + (value if value.__class__ is str else _text(value)) + tail
+
+            return framed
         return lambda get: head + quoter(_str(get(name))) + tail
     q = quoter or _str
 
@@ -808,6 +819,52 @@ def _json_fill(value: Any) -> Fill | None:
     return None
 
 
+def _json_text(fill: Fill) -> Fill:
+    """The filled value as ``json.dumps`` writes it (a string straight through its C encoder)."""
+
+    def encoded(get: Getter) -> str:
+        value = fill(get)
+        return _json_str(value) if value.__class__ is str else _json.dumps(value)
+
+    return encoded
+
+
+def _json_pieces(value: Any) -> list[str | Fill]:
+    """``json.dumps(filled value)`` as pieces: constant text written once, a fill per value.
+
+    json.dumps with its defaults (no indent, ", " and ": ") writes a nested value exactly as it
+    writes it alone, so a template's text is its constant parts around each value's own dumps.
+    """
+    fill = _json_fill(value)
+    if fill is None:
+        return [_json.dumps(value)]
+    if isinstance(value, str):
+        return [_json_text(fill)]
+    pieces: list[str | Fill] = []
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        pieces.append("{")
+        for i, (k, v) in enumerate(value.items()):
+            pieces.append((", " if i else "") + _json_str(k) + ": ")
+            pieces.extend(_json_pieces(v))
+        pieces.append("}")
+    elif isinstance(value, list):
+        pieces.append("[")
+        for i, v in enumerate(value):
+            if i:
+                pieces.append(", ")
+            pieces.extend(_json_pieces(v))
+        pieces.append("]")
+    else:  # keys that are not strings: json.dumps converts them, let it
+        return [lambda get: _json.dumps(fill(get))]
+    merged: list[str | Fill] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return merged
+
+
 class _CompiledStep:
     """A :class:`FlowStep` ready to run: see :func:`_compiled`."""
 
@@ -827,11 +884,15 @@ class _CompiledStep:
             self.body = self._form(step.form)
         elif step.json:
             content_type = "application/json"
-            fill = _json_fill(step.json)
-            if fill is None:
-                self.body = _json.dumps(step.json).encode()
+            pieces = tuple(_json_pieces(step.json))
+            if len(pieces) == 1 and isinstance(pieces[0], str):
+                self.body = pieces[0].encode()
             else:
-                self.body = lambda get: _json.dumps(fill(get)).encode()
+
+                def json_body(get: Getter) -> bytes:
+                    return "".join([p if p.__class__ is str else p(get) for p in pieces]).encode()  # type: ignore
+
+                self.body = json_body
         headers: list[tuple[str, str | None, Fill | None]] = [
             (k, _constant(v), _text_fill(v)) for k, v in step.headers.items()
         ]

@@ -292,6 +292,7 @@ ODD_STEPS = [  # what the example flows do not show: escapes, quoting, lone valu
     FlowStep("/j", "POST", json={"a": ["{v1}", 3, {"b": "{{c}}", "d": None}], "e": "{v2}", "f": "x{v1}"}),
     FlowStep("/k", "PATCH", json={"same": ["const", 1.5, True]}, headers={"Content-Type": "text/json"}),
     FlowStep("/f", "POST", form={"only": "constant value"}, headers={"content-type": "lower"}),
+    FlowStep("/u", "POST", json={"ключ": "ü {v1}", "n": {"deep": ["{v2}", []], "e": {}}, "t": '\t"{{'}),
 ]
 
 
