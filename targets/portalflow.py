@@ -1027,9 +1027,13 @@ async def arun(phase: Phase, send: Callable[[Request], Awaitable[Response]]) -> 
         request = request_or_done
 
 
-@dataclass(frozen=True)
 class _Done:
-    value: Any
+    """A phase's result (a plain slotted class: one is made per phase run)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _advance(phase: Phase, response: Response) -> Request | _Done:
