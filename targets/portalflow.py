@@ -728,8 +728,8 @@ def _convert(value: Any, kind: str) -> Any:
 # that only looks its values up. The output is exactly what render()/urlencode()/json.dumps() give
 # (tests/test_portal_flow.py compares both for every example flow).
 
-Getter = Callable[[str], Any]
-Fill = Callable[[Getter], Any]
+_Getter = Callable[[str], Any]
+_Fill = Callable[[_Getter], Any]
 
 # The characters quote() leaves alone (urllib.parse._ALWAYS_SAFE): a value made only of them is
 # returned as it is, so the common case skips the library's byte-level quoting.
@@ -759,7 +759,7 @@ def _constant(text: str) -> str | None:
     return "".join(parts)  # type: ignore[arg-type]
 
 
-def _value_fill(text: str) -> Fill:
+def _value_fill(text: str) -> _Fill:
     """``lambda get: render(text, get)``: a lone ``{name}`` keeps the value's type."""
     parts = _parts(text)
     if len(parts) == 1 and isinstance(parts[0], _Ref):
@@ -768,7 +768,7 @@ def _value_fill(text: str) -> Fill:
     return _text_fill(text)
 
 
-def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
+def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> _Fill:
     """``lambda get: _text(render(text, get, quote_values=quoter is not None))``."""
     parts = _parts(text)
     constant = _constant(text)
@@ -777,7 +777,7 @@ def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
     if len(parts) == 1:  # a lone value: render gives it unquoted, whatever quote_values says
         name = parts[0].name  # type: ignore[union-attr]
 
-        def lone(get: Getter) -> str:
+        def lone(get: _Getter) -> str:
             value = get(name)
             return value if value.__class__ is str else _text(value)
 
@@ -788,7 +788,7 @@ def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
         head, name, tail = "".join(parts[:i]), parts[i].name, "".join(parts[i + 1 :])  # type: ignore
         if quoter is None:
 
-            def framed(get: Getter) -> str:
+            def framed(get: _Getter) -> str:
                 value = get(name)
                 return head + (value if value.__class__ is str else _text(value)) + tail
 
@@ -796,13 +796,13 @@ def _text_fill(text: str, quoter: Callable[[str], str] | None = None) -> Fill:
         return lambda get: head + quoter(_str(get(name))) + tail
     q = quoter or _str
 
-    def fill(get: Getter) -> str:
+    def fill(get: _Getter) -> str:
         return "".join([p if p.__class__ is str else q(_str(get(p.name))) for p in parts])  # type: ignore
 
     return fill
 
 
-def _json_fill(value: Any) -> Fill | None:
+def _json_fill(value: Any) -> _Fill | None:
     """``lambda get: _fill_json(value, get)``, or None when the value holds no template."""
     if isinstance(value, str):  # unchanged only without values and without {{ }} escapes
         return None if _constant(value) == value else _value_fill(value)
@@ -819,17 +819,17 @@ def _json_fill(value: Any) -> Fill | None:
     return None
 
 
-def _json_text(fill: Fill) -> Fill:
+def _json_text(fill: _Fill) -> _Fill:
     """The filled value as ``json.dumps`` writes it (a string straight through its C encoder)."""
 
-    def encoded(get: Getter) -> str:
+    def encoded(get: _Getter) -> str:
         value = fill(get)
         return _json_str(value) if value.__class__ is str else _json.dumps(value)
 
     return encoded
 
 
-def _json_pieces(value: Any) -> list[str | Fill]:
+def _json_pieces(value: Any) -> list[str | _Fill]:
     """``json.dumps(filled value)`` as pieces: constant text written once, a fill per value.
 
     json.dumps with its defaults (no indent, ", " and ": ") writes a nested value exactly as it
@@ -840,7 +840,7 @@ def _json_pieces(value: Any) -> list[str | Fill]:
         return [_json.dumps(value)]
     if isinstance(value, str):
         return [_json_text(fill)]
-    pieces: list[str | Fill] = []
+    pieces: list[str | _Fill] = []
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         pieces.append("{")
         for i, (k, v) in enumerate(value.items()):
@@ -856,7 +856,7 @@ def _json_pieces(value: Any) -> list[str | Fill]:
         pieces.append("]")
     else:  # keys that are not strings: json.dumps converts them, let it
         return [lambda get: _json.dumps(fill(get))]
-    merged: list[str | Fill] = []
+    merged: list[str | _Fill] = []
     for piece in pieces:
         if isinstance(piece, str) and merged and isinstance(merged[-1], str):
             merged[-1] += piece
@@ -878,7 +878,7 @@ class _CompiledStep:
         self.expect = tuple(step.expect)
         self.extract = tuple((name, _extractor(ex)) for name, ex in step.extract.items())
         content_type = ""
-        self.body: bytes | Fill | None = None
+        self.body: bytes | _Fill | None = None
         if step.form:
             content_type = "application/x-www-form-urlencoded"
             self.body = self._form(step.form)
@@ -889,42 +889,42 @@ class _CompiledStep:
                 self.body = pieces[0].encode()
             else:
 
-                def json_body(get: Getter) -> bytes:
+                def json_body(get: _Getter) -> bytes:
                     return "".join([p if p.__class__ is str else p(get) for p in pieces]).encode()  # type: ignore
 
                 self.body = json_body
-        headers: list[tuple[str, str | None, Fill | None]] = [
+        headers: list[tuple[str, str | None, _Fill | None]] = [
             (k, _constant(v), _text_fill(v)) for k, v in step.headers.items()
         ]
         if content_type and "Content-Type" not in step.headers:
             headers.append(("Content-Type", content_type, None))
         # all constant: a dict to copy (the transport may add to it); else (key, constant, fill) triples
-        self.headers: dict[str, str] | tuple[tuple[str, str | None, Fill | None], ...]
+        self.headers: dict[str, str] | tuple[tuple[str, str | None, _Fill | None], ...]
         if all(c is not None for _, c, _ in headers):
             self.headers = {k: c for k, c, _ in headers}  # type: ignore[misc]
         else:
             self.headers = tuple((k, c, None if c is not None else f) for k, c, f in headers)
         constant_path = _constant(step.path)
-        self.path: str | Fill = (
+        self.path: str | _Fill = (
             constant_path if constant_path is not None else _text_fill(step.path, _quote_path)
         )
 
     @staticmethod
-    def _form(form: dict[str, str]) -> bytes | Fill:
+    def _form(form: dict[str, str]) -> bytes | _Fill:
         """The urlencoded body: constant bytes, or a fill giving them."""
         items = [(quote_plus(k) + "=", _constant(v), _text_fill(v)) for k, v in form.items()]
         if all(c is not None for _, c, _ in items):
             return "&".join(k + quote_plus(c) for k, c, _ in items).encode()  # type: ignore[operator]
         pieces = tuple((k, None if c is None else quote_plus(c), f) for k, c, f in items)
 
-        def fill(get: Getter) -> bytes:
+        def fill(get: _Getter) -> bytes:
             return "&".join(
                 [k + (c if c is not None else _quote_plus(f(get))) for k, c, f in pieces]
             ).encode()
 
         return fill
 
-    def request(self, get: Getter) -> Request:
+    def request(self, get: _Getter) -> Request:
         """The request with the session's values (headers, then body, then path: render's order)."""
         headers = self.headers
         if headers.__class__ is dict:
