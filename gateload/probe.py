@@ -537,9 +537,11 @@ class Probe:
 
     async def _screen(self, conn: Any) -> None:
         """``gateway.screen_command`` in the shell, as the screen activity runs it (small sizes)."""
+        from locustfiles.lib.sshops import screen_line
+
         bursts, size = 2, 256
         command = self.profile.gateway.screen_command
-        line = command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
+        line = screen_line(command, bursts, size)
         outcome = await conn.run_line(line, self.timeout_s)
         got = outcome.value or 0
         if not outcome.ok or got < bursts * size:

@@ -23,7 +23,7 @@ from locustfiles.lib import remote
 from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from locustfiles.lib.runtime import Account, Lease, Target, fire, next_user_id, target_for
-from locustfiles.lib.sshops import GatewayConnection, connect_spec
+from locustfiles.lib.sshops import GatewayConnection, connect_spec, screen_line
 from targets.profile import ACTIVITIES, Profile
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
@@ -94,11 +94,6 @@ SSH_CATALOGUE = Catalogue(
 SSH_ACTIVITIES = tuple(a for a in ACTIVITIES if a in SSH_CATALOGUE.activities)
 _TYPED = b"echo the quick brown fox jumps over the lazy dog "
 DEFAULT_UPLOAD_BYTES = 65536
-
-
-def screen_line(command: str, bursts: int, size: int) -> bytes:
-    """The profile's screen command with its ``{bursts}`` and ``{bytes}`` filled in."""
-    return command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
 
 
 def choose_activity(rng: random.Random, mix: dict[str, float], allowed: Sequence[str] = ACTIVITIES) -> str:

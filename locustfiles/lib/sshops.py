@@ -115,6 +115,11 @@ def connect_spec(
     )
 
 
+def screen_line(command: str, bursts: int, size: int) -> bytes:
+    """The profile's screen command with its ``{bursts}`` and ``{bytes}`` filled in."""
+    return command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class KeySample:
     """One keystroke of a paced typing burst."""
