@@ -26,8 +26,8 @@ from typing import Any
 from locust import events
 
 from locustfiles.lib import options, runfolder, webview
-from locustfiles.lib.gateway import GatewayUser
 from locustfiles.lib.portal import PortalUser
+from locustfiles.lib.remoteuser import GatewayUser
 from locustfiles.lib.session import HomeofficeUser
 
 __all__ = ["GatewayUser", "HomeofficeUser", "PortalUser"]

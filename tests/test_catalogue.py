@@ -34,8 +34,9 @@ from analysis.synthetic import DEFAULT_MIX, SynthSpec, write_run
 from gateload.errors import InputError
 from locustfiles.lib import options, remote, runfolder
 from locustfiles.lib.catalogues import run_catalogue
-from locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, GatewayUser, SSHSession
+from locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, SSHSession
 from locustfiles.lib.portal import PortalUser
+from locustfiles.lib.remoteuser import GatewayUser
 from locustfiles.lib.runtime import target_for
 from locustfiles.lib.session import HomeofficeUser
 from targets.profile import load_profile

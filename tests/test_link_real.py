@@ -20,8 +20,8 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import FAST_WORKLOAD, running_farm
 from users_support import Run, run_users
 
-from locustfiles.lib.gateway import GatewayUser
 from locustfiles.lib.portal import PortalUser
+from locustfiles.lib.remoteuser import GatewayUser
 from targets.link import LinkedProfile, link_profile
 from targets.local.farm import DOCUMENTS, LocalRealFarm
 from targets.profile import Link, dump_profile, load_profile

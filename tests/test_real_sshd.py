@@ -22,7 +22,7 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import FAST_WORKLOAD, run_async, running_farm
 from users_support import run_users
 
-from locustfiles.lib.gateway import GatewayUser
+from locustfiles.lib.remoteuser import GatewayUser
 from targets.local.farm import DOCUMENTS, LocalRealFarm
 from targets.local.haproxy import TCP_BACKEND
 from targets.local.process import _descendants

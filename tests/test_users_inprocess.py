@@ -14,8 +14,9 @@ import pytest
 from users_support import FAST, Run, environment, run_users, wait_until
 
 from locustfiles.lib.aiobridge import get_bridge
-from locustfiles.lib.gateway import SSH_ACTIVITIES, GatewayUser, SSHSession
+from locustfiles.lib.gateway import SSH_ACTIVITIES, SSHSession
 from locustfiles.lib.portal import PortalUser
+from locustfiles.lib.remoteuser import GatewayUser
 from locustfiles.lib.runtime import target_for
 from locustfiles.lib.session import HomeofficeUser
 from targets.profile import ACTIVITIES, load_profile

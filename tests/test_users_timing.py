@@ -14,7 +14,8 @@ from pathlib import Path
 import gevent
 from users_support import FAST, environment
 
-from locustfiles.lib.gateway import GatewayUser, SSHSession
+from locustfiles.lib.gateway import SSHSession
+from locustfiles.lib.remoteuser import GatewayUser
 from locustfiles.lib.runtime import target_for
 
 INJECTED_MS = 20.0

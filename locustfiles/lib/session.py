@@ -28,8 +28,8 @@ from locustfiles.lib import remote
 from locustfiles.lib.arrivals import next_arrival
 from locustfiles.lib.catalogues import portal_catalogue
 from locustfiles.lib.errors import ERROR_CLASSES, OperationError, RecordedFailure
-from locustfiles.lib.gateway import RemoteUser, choose_activity, idle
 from locustfiles.lib.portal import PortalClient
+from locustfiles.lib.remoteuser import RemoteUser, choose_activity, idle
 from locustfiles.lib.runtime import fire
 from targets.profile import ACTIVITIES, Profile
 
