@@ -1,8 +1,15 @@
 """gateload's Locust options: their definitions and their validation into a :class:`RunOptions`.
 
 The options are added to Locust's parser by ``homeoffice.py`` (``init_command_line_parser``) and are
-shown in the web UI. ``--profile`` is Locust's own option (its web UI has a "Profile" field), so it is
-not added again: gateload reads it as the target profile path.
+shown in the web UI. Like Locust's own options they can also be set as ``LOCUST_<OPTION>`` environment
+variables (``LOCUST_SHAPE=step``, ``LOCUST_STEP_USERS=10,20``) and in a ``locust.conf`` / ``--config``
+file (``step-users = 10,20``); the command line wins over the environment, which wins over the file.
+``--profile`` is Locust's own option (its web UI has a "Profile" field), so it is not added again:
+gateload reads it as the target profile path.
+
+Locust 2.47 prints ``--help`` before it loads the locustfile (locust#2917), so ``locust -f
+locustfiles/homeoffice.py --help`` cannot list them; ``python -m locustfiles.lib.options`` prints
+Locust's help with the "gateload options" group.
 
 Nothing here imports Locust, so the campaign can read a plan with :func:`plain_parser`.
 """
@@ -66,12 +73,28 @@ PROFILE_HELP = (
 )
 
 
+#: Title of the --help group gateload's options are listed in.
+GROUP = "gateload options"
+
+
+def env_var(flag: str) -> str:
+    """An option's environment variable, named as Locust names its own: --step-users -> LOCUST_STEP_USERS."""
+    return "LOCUST_" + flag.removeprefix("--").upper().replace("-", "_")
+
+
 def add_arguments(parser: Any) -> None:
     """Add gateload's options to Locust's parser (shown in the web UI), or to a plain argparse parser."""
     is_locust = hasattr(parser, "args_included_in_web_ui")
+    # the group's add_argument is argparse's, which knows configargparse's env_var but not Locust's web UI
+    # keywords: those are set on the action below, as LocustArgumentParser.add_argument sets them
+    target = parser.add_argument_group(GROUP) if is_locust else parser
     for flag, kwargs in _ARGUMENTS:
-        extra = {"include_in_web_ui": True} if is_locust else {}
-        parser.add_argument(flag, **kwargs, **extra)
+        if not is_locust:
+            parser.add_argument(flag, **kwargs)
+            continue
+        action = target.add_argument(flag, **kwargs, env_var=env_var(flag))
+        action.include_in_web_ui = True
+        action.is_secret = action.is_required = action.is_multiple = False
     SECRET_DESTS.update(getattr(parser, "secret_args_included_in_web_ui", {}) or {})
     profile = next((a for a in parser._actions if a.dest == "profile"), None)
     if profile is None:
@@ -215,3 +238,16 @@ def _check_writable(results_dir: Path) -> None:
         ) from None
     if not os.access(results_dir, os.W_OK):
         raise InputError(f"--results-dir {results_dir}: not writable; pass another")
+
+
+def locust_help() -> str:
+    """Locust's --help with gateload's options (``locust -f ... --help`` cannot show them: locust#2917)."""
+    from locust.argument_parser import get_parser
+
+    parser = get_parser(default_config_files=())
+    add_arguments(parser)
+    return parser.format_help()
+
+
+if __name__ == "__main__":
+    print(locust_help(), end="")
