@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 from analysis.catalogue import LEGACY, Catalogue, catalogue_of
 from analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
 from gateload.errors import InputError
+
+if TYPE_CHECKING:  # pandas is imported on first use: the numpy core and the CLI do not need it
+    import pandas as pd
 
 # Columns the analysis needs; `bytes` is not read (nothing here uses it).
 READ_COLUMNS = (
@@ -146,6 +149,47 @@ class Run:
     @property
     def duration_s(self) -> float:
         return float(self.samples.t[-1] - self.samples.t[0]) if len(self.samples) else 0.0
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The run's samples as a pandas DataFrame, one row per sample, for notebooks.
+
+        Columns (times in seconds since the run origin, like the steps): ``time``, ``timestamp`` (UTC),
+        ``step`` (index of the meta.json step the sample started in; <NA> outside every step),
+        ``warmup`` (True where the analysis cuts the sample as ramp/warm-up: the cut of
+        :func:`analysis.steady.steady_windows`, which :func:`analysis.metrics.analyze_run` uses),
+        ``op`` (``"<type> <name>"``), ``type``, ``name``, ``duration_ms``, ``from_intended_ms``,
+        ``t_intended``, ``success``, ``error``, ``server``, ``user``, ``user_count`` and, from the run's
+        catalogue, ``paced``, ``is_aggregate`` (its ``aggregate``: a plain ``aggregate`` column would hide
+        behind ``DataFrame.aggregate``) and ``role``. ``df[~df.warmup].groupby("step")`` holds
+        exactly the samples each step's statistics are computed from (groupby drops the <NA> steps).
+        A run in which no step settles raises the analysis's :class:`InputError`.
+        """
+        return _samples_frame(self)
+
+    def steps_to_pandas(self) -> pd.DataFrame:
+        """The analysis's steady windows, one row per step it keeps: the step's ``start``/``end``,
+        ``steady_start`` (the end of the warm-up cut), ``steady_s`` (the span throughput is divided by),
+        ``users``, ``ramp_s``, ``warmup_s``, ``steady`` and ``reached_users``; indexed by ``step``."""
+        import pandas as pd
+
+        from analysis.steady import steady_windows
+
+        rows = [
+            {
+                "step": w.index,
+                "users": w.users,
+                "start": w.start,
+                "end": w.end,
+                "steady_start": w.steady_start,
+                "steady_s": w.duration,
+                "ramp_s": w.ramp_s,
+                "warmup_s": w.warmup_s,
+                "steady": w.steady,
+                "reached_users": w.reached_users,
+            }
+            for w in steady_windows(self)
+        ]
+        return pd.DataFrame(rows).set_index("step")
 
 
 def _is_number(x: Any) -> bool:
@@ -361,6 +405,111 @@ def _steps(run: Run) -> list[Step]:
             )
         )
     return sorted((s for s in steps if s.end > s.start), key=lambda s: s.start)
+
+
+# ------------------------------------------------------------------------------------------- pandas
+
+
+def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
+    """A pandas categorical straight from the numpy codes (-1 = missing), without building strings."""
+    import pandas as pd
+
+    uniq = list(dict.fromkeys(labels))
+    if len(uniq) != len(labels):  # duplicate labels (not expected): remap the codes onto unique ones
+        remap = np.array([uniq.index(x) for x in labels] + [-1], dtype=np.int32)
+        codes = remap[codes]  # index -1 picks the trailing -1
+    return pd.Categorical.from_codes(codes, categories=uniq)
+
+
+def _step_codes(run: Run) -> np.ndarray:
+    """Index of the meta.json step each sample started in (half-open ``[start, end)``), -1 outside all.
+
+    A run without a schedule is the analysis's one window (index 0) from its first to its last sample.
+    """
+    t = run.samples.t
+    steps = run.steps
+    if not steps:
+        return np.zeros(len(t), dtype=np.int64)
+    starts = np.array([st.start for st in steps])
+    ends = np.array([st.end for st in steps])
+    pos = np.searchsorted(starts, t, side="right") - 1
+    inside = (pos >= 0) & (t < ends[np.maximum(pos, 0)])
+    index = np.array([st.index for st in steps], dtype=np.int64)
+    return np.where(inside, index[np.maximum(pos, 0)], -1)
+
+
+def _warmup(run: Run, step: np.ndarray) -> np.ndarray:
+    """True where analyze_run leaves a sample of a step out as ramp/warm-up.
+
+    The cut is :func:`analysis.steady.steady_windows` itself. Operations count from a step's steady
+    start; aggregates (SESSION rows) over the whole step, ramp included (metrics._session_ops); a step
+    the analysis drops (no sample in its steady part) is cut whole.
+    """
+    from analysis.steady import steady_windows
+
+    s = run.samples
+    windows = {w.index: w for w in steady_windows(run)}
+    aggregate = s.op_is_session[s.op]
+    cut = np.zeros(len(s), dtype=bool)
+    for index in np.unique(step[step >= 0]).tolist():
+        rows = step == index
+        w = windows.get(int(index))
+        cut[rows] = True if w is None else (s.t[rows] < w.steady_start) & ~aggregate[rows]
+    return cut
+
+
+def _roles(run: Run) -> list[str]:
+    """Per op code: the analysis roles the catalogue gives it ("logon", "echo", ...), "+"-joined."""
+    from analysis.catalogue import ROLES
+
+    holders = {role: run.catalogue.role(role) for role in ROLES}
+    return ["+".join(r for r in ROLES if holders[r] == op) for op in run.samples.ops]
+
+
+def _samples_frame(run: Run) -> pd.DataFrame:
+    import pandas as pd
+
+    from analysis.health import corrected_latency
+
+    s = run.samples
+    step = _step_codes(run)
+    types = [o.split(" ", 1)[0] for o in s.ops]
+    names = [o.split(" ", 1)[1] if " " in o else "" for o in s.ops]
+    paced_ops = {o.key for o in run.catalogue.paced} | set(run.paced)
+    op_paced = np.array([o in paced_ops for o in s.ops], dtype=bool)
+    roles = _roles(run)
+    role_labels = sorted(set(roles) - {""})
+    role_codes = np.array([role_labels.index(r) if r else -1 for r in roles], dtype=np.int32)
+    type_labels = list(dict.fromkeys(types))
+    name_labels = list(dict.fromkeys(names))
+    type_codes = np.array([type_labels.index(x) for x in types], dtype=np.int32)
+    name_codes = np.array([name_labels.index(x) for x in names], dtype=np.int32)
+    # integer nanoseconds: origin + t as one float would lose ~0.2 us at epoch magnitudes
+    ns = np.int64(round(run.origin * 1e9)) + np.round(s.t * 1e9).astype(np.int64)
+    timestamp = pd.to_datetime(ns, unit="ns", utc=True)
+    return pd.DataFrame(
+        {
+            "time": s.t,
+            "timestamp": timestamp,
+            "step": pd.arrays.IntegerArray(np.maximum(step, 0), step < 0),
+            "warmup": _warmup(run, step),
+            "op": _categorical(s.op, s.ops),
+            "type": _categorical(type_codes[s.op], type_labels),
+            "name": _categorical(name_codes[s.op], name_labels),
+            "duration_ms": s.dur,
+            # latency from the intended start of a paced operation (coordinated omission), else the raw one
+            "from_intended_ms": corrected_latency(s.t, s.dur, s.t_intended),
+            "t_intended": s.t_intended,
+            "success": s.success,
+            "error": _categorical(s.error, s.errors),
+            "server": _categorical(s.server, s.servers),
+            "user": pd.arrays.IntegerArray(np.maximum(s.user, 0), s.user < 0),
+            "user_count": s.user_count,
+            "paced": op_paced[s.op],
+            "is_aggregate": s.op_is_session[s.op],
+            "role": _categorical(role_codes[s.op], role_labels),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------- many runs
