@@ -30,10 +30,22 @@ SIDES_HELP = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the analysis subcommands to the ``gateload`` parser."""
+    from gateload.cli import exit_codes
+
+    verdict_codes = exit_codes(
+        "0    PASS",
+        "1    FAIL",
+        "3    INCONCLUSIVE (also: a PASS resting on an --allow-incomplete run, or no criteria to judge)",
+        "2    bad input: a usage error, a bad run folder or acceptance file, one line on stderr",
+    )
     p = subparsers.add_parser(
         "usl",
         help="fit the Universal Scalability Law to a CSV of concurrency and throughput",
         description="Fit X(N) = lambda N / (1 + sigma (N-1) + kappa N (N-1)) by nonlinear least squares.",
+        **exit_codes(
+            "0    fitted",
+            "2    bad input: a usage error, an unreadable CSV, a missing column, too few points",
+        ),
     )
     p.add_argument("csv", type=Path, help="CSV file; a header row is optional, '#' lines are comments")
     p.add_argument("--n-col", help="concurrency column: header name or 1-based position (default: 1st)")
@@ -57,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="compare before and after runs against an acceptance file",
         description=SIDES_HELP,
+        **verdict_codes,
     )
     c.add_argument(
         "runs",
@@ -80,7 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.set_defaults(func=cmd_compare)
 
-    k = subparsers.add_parser("check", parents=[common], help="gate a run on its SLAs (acceptance file)")
+    k = subparsers.add_parser(
+        "check", parents=[common], help="gate a run on its SLAs (acceptance file)", **verdict_codes
+    )
     k.add_argument(
         "runs",
         nargs="+",
@@ -92,7 +107,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--out", type=Path, help="also write the report files here")
     k.set_defaults(func=cmd_check)
 
-    r = subparsers.add_parser("report", parents=[common], help="capacity report of runs, without a verdict")
+    r = subparsers.add_parser(
+        "report",
+        parents=[common],
+        help="capacity report of runs, without a verdict",
+        description='Writes the report files with no verdict (verdict.json "verdict": "none"); '
+        "gateload check gives one.",
+        **exit_codes(
+            "0    report written (never a verdict: use gateload check to gate)",
+            "2    bad input: a usage error, a bad run folder or acceptance file, one line on stderr",
+        ),
+    )
     r.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_LABEL_DIR")
     r.add_argument("--out", type=Path, required=True, help="report folder")
     r.add_argument("--acceptance", type=Path, help="optional: SLAs for the knee and reference load")

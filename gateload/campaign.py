@@ -53,11 +53,22 @@ def plan_runs(before: Path, after: Path, replicates: int) -> list[PlannedRun]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``campaign`` and ``demo`` commands."""
+    from gateload.cli import exit_codes
+
+    codes = exit_codes(
+        "0    PASS (the before/after comparison's verdict)",
+        "1    FAIL",
+        "3    INCONCLUSIVE (also: no criteria to judge)",
+        "2    bad input: a usage error, a bad profile or acceptance file, a target beyond loopback;",
+        "     also a farm that did not start, a run that produced no results or did not complete",
+    )
     p = sub.add_parser(
         "campaign",
         help="run the same workload against a before and an after target and compare them",
         description="Options not listed here (e.g. --shape step --step-users 10,20,40 --step-hold 30, "
         "-u/-r/-t, --processes) are passed to Locust unchanged.",
+        **codes,
     )
     p.add_argument("--before", required=True, type=Path, help="profile of the target before the change")
     p.add_argument("--after", required=True, type=Path, help="profile of the target after the change")
@@ -65,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="campaign folder, e.g. results/expansion")
     p.set_defaults(func=_run_campaign_command)
 
-    d = sub.add_parser("demo", help="the campaign on the reference farm, 4 servers against 12")
+    d = sub.add_parser("demo", help="the campaign on the reference farm, 4 servers against 12", **codes)
     _common_arguments(d)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version (two steps)")
     d.add_argument("--out", type=Path, default=Path("results/demo"), help="campaign folder")

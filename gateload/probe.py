@@ -39,12 +39,18 @@ PROBE_COMMAND = "echo gateload-probe"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``probe`` and ``pin`` commands."""
+    from gateload.cli import exit_codes
+
     p = sub.add_parser(
         "probe",
         help="check a profile's target once per service and say what to fix",
         description="Connects once per configured service (portal logon, gateway host key, "
-        "authentication, shell, screen update, exec, SFTP, tunnel) and prints one line per check. "
-        "Exit code 0 all ok, 1 something failed, 2 bad input.",
+        "authentication, shell, screen update, exec, SFTP, tunnel) and prints one line per check.",
+        **exit_codes(
+            "0    every check ok (or explicitly opted out in the profile)",
+            "1    a check failed (its line says what to fix)",
+            "2    bad input: a usage error, a bad profile, a target beyond loopback",
+        ),
     )
     p.add_argument("profile", type=Path, help="target profile (TOML)")
     p.add_argument(
@@ -59,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print a gateway's host key fingerprint for the profile's [gateway] section",
         description="Fetches the SSH host key during key exchange (no login) and prints "
         'host_key_fingerprint = "SHA256:..." for the profile. Check it out of band before trusting it.',
+        **exit_codes(
+            "0    fingerprint printed",
+            "2    bad input (a usage error, a bad HOST[:PORT], a host beyond loopback) or no key fetched",
+        ),
     )
     q.add_argument("target", metavar="HOST[:PORT]", help="the gateway, e.g. 127.0.0.1:2222 (port 22 if none)")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the key (default 10)")

@@ -18,10 +18,18 @@ READY_PREFIX = "gateload serve: ready"
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``serve`` command."""
+    from gateload.cli import exit_codes
+
     p = subparsers.add_parser(
         "serve",
         help="run the embedded reference gateway farm of a profile",
         description="Run the reference gateway farm (portal, SSH gateway, intranet) on loopback.",
+        **exit_codes(
+            "0    stopped by Ctrl-C or SIGTERM once serving",
+            "2    bad input: a usage error, a bad profile, a busy port, a bind beyond loopback refused",
+            "130  interrupted (Ctrl-C) before it was serving",
+            common=False,
+        ),
     )
     p.add_argument(
         "--profile", required=True, help="a reference profile, e.g. targets/profiles/reference-before.toml"

@@ -22,15 +22,22 @@ KINDS = ("reset", "stall", "auth_fail", "http_503", "down", "slow_sftp")
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``fault`` command."""
+    from gateload.cli import exit_codes
+
+    codes = exit_codes(
+        "0    done (injected, listed or cleared)",
+        "2    bad input: a usage error, a bad profile, the farm refused the fault or is not reachable",
+    )
     p = subparsers.add_parser(
         "fault",
         help="inject, list or clear faults of a running reference farm",
         description="Talk to the loopback admin endpoint of a farm started by gateload serve.",
+        **codes,
     )
     p.add_argument("--profile", required=True, help="the effective profile written by serve --write-profile")
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
-    inject = sub.add_parser("inject", help="start a fault (it ends by itself after --duration)")
+    inject = sub.add_parser("inject", help="start a fault (it ends by itself after --duration)", **codes)
     inject.add_argument("kind", choices=KINDS)
     inject.add_argument("--duration", type=float, required=True, metavar="S", help="seconds it lasts")
     inject.add_argument("--server", default="*", help="a server id such as old-02, or * (default)")
@@ -38,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     inject.add_argument("--percent", type=float, help="auth_fail, http_503: share hit (default 100)")
     inject.add_argument("--factor", type=float, help="slow_sftp: times slower (default 10)")
     inject.add_argument("--every", type=float, metavar="S", help="reset: again every S seconds")
-    sub.add_parser("list", help="active, scheduled and ended faults, and the log (JSON)")
-    sub.add_parser("clear", help="end every fault now")
+    sub.add_parser("list", help="active, scheduled and ended faults, and the log (JSON)", **codes)
+    sub.add_parser("clear", help="end every fault now", **codes)
     p.set_defaults(func=run)
 
 
