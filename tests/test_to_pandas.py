@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,21 @@ def test_a_run_that_never_settles_is_a_one_line_error() -> None:
     with pytest.raises(InputError) as err:
         run.to_pandas()
     assert "no steady state" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_readme_notebook_example_reproduces_the_report(run_dir: Path, run: Run) -> None:
+    # read at test time (others edit the README): its python block, on the synthetic run folder
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M) if "to_pandas" in b]
+    *setup, last = block.strip().splitlines()
+    code = re.sub(r'load_run\("[^"]*"\)', f"load_run({str(run_dir)!r})", "\n".join(setup))
+    scope: dict[str, object] = {}
+    exec(code, scope)  # the README's own lines, with the run folder replaced
+    p95 = eval(last, scope)  # its last line is the expression whose value it shows
+    stats = analyze_run(run, n_boot=BOOT)
+    checked = 0
+    for st in stats.steps:
+        for op, s in st.ops.items():
+            assert p95[(st.window.index, op)] == pytest.approx(s.p("p95").value, rel=1e-9), op
+            checked += 1
+    assert checked >= 3 * 10
