@@ -26,7 +26,7 @@ import numpy as np
 from analysis import capacity
 from analysis.acceptance import Acceptance, load_acceptance
 from analysis.faults import fault_metrics, fault_warnings
-from analysis.metrics import ALL, RunStats, StepStats, analyze_run
+from analysis.metrics import ALL, RunStats, StepStats, analyze_run, clip_rate
 from analysis.runs import Run, load_runs
 from analysis.stats import (
     DEFAULT_BOOT,
@@ -230,8 +230,8 @@ def error_rate(rs: RunStats, max_users: float | None) -> Estimate:
     b_den = sum(st.weights @ st.blk_n for st in steps)
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = np.where(b_den > 0, b_num / b_den, np.nan)
-    return from_boot(
-        num / den, boot, rs.confidence, sum(st.df for st in steps), max(st.inflate for st in steps)
+    return clip_rate(
+        from_boot(num / den, boot, rs.confidence, sum(st.df for st in steps), max(st.inflate for st in steps))
     )
 
 
@@ -495,8 +495,9 @@ def _error_part(
 ) -> list[Criterion]:
     """Error rate per side at loads up to the reference load, by class; the criterion on ``judged``."""
     ref_max = acc.reference_users * (1 + acc.reference_tolerance) if acc.reference_users else None
-    rates = {
-        side: pooled([error_rate(rs, ref_max) for rs in runs], acc.confidence) for side, runs in sides.items()
+    rates = {  # the between-run t interval of 3+ replicates can reach below 0 as well
+        side: clip_rate(pooled([error_rate(rs, ref_max) for rs in runs], acc.confidence))
+        for side, runs in sides.items()
     }
     metrics["error_rate"] = {"scope_max_users": ref_max, **{side: _est(e) for side, e in rates.items()}}
     metrics["errors_by_class"] = {side: _errors_by_class(runs) for side, runs in sides.items()}

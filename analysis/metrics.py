@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -370,16 +370,28 @@ def _session_ops(ctx: _Ctx, w: Window, block_s: float, rng: np.random.Generator)
     return out
 
 
+def clip_rate(est: Estimate) -> Estimate:
+    """A fraction's interval clipped to [0, 1].
+
+    A rare failure leaves most bootstrap replicates at 0, so the interval falls back to the linear scale
+    and its symmetric t half-width reaches below 0 (or above 1 for a rate near 1): bounds no rate can take.
+    """
+    lo = float(np.clip(est.lo, 0.0, 1.0)) if math.isfinite(est.lo) else est.lo
+    hi = float(np.clip(est.hi, 0.0, 1.0)) if math.isfinite(est.hi) else est.hi
+    return replace(est, lo=lo, hi=hi)
+
+
 def _ratio(
     num: np.ndarray, den: np.ndarray, weights: np.ndarray, conf: float, spread: tuple[float, float]
 ) -> Estimate:
+    """failures / operations per block sum, with its bootstrap interval (clipped to [0, 1])."""
     total = den.sum()
     if total <= 0:
         return Estimate(math.nan)
     wd = weights @ den
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = np.where(wd > 0, (weights @ num) / wd, np.nan)
-    return from_boot(float(num.sum() / total), boot, conf, *spread)
+    return clip_rate(from_boot(float(num.sum() / total), boot, conf, *spread))
 
 
 def _quantiles(

@@ -124,3 +124,49 @@ def test_check_returns_the_codes_its_help_names(
     rc = main(["check", str(tmp_path / "no-such-run"), "--acceptance", str(cases[0]), *BOOT])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and 2 in named and "\n" not in err and err.startswith("gateload: error: "), err
+
+
+# ----------------------------------------------------------------------------- error-rate intervals
+
+
+def test_a_tiny_error_rate_interval_stays_within_0_and_1() -> None:
+    """A rare failure makes most bootstrap replicates 0: the linear-scale t interval reached below 0."""
+    import numpy as np
+
+    from analysis.metrics import _ratio
+    from analysis.stats import block_weights
+
+    rng = np.random.default_rng(7)
+    n_blocks = 40
+    den = np.full(n_blocks, 50.0)
+    num = np.zeros(n_blocks)
+    num[3] = 1.0  # one failure in 2,000 operations
+    weights = block_weights(n_blocks, 2, 500, rng)
+    est = _ratio(num, den, weights, 0.95, (n_blocks - 1.0, 1.5))
+    assert est.value == pytest.approx(1 / 2000)
+    assert est.has_ci and 0.0 == est.lo < est.value < est.hi <= 1.0, est
+    # the other end: nearly everything fails, the interval must not pass 1
+    est = _ratio(den - num, den, weights, 0.95, (n_blocks - 1.0, 1.5))
+    assert est.value == pytest.approx(1 - 1 / 2000)
+    assert est.has_ci and 0.0 <= est.lo < est.value < est.hi == 1.0, est
+
+
+def test_run_error_rates_in_the_report_stay_within_0_and_1(tmp_path: Path) -> None:
+    """End to end: a run with a rare error rate, and 3 replicates (between-run t interval) of it."""
+    from analysis.compare import check_runs
+
+    base = SMALL.with_(error_rate=0.0004)
+    runs = [write_run(base.with_(run_id=f"r{k}", seed=k), tmp_path) for k in range(3)]
+    acc = write_toml(tmp_path / "acc.toml", "[load]\nreference_users = 30\n[errors]\nmax_rate = 0.01\n")
+    for side in ([runs[0]], runs):
+        v = check_runs(side, acc, n_boot=200, seed=1)
+        rates = [v.metrics["error_rate"]["run"]]
+        rates += [s["error_rate"] for r in v.metrics["steps"]["run"] for s in r["steps"]]
+        rates += [d["error_rate"] for d in [v.metrics["operations"].get("ALL", {}).get("after")] if d]
+        intervals = [
+            (e["ci_low"], e["ci_high"]) for e in rates if isinstance(e, dict) and e["ci_low"] is not None
+        ]
+        assert intervals, rates
+        assert all(0.0 <= lo <= hi <= 1.0 for lo, hi in intervals), intervals
+        (crit,) = [c for c in v.criteria if c.name == "error_rate"]
+        assert 0.0 <= crit.ci_low <= crit.estimate <= crit.ci_high <= 1.0, crit
