@@ -8,11 +8,13 @@ User classes: ``HomeofficeUser`` (a whole session: portal logon, ticket, SSH she
 ``PortalUser`` (the portal alone) and ``GatewayUser`` (the gateway alone); name one or more at the end
 of the command line to run only those.
 
-gateload's options, on the command line and in the web UI (Locust's ``--help`` is printed before the
-locustfile loads, so it does not list them): ``--shape none|step|workday|arrivals`` with
+gateload's options, on the command line, in the web UI, as ``LOCUST_<OPTION>`` environment variables
+and in ``locust.conf`` (Locust's ``--help`` is printed before the locustfile loads, so it does not list
+them: ``python -m locustfiles.lib.options`` does): ``--shape none|step|workday|arrivals`` with
 ``--step-users 10,20,40`` (or ``--step-start/--step-add/--step-count``), ``--step-hold``,
 ``--step-ramp``, ``--workday-minutes``, ``--arrival-rate``; ``--results-dir``, ``--label``,
-``--run-id``, ``--allow-remote``. ``--profile`` (Locust's own option) names the target profile.
+``--run-id``, ``--allow-remote``, ``--users-per-account``. ``--profile`` (Locust's own option) names
+the target profile.
 
 Every start writes ``<results-dir>/<label>/<run-id>/`` (raw samples, meta.json, Locust's CSV and
 HTML report; see results/README.md). The web UI has a "gateload" tab with the run's sessions, logon
