@@ -208,13 +208,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.acceptance import Acceptance, load_acceptance
-    from analysis.compare import check_runs
+    from analysis.compare import report_runs
     from analysis.runs import load_runs
 
     _check_boot(args)
     acc = load_acceptance(args.acceptance) if args.acceptance else Acceptance()
     runs = load_runs(args.runs, allow_incomplete=args.allow_incomplete)
-    verdict = check_runs(runs, acc, args.out, n_boot=args.bootstrap, seed=args.seed)
+    verdict = report_runs(runs, acc, args.out, n_boot=args.bootstrap, seed=args.seed)
     print(f"report written to {args.out}/report.html")
     for w in verdict.warnings:
         print(f"  warning: {w}")

@@ -16,6 +16,7 @@ Python entry points (the campaign calls these): :func:`compare_runs` and :func:`
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ from analysis.stats import (
 )
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
-EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
+NONE = "none"  # a report's verdict: it describes runs and judges nothing (verdict.json "verdict": "none")
+EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3, NONE: 0}
 SETTLE_LIMIT = 25.0  # beyond this many times the data, "more data" is not a practical answer
 
 
@@ -73,14 +75,15 @@ class Criterion:
 
 @dataclass
 class Verdict:
-    kind: str  # "compare" | "check"
-    verdict: str
+    kind: str  # "compare" | "check" | "report"
+    verdict: str  # PASS | FAIL | INCONCLUSIVE, or NONE for a report
     criteria: list[Criterion]
     metrics: dict[str, Any]
     warnings: list[str]
     acceptance: Acceptance
     sides: dict[str, list[RunStats]] = field(repr=False)  # "before"/"after", or "run" for a check
     incomplete: bool = False
+    elapsed_s: float = 0.0  # reading, analysing and judging the runs (JUnit's time)
 
     @property
     def exit_code(self) -> int:
@@ -375,10 +378,12 @@ def compare_runs(
     Writes report.html, summary.md, junit.xml and verdict.json into ``out_dir`` when given.
     Raises :class:`~gateload.errors.InputError` for bad input.
     """
+    started = time.perf_counter()
     acc = _acceptance(acceptance)
     before_stats = _analyze(_as_runs(before, allow_incomplete), acc, n_boot, seed)
     after_stats = _analyze(_as_runs(after, allow_incomplete), acc, n_boot, seed)
     verdict = evaluate_compare(before_stats, after_stats, acc)
+    verdict.elapsed_s = time.perf_counter() - started
     if out_dir is not None:
         from analysis.report import write_reports
 
@@ -631,8 +636,10 @@ def _finish(
     sides: dict[str, list[RunStats]],
 ) -> Verdict:
     incomplete = any(not rs.run.complete for runs in sides.values() for rs in runs)
-    verdict = overall(criteria)
     warnings += fault_warnings(metrics.get("faults"))
+    if kind == "report":  # describes the runs and judges nothing: gateload check is the gate
+        return Verdict(kind, NONE, [], metrics, warnings, acc, sides, incomplete)
+    verdict = overall(criteria)
     if not criteria and acc.path is not None:
         warnings.append(f"{acc.name} declares no criteria: nothing to pass")
     if incomplete and verdict == PASS:
@@ -659,9 +666,39 @@ def check_runs(
 ) -> Verdict:
     """Gate a run (or replicates of one configuration) on its SLAs: latency, errors, server shares,
     throughput at the reference load. Before/after criteria (gains, ratios) do not apply and are skipped."""
+    return _check_or_report("check", runs, acceptance, out_dir, allow_incomplete, n_boot, seed)
+
+
+def report_runs(
+    runs: Sequence[str | Path | Run] | str | Path | Run,
+    acceptance: str | Path | Acceptance | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    allow_incomplete: bool = False,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = 0,
+) -> Verdict:
+    """The metrics of :func:`check_runs` with no verdict (``NONE``, no criteria): a capacity report.
+
+    ``acceptance`` only sets the SLAs for the knees and the reference load.
+    """
+    return _check_or_report("report", runs, acceptance, out_dir, allow_incomplete, n_boot, seed)
+
+
+def _check_or_report(
+    kind: str,
+    runs: Sequence[str | Path | Run] | str | Path | Run,
+    acceptance: str | Path | Acceptance | None,
+    out_dir: str | Path | None,
+    allow_incomplete: bool,
+    n_boot: int,
+    seed: int,
+) -> Verdict:
+    started = time.perf_counter()
     acc = _acceptance(acceptance)
     stats = _analyze(_as_runs(runs, allow_incomplete), acc, n_boot, seed)
-    verdict = evaluate_check(stats, acc)
+    verdict = evaluate_check(stats, acc, kind)
+    verdict.elapsed_s = time.perf_counter() - started
     if out_dir is not None:
         from analysis.report import write_reports
 
@@ -669,8 +706,9 @@ def check_runs(
     return verdict
 
 
-def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
-    """Criteria and metrics of a single-configuration check (runs already analysed)."""
+def evaluate_check(side: list[RunStats], acc: Acceptance, kind: str = "check") -> Verdict:
+    """Criteria and metrics of a single-configuration check (runs already analysed); ``kind="report"``
+    keeps the metrics and drops the verdict."""
     conf = acc.confidence
     sides = {"run": side}
     metrics: dict[str, Any] = {"interval_method": interval_method(len(side))}
@@ -696,7 +734,7 @@ def evaluate_check(side: list[RunStats], acc: Acceptance) -> Verdict:
     criteria += _share_part(side, servers, [], ref, acc, metrics, "server_share", "every server")
     metrics["operations"] = _op_table([], ref, acc) if ref else {}
     metrics.update(_capacity_metrics(sides, acc))
-    return _finish("check", criteria, metrics, _side_warnings(sides), acc, sides)
+    return _finish(kind, criteria, metrics, _side_warnings(sides), acc, sides)
 
 
 # ------------------------------------------------------------------------------------ metric tables

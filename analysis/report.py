@@ -1,7 +1,11 @@
 """Reports of a verdict: report.html (self-contained, plots embedded), summary.md, junit.xml, verdict.json.
 
 JUnit: one test case per criterion; FAIL is a <failure>, INCONCLUSIVE a <skipped> with the note saying
-what would settle it (CI systems show both; the exit code, 3, tells them apart from a pass).
+what would settle it (CI systems show both; the exit code, 3, tells them apart from a pass). The layout
+is the common JUnit schema's: <testsuites> around one <testsuite name tests failures errors skipped time
+timestamp hostname>, its <properties> first, then <testcase classname name time>.
+
+A report (``gateload report``) has no verdict: "none" in every file, no criteria, no test cases.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import html
 import json
 import math
 import re
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -19,11 +24,20 @@ from typing import Any
 
 from analysis import faults, plots
 from analysis.catalogue import LEGACY, Catalogue
-from analysis.compare import FAIL, INCONCLUSIVE, PASS, Criterion, Verdict, ref_steps
+from analysis.compare import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict, ref_steps
 from gateload.errors import InputError
 
 FILES = ("report.html", "summary.md", "junit.xml", "verdict.json")
-_BADGE = {PASS: "#2ca02c", FAIL: "#d62728", INCONCLUSIVE: "#ff7f0e"}
+_BADGE = {PASS: "#2ca02c", FAIL: "#d62728", INCONCLUSIVE: "#ff7f0e", NONE: "#777777"}
+NO_VERDICT = (
+    "No verdict: a capacity report judges nothing against acceptance margins "
+    "(gateload check or compare gives one)."
+)
+
+
+def _title(v: Verdict) -> str:
+    """What a report's heading says it concluded: the verdict, or that there is none."""
+    return "no verdict" if v.verdict == NONE else v.verdict
 
 
 def write_reports(verdict: Verdict, out_dir: Path) -> dict[str, Path]:
@@ -114,17 +128,23 @@ def _criterion_cells(c: Criterion) -> list[str]:
 
 def markdown(v: Verdict) -> str:
     m = v.metrics
-    lines = [f"# gateload {v.kind}: **{v.verdict}**", ""]
+    lines = [f"# gateload {v.kind}: **{_title(v)}**", ""]
     lines += [
         f"Acceptance: `{v.acceptance.name}`; {v.acceptance.confidence:.0%} intervals by "
         f"{m['interval_method']}.",
         "",
     ]
     lines += [*_runs_line(v), ""]
-    lines += ["| criterion | verdict | estimate | interval | margin | note |", "|---|---|---|---|---|---|"]
-    for c in v.criteria:
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in _criterion_cells(c)) + " |")
-    lines.append("")
+    if v.verdict == NONE:
+        lines += [NO_VERDICT, ""]
+    else:
+        lines += [
+            "| criterion | verdict | estimate | interval | margin | note |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in v.criteria:
+            lines.append("| " + " | ".join(cell.replace("|", "/") for cell in _criterion_cells(c)) + " |")
+        lines.append("")
     pt = m.get("peak_throughput", {})
     if "ratio" in pt:
         lines.append(
@@ -164,30 +184,47 @@ def markdown(v: Verdict) -> str:
 
 
 def junit(v: Verdict) -> str:
-    suite = ET.Element(
+    """JUnit XML in the common schema's layout (see the module docstring); one test case per criterion."""
+    counts = {
+        "tests": str(len(v.criteria)),
+        "failures": str(sum(c.verdict == FAIL for c in v.criteria)),
+        "errors": "0",
+        "skipped": str(sum(c.verdict == INCONCLUSIVE for c in v.criteria)),
+        "time": f"{v.elapsed_s:.3f}",
+    }
+    root = ET.Element("testsuites", name="gateload", **counts)
+    suite = ET.SubElement(
+        root,
         "testsuite",
         name=f"gateload.{v.kind}",
-        tests=str(len(v.criteria)),
-        failures=str(sum(c.verdict == FAIL for c in v.criteria)),
-        skipped=str(sum(c.verdict == INCONCLUSIVE for c in v.criteria)),
-        errors="0",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        **counts,
+        # the schema's timestamp is ISO 8601 without a zone: this one is UTC
+        timestamp=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+        hostname=socket.gethostname() or "localhost",
     )
+    props = ET.SubElement(suite, "properties")  # first child, as the schema orders them
+    for name, value in (
+        ("verdict", v.verdict),
+        ("kind", v.kind),
+        ("acceptance", v.acceptance.name),
+        ("confidence", f"{v.acceptance.confidence:g}"),
+        ("incomplete", str(v.incomplete).lower()),
+    ):
+        ET.SubElement(props, "property", name=name, value=value)
     for c in v.criteria:
-        case = ET.SubElement(suite, "testcase", classname=f"gateload.{v.kind}", name=c.name)
+        # judging a criterion takes no time of its own: the suite's time is the whole analysis
+        case = ET.SubElement(suite, "testcase", classname=f"gateload.{v.kind}", name=c.name, time="0.000")
         text = (
             f"{c.description}: {fmt(c.estimate)} {_ci(c.ci_low, c.ci_high)} vs {c.direction} "
             f"{fmt(c.margin)}. {c.note}"
         )
         if c.verdict == FAIL:
-            ET.SubElement(case, "failure", message=f"FAIL: {c.name}").text = text
+            ET.SubElement(case, "failure", message=f"FAIL: {c.name}", type=FAIL).text = text
         elif c.verdict == INCONCLUSIVE:
             ET.SubElement(case, "skipped", message=f"INCONCLUSIVE: {c.note}")
         ET.SubElement(case, "system-out").text = text
-    props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", name="verdict", value=v.verdict)
-    ET.indent(suite)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- html
@@ -222,10 +259,10 @@ def html_report(v: Verdict) -> str:
     m = v.metrics
     acc = v.acceptance
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>gateload {v.kind}: {v.verdict}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>gateload {v.kind}: {_title(v)}</title>"
         f"<style>{CSS}</style></head><body>",
         f"<h1>gateload {v.kind} <span class='badge' style='background:{_BADGE[v.verdict]}'>"
-        f"{v.verdict}</span></h1>",
+        f"{_title(v)}</span></h1>",
         f"<p>Acceptance <code>{html.escape(acc.name)}</code>; {acc.confidence:.0%} intervals by "
         f"{html.escape(m['interval_method'])}. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
     ]
@@ -253,13 +290,16 @@ def html_report(v: Verdict) -> str:
         )
     )
     parts.append("<h2>Criteria</h2>")
-    parts.append(
-        _table(
-            ["criterion", "verdict", "estimate", "interval", "margin", "note"],
-            [_criterion_cells(c) for c in v.criteria],
-            [c.verdict for c in v.criteria],
+    if v.verdict == NONE:
+        parts.append(f"<p>{html.escape(NO_VERDICT)}</p>")
+    else:
+        parts.append(
+            _table(
+                ["criterion", "verdict", "estimate", "interval", "margin", "note"],
+                [_criterion_cells(c) for c in v.criteria],
+                [c.verdict for c in v.criteria],
+            )
         )
-    )
     parts.append(_key_metrics(v))
     if v.warnings:
         parts.append(
@@ -272,7 +312,7 @@ def html_report(v: Verdict) -> str:
     parts.append(_servers_section(v))
     parts.append(faults.html_section(m.get("faults")))
     parts.append(_health_section(v))
-    parts.append(_method_section())
+    parts.append(_method_section(judged=v.verdict != NONE))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -564,7 +604,13 @@ def _health_section(v: Verdict) -> str:
     return "\n".join(out)
 
 
-def _method_section() -> str:
+def _method_section(judged: bool = True) -> str:
+    verdicts = (
+        "<li>Verdicts: PASS only when the whole interval clears the margin, FAIL when it lies wholly on the "
+        "wrong side, INCONCLUSIVE otherwise.</li>"
+        if judged
+        else ""
+    )
     return (
         "<h2>Method</h2><ul>"
         "<li>Warm-up: each step's ramp is cut from the schedule, then MSER-5 on the binned latency and "
@@ -573,8 +619,7 @@ def _method_section() -> str:
         "the Politis-White length, bias-corrected, Student t with blocks - 1 degrees of freedom), so "
         "autocorrelation is respected; with 3 or more replicates per side, between-run variance (Student t; "
         "Welch on log ratios).</li>"
-        "<li>Verdicts: PASS only when the whole interval clears the margin, FAIL when it lies wholly on the "
-        "wrong side, INCONCLUSIVE otherwise.</li>"
+        f"{verdicts}"
         "<li>Throughput counts successful operations, not the aggregate rows that span them (SESSION logon "
         "and session, or what the run's operations catalogue marks aggregate); latency percentiles are of "
         "successful operations; paced operations are measured from their intended start (coordinated "

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
 import tomllib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,136 @@ def test_run_error_rates_in_the_report_stay_within_0_and_1(tmp_path: Path) -> No
         assert all(0.0 <= lo <= hi <= 1.0 for lo, hi in intervals), intervals
         (crit,) = [c for c in v.criteria if c.name == "error_rate"]
         assert 0.0 <= crit.ci_low <= crit.estimate <= crit.ci_high <= 1.0, crit
+
+
+# ------------------------------------------------------------------------------ report: no verdict
+
+VERDICT_WORDS = re.compile(r"\b(PASS|FAIL|INCONCLUSIVE)\b")
+
+
+def test_report_claims_no_verdict(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep"
+    assert main(["report", str(run_dir), "--out", str(out), *BOOT]) == 0
+    # with an acceptance file too: its SLAs place the knees, they are not judged
+    acc = write_toml(tmp_path / "tight.toml", '[load]\nreference_users = 30\n[sla]\n"SSH exec" = 0.001\n')
+    out_acc = tmp_path / "rep-acc"
+    assert main(["report", str(run_dir), "--out", str(out_acc), "--acceptance", str(acc), *BOOT]) == 0
+    printed = capsys.readouterr().out
+    assert not VERDICT_WORDS.search(printed), printed
+    for folder in (out, out_acc):
+        v = json.loads((folder / "verdict.json").read_text())
+        assert v["verdict"] == "none" and v["kind"] == "report" and v["criteria"] == []
+        assert v["metrics"]["peak_throughput"]["run"] > 0  # the report itself is all there
+        summary = (folder / "summary.md").read_text()
+        assert summary.startswith("# gateload report: **no verdict**") and not VERDICT_WORDS.search(summary)
+        page = (folder / "report.html").read_text()
+        body = re.sub(r"<style>.*?</style>", "", page, flags=re.S)  # CSS names the verdict classes
+        assert "no verdict" in body and not VERDICT_WORDS.search(body)
+        suite = ET.parse(folder / "junit.xml").getroot().find("testsuite")
+        assert suite is not None and suite.get("tests") == "0" and not suite.findall("testcase")
+        assert {p.get("name"): p.get("value") for p in suite.iter("property")}["verdict"] == "none"
+    knees = json.loads((out_acc / "verdict.json").read_text())["metrics"]["knees"]["run"]
+    assert [k["op"] for k in knees] == ["SSH exec"] and knees[0]["users"] == 10  # the SLA was used
+    # the same acceptance file through check does judge (and fails): the gate is check, not report
+    assert main(["check", str(run_dir), "--acceptance", str(acc), *BOOT]) == 1
+    capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------------------- JUnit
+
+ISO_LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")  # xs:dateTime without a zone
+DECIMAL = re.compile(r"^\d+(\.\d+)?$")
+CASE_ORDER = ("skipped", "error", "failure", "system-out", "system-err")
+
+
+def junit_problems(root: ET.Element) -> list[str]:
+    """Where a JUnit document departs from the common schema (testsuites > testsuite > properties,
+    testcase..., system-out?, system-err?), as readable lines; [] when it conforms."""
+    bad: list[str] = []
+    if root.tag != "testsuites":
+        return [f"root is <{root.tag}>, not <testsuites>"]
+    suites = list(root)
+    if not suites or any(s.tag != "testsuite" for s in suites):
+        bad.append("<testsuites> must hold only <testsuite> elements")
+    for s in suites:
+        for attr in ("name", "tests", "failures", "errors", "skipped", "time", "timestamp", "hostname"):
+            if s.get(attr) in (None, ""):
+                bad.append(f"testsuite lacks {attr}")
+        for attr in ("tests", "failures", "errors", "skipped"):
+            if not (s.get(attr) or "").isdigit():
+                bad.append(f"testsuite {attr}={s.get(attr)!r} is not a count")
+        if not DECIMAL.match(s.get("time") or ""):
+            bad.append(f"testsuite time={s.get('time')!r} is not a decimal")
+        if not ISO_LOCAL.match(s.get("timestamp") or ""):
+            bad.append(f"testsuite timestamp={s.get('timestamp')!r} is not ISO 8601 without a zone")
+        tags = [c.tag for c in s]
+        if tags[:1] != ["properties"]:
+            bad.append(f"testsuite's first child is {tags[:1]}, not properties")
+        rest = tags[1:]
+        n_cases = rest.count("testcase")
+        if rest[:n_cases] != ["testcase"] * n_cases or any(
+            t not in ("system-out", "system-err") for t in rest[n_cases:]
+        ):
+            bad.append(f"testsuite children out of order: {tags}")
+        if any(p.tag != "property" or p.get("name") is None or p.get("value") is None for p in s[0]):
+            bad.append("properties must hold <property name value> only")
+        cases = s.findall("testcase")
+        for c in cases:
+            for attr in ("classname", "name", "time"):
+                if c.get(attr) in (None, ""):
+                    bad.append(f"testcase {c.get('name')} lacks {attr}")
+            if not DECIMAL.match(c.get("time") or ""):
+                bad.append(f"testcase {c.get('name')} time={c.get('time')!r} is not a decimal")
+            order = [CASE_ORDER.index(e.tag) if e.tag in CASE_ORDER else -1 for e in c]
+            if -1 in order or order != sorted(order) or [e.tag for e in c].count("skipped") > 1:
+                bad.append(
+                    f"testcase {c.get('name')} children {[e.tag for e in c]} not in the schema's order"
+                )
+        counted = {
+            "tests": len(cases),
+            "failures": sum(c.find("failure") is not None for c in cases),
+            "errors": sum(c.find("error") is not None for c in cases),
+            "skipped": sum(c.find("skipped") is not None for c in cases),
+        }
+        bad += [f"testsuite {k}={s.get(k)} but {n} found" for k, n in counted.items() if s.get(k) != str(n)]
+    for attr in ("tests", "failures", "errors", "skipped"):
+        total = sum(int(s.get(attr) or 0) for s in suites if (s.get(attr) or "").isdigit())
+        if root.get(attr) is not None and root.get(attr) != str(total):
+            bad.append(f"testsuites {attr}={root.get(attr)} but the suites sum to {total}")
+    return bad
+
+
+def test_junit_follows_the_common_schema(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = "[load]\nreference_users = 30\n[errors]\nmax_rate = 0.5\n"
+    acc = write_toml(
+        tmp_path / "mixed.toml",  # one PASS (errors), one FAIL (exec), one INCONCLUSIVE (no such op)
+        ref + '[sla]\n"SSH exec" = 0.001\n"SSH nothing" = 100\n',
+    )
+    out = tmp_path / "rep"
+    assert main(["check", str(run_dir), "--acceptance", str(acc), "--out", str(out), *BOOT]) == 1
+    capsys.readouterr()
+    root = ET.parse(out / "junit.xml").getroot()
+    assert junit_problems(root) == []
+    (suite,) = root
+    verdicts = {c.get("name"): [e.tag for e in c] for c in suite.findall("testcase")}
+    assert verdicts == {
+        "sla_p95[SSH exec]": ["failure", "system-out"],
+        "sla_p95[SSH nothing]": ["skipped", "system-out"],
+        "error_rate": ["system-out"],
+    }, verdicts
+    assert float(suite.get("time")) > 0  # the analysis took measurable time
+    assert {p.get("name"): p.get("value") for p in suite.iter("property")}["verdict"] == "FAIL"
+
+
+def test_the_junit_checks_can_fail() -> None:
+    flat = ET.fromstring('<testsuite name="x" tests="1"><testcase name="a"/></testsuite>')
+    assert junit_problems(flat) == ["root is <testsuite>, not <testsuites>"]
+    late = ET.fromstring(
+        '<testsuites><testsuite name="x" tests="1" failures="0" errors="0" skipped="0" time="1.5s" '
+        'timestamp="2026-01-01T00:00:00+00:00" hostname="h"><testcase classname="c" name="a" time="0"/>'
+        "<properties/></testsuite></testsuites>"
+    )
+    problems = " | ".join(junit_problems(late))
+    assert "first child" in problems and "time='1.5s'" in problems and "without a zone" in problems, problems
