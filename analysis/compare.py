@@ -10,7 +10,8 @@ The overall verdict is FAIL if any criterion fails, else INCONCLUSIVE if any is 
 is incomplete), else PASS. Intervals: circular block bootstrap over time within each run, or, with 3 or
 more replicates per side, between-run variance (Student t / Welch on the log ratio).
 
-Python entry points (the campaign calls these): :func:`compare_runs` and :func:`check_runs`.
+Python entry points (the campaign calls these): :func:`compare_runs` and :func:`check_runs`;
+:func:`report_runs` gives a check's metrics with no verdict (``gateload report``).
 """
 
 from __future__ import annotations
