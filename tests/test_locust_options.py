@@ -17,18 +17,25 @@ from typing import Any
 import pytest
 
 from locustfiles.lib import options
+from locustfiles.lib.schedule import parse_timespan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
 FLAGS = [flag for flag, _kwargs in options._ARGUMENTS]
 DESTS = [flag[2:].replace("-", "_") for flag in FLAGS]
 
+KEYS = [*DESTS, "num_users", "run_time"]
 PARSE = f"""
 import json, sys
 import locustfiles.homeoffice  # registers gateload's options, as loading the locustfile does
 from locust.argument_parser import get_parser
+from locustfiles.lib.options import plain_parser
 parsed = get_parser().parse_args(sys.argv[1:])
-print(json.dumps({{k: getattr(parsed, k) for k in {[*DESTS, "num_users"]!r}}}))
+plain, _unknown = plain_parser().parse_known_args(sys.argv[1:])  # the campaign's pre-flight reading
+print(json.dumps({{
+    "locust": {{k: getattr(parsed, k) for k in {KEYS!r}}},
+    "plain": {{k: getattr(plain, k) for k in {KEYS!r}}},
+}}))
 """
 
 
@@ -39,7 +46,11 @@ def clean_env(home: Path, **env: str) -> dict[str, str]:
 
 
 def parse(tmp_path: Path, *argv: str, **env: str) -> dict[str, Any]:
-    """gateload's parsed option values for a Locust command line, environment and config, as Locust parses."""
+    """gateload's option values for a command line, environment and config, as Locust parses them.
+
+    The campaign's pre-flight parser (``plain_parser``) must read the same values, or a campaign would
+    check one plan and run another.
+    """
     done = subprocess.run(
         [sys.executable, "-c", PARSE, *argv],
         cwd=tmp_path,
@@ -49,7 +60,12 @@ def parse(tmp_path: Path, *argv: str, **env: str) -> dict[str, Any]:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    got = json.loads(done.stdout.splitlines()[-1])
+    # Locust turns -t into seconds when it parses; the pre-flight keeps the text for build_plan
+    if got["plain"]["run_time"] is not None:
+        got["plain"]["run_time"] = parse_timespan(got["plain"]["run_time"])
+    assert got["plain"] == got["locust"]
+    return got["locust"]
 
 
 def subset(got: dict[str, Any], expected: dict[str, Any]) -> bool:
@@ -112,6 +128,7 @@ def test_environment_sets_gateload_options(tmp_path: Path) -> None:
         LOCUST_LABEL="after",
         LOCUST_ALLOW_REMOTE="true",
         LOCUST_USERS="7",  # Locust's own, for comparison
+        LOCUST_RUN_TIME="2m",
     )
     assert subset(
         got,
@@ -123,6 +140,7 @@ def test_environment_sets_gateload_options(tmp_path: Path) -> None:
             "label": "after",
             "allow_remote": True,
             "num_users": 7,
+            "run_time": 120,
         },
     )
 
@@ -131,7 +149,7 @@ def test_config_file_sets_gateload_options(tmp_path: Path) -> None:
     conf = tmp_path / "gateload.conf"
     conf.write_text(
         "shape = workday\nworkday-minutes = 4.5\nresults-dir = results/conf\n"
-        "run-id = r1\nallow-remote = true\nusers = 9\n"
+        "run-id = r1\nallow-remote = true\nusers = 9\nrun-time = 90s\nheadless = true\n"
     )
     got = parse(tmp_path, "--config", str(conf))
     assert subset(
@@ -143,14 +161,18 @@ def test_config_file_sets_gateload_options(tmp_path: Path) -> None:
             "run_id": "r1",
             "allow_remote": True,
             "num_users": 9,
+            "run_time": 90,
         },
     )
 
 
-def test_locust_conf_in_the_working_folder_is_read(tmp_path: Path) -> None:
+def test_locust_conf_and_pyproject_in_the_working_folder_are_read(tmp_path: Path) -> None:
     (tmp_path / "locust.conf").write_text("shape = arrivals\narrival-rate = 2.5\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.other]\nlabel = "not-ours"\n[tool.locust]\nstep-count = 3\n'
+    )
     got = parse(tmp_path)
-    assert (got["shape"], got["arrival_rate"]) == ("arrivals", 2.5)
+    assert (got["shape"], got["arrival_rate"], got["step_count"], got["label"]) == ("arrivals", 2.5, 3, "run")
 
 
 def test_command_line_beats_environment_beats_config(tmp_path: Path) -> None:

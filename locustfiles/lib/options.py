@@ -11,7 +11,8 @@ Locust 2.47 prints ``--help`` before it loads the locustfile (locust#2917), so `
 locustfiles/homeoffice.py --help`` cannot list them; ``python -m locustfiles.lib.options`` prints
 Locust's help with the "gateload options" group.
 
-Nothing here imports Locust, so the campaign can read a plan with :func:`plain_parser`.
+Nothing here imports Locust, so the campaign can read a plan with :func:`plain_parser`, which reads the
+environment and Locust's config files as Locust does (the run must follow the plan the campaign checked).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import configargparse  # Locust's own option parser (a Locust dependency); importing it does not import Locust
 
 from gateload.errors import InputError
 from locustfiles.lib.schedule import SHAPES, Plan, build_plan, parse_timespan
@@ -85,16 +88,15 @@ def env_var(flag: str) -> str:
 def add_arguments(parser: Any) -> None:
     """Add gateload's options to Locust's parser (shown in the web UI), or to a plain argparse parser."""
     is_locust = hasattr(parser, "args_included_in_web_ui")
+    takes_env = isinstance(parser, configargparse.ArgumentParser)
     # the group's add_argument is argparse's, which knows configargparse's env_var but not Locust's web UI
     # keywords: those are set on the action below, as LocustArgumentParser.add_argument sets them
     target = parser.add_argument_group(GROUP) if is_locust else parser
     for flag, kwargs in _ARGUMENTS:
-        if not is_locust:
-            parser.add_argument(flag, **kwargs)
-            continue
-        action = target.add_argument(flag, **kwargs, env_var=env_var(flag))
-        action.include_in_web_ui = True
-        action.is_secret = action.is_required = action.is_multiple = False
+        action = target.add_argument(flag, **kwargs, **({"env_var": env_var(flag)} if takes_env else {}))
+        if is_locust:
+            action.include_in_web_ui = True
+            action.is_secret = action.is_required = action.is_multiple = False
     SECRET_DESTS.update(getattr(parser, "secret_args_included_in_web_ui", {}) or {})
     profile = next((a for a in parser._actions if a.dest == "profile"), None)
     if profile is None:
@@ -103,12 +105,37 @@ def add_arguments(parser: Any) -> None:
         profile.help = PROFILE_HELP
 
 
-def plain_parser() -> argparse.ArgumentParser:
-    """A parser for Locust command lines that knows -u/-r/-t and gateload's options (no Locust)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-u", "--users", dest="num_users", type=int, default=None)
-    p.add_argument("-r", "--spawn-rate", dest="spawn_rate", type=float, default=None)
-    p.add_argument("-t", "--run-time", dest="run_time", default=None)
+#: Locust's default config files (its DEFAULT_CONFIG_FILES), relative to the working folder.
+LOCUST_CONFIG_FILES = ("~/.locust.conf", "locust.conf", "pyproject.toml")
+
+
+class _LocustConfigFileParser(configargparse.ConfigFileParser):
+    """Locust's config syntax (its LocustConfigParser): [tool.locust] of a .toml file, else key = value."""
+
+    def parse(self, stream: Any) -> Any:
+        if stream.name.endswith(".toml"):
+            return configargparse.TomlConfigParser(["tool.locust"]).parse(stream)
+        return configargparse.DefaultConfigFileParser().parse(stream)
+
+
+def plain_parser(config_files: tuple[str, ...] = LOCUST_CONFIG_FILES) -> argparse.ArgumentParser:
+    """A parser for Locust command lines that knows -u/-r/-t and gateload's options (no Locust).
+
+    Like Locust's it reads LOCUST_* environment variables, ``--config`` and the default config files; it
+    ignores the config keys of Locust's other options, which it does not know.
+    """
+    p = configargparse.ArgumentParser(
+        add_help=False,
+        default_config_files=list(config_files),
+        config_file_parser_class=_LocustConfigFileParser,
+        ignore_unknown_config_file_keys=True,
+    )
+    p.add_argument("--config", is_config_file_arg=True)
+    p.add_argument("-u", "--users", dest="num_users", type=int, default=None, env_var="LOCUST_USERS")
+    p.add_argument(
+        "-r", "--spawn-rate", dest="spawn_rate", type=float, default=None, env_var="LOCUST_SPAWN_RATE"
+    )
+    p.add_argument("-t", "--run-time", dest="run_time", default=None, env_var="LOCUST_RUN_TIME")
     add_arguments(p)
     return p
 
