@@ -110,8 +110,10 @@ def test_verdict_json_and_report_files(tmp_path: Path, pair: tuple[Path, Path]) 
     assert html.count("data:image/png;base64,") >= 5 and "PASS" in html
     assert "http://" not in html and "https://" not in html  # self-contained
     assert "**PASS**" in (out / "summary.md").read_text()
-    suite = ET.parse(out / "junit.xml").getroot()
-    assert suite.tag == "testsuite" and len(suite.findall("testcase")) == 3 and suite.get("failures") == "0"
+    root = ET.parse(out / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert root.tag == "testsuites" and suite is not None
+    assert len(suite.findall("testcase")) == 3 and suite.get("failures") == "0"
 
 
 def test_before_after_chosen_by_label(
