@@ -1,0 +1,185 @@
+"""A real ocserv (AnyConnect-compatible SSL-VPN server, Debian ``ocserv``) on a loopback port.
+
+Configured from a private folder the way an administrator would: plain password auth from an
+``ocpasswd`` file (accounts made with ``ocpasswd``), a certificate from a per-run test CA
+(:mod:`targets.local.tlsca`; clients verify it), TCP only on 127.0.0.1 (no UDP/DTLS), its own
+``socket-file``, started as root with the workers run as Debian's ``ocserv`` account (``run-as-user``
+as the package ships it) and isolated (``isolate-workers``).
+
+Two variants of the anti-abuse settings:
+
+- :data:`PRODUCTION_DEFAULTS`: the values of Debian's shipped ``/etc/ocserv/ocserv.conf`` (2 sessions
+  per user, 100 ms between new connections, bans at score 80, at most 16 clients): what a load
+  generator on one address meets on a stock server;
+- :data:`RELAXED`: those limits off, for load tests that need many tunnels from one generator.
+
+Each session gets a tun device (``/dev/net/tun``, present here) named ``glvpn<N>`` in the current
+network namespace, with an address from a per-instance private /24 so parallel instances never share
+one; ocserv removes it when the session ends. No network namespace is needed: ocserv starts sessions
+in this container as it is.
+
+Usage::
+
+    with Ocserv(tmp / "vpn", accounts=20, relaxed=True) as vpn:
+        ...  # vpn.host, vpn.port, vpn.ca.ca_cert, vpn.credentials (username,password CSV), vpn.accounts
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import pwd
+import secrets
+import stat
+import subprocess
+from pathlib import Path
+
+from targets.local.process import Daemon, Launcher, MissingTool, free_port, require_binary, require_root
+from targets.local.tlsca import TestCA, make_test_ca
+
+#: Debian's shipped anti-abuse and timer settings (ocserv 1.1, /etc/ocserv/ocserv.conf).
+PRODUCTION_DEFAULTS = {
+    "max-clients": "16",
+    "max-same-clients": "2",
+    "rate-limit-ms": "100",
+    "max-ban-score": "80",
+    "ban-reset-time": "1200",
+    "auth-timeout": "240",
+    "min-reauth-time": "300",
+    "cookie-timeout": "300",
+    "keepalive": "32400",
+    "dpd": "90",
+    "mobile-dpd": "1800",
+}
+#: The "relaxed" variant: no per-user session limit, no client cap, no rate limit, no bans (0 = off).
+RELAXED = PRODUCTION_DEFAULTS | {
+    "max-clients": "0",
+    "max-same-clients": "0",
+    "rate-limit-ms": "0",
+    "max-ban-score": "0",
+}
+#: Debian's shipped TLS priorities (TLS 1.2 only).
+TLS_PRIORITIES = "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-VERS-TLS1.3"
+USER_PREFIX = "gl-vpn-"
+
+
+class Ocserv(Launcher):
+    """A foreground ``ocserv -f -c <private config>`` on 127.0.0.1 and a free TCP port."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        accounts: int = 20,
+        relaxed: bool = False,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.binary = require_binary("ocserv", "ocserv")
+        self.ocpasswd = require_binary("ocpasswd", "ocserv")
+        require_root("start ocserv (tun devices, worker isolation)")
+        if not Path("/dev/net/tun").exists():
+            raise MissingTool("ocserv needs /dev/net/tun; run where the tun device exists")
+        self.state_dir = state_dir
+        self.n_accounts = accounts
+        self.relaxed = relaxed
+        self.settings = RELAXED if relaxed else PRODUCTION_DEFAULTS
+        self.host = host
+        self.port = 0
+        self.ca: TestCA | None = None
+        self.accounts: list[tuple[str, str]] = []
+        # A private /24 per instance (10.200-249.x.0): parallel instances never hand out one address.
+        self.network = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0"
+        self._daemon: Daemon | None = None
+
+    @property
+    def daemon(self) -> Daemon | None:
+        return self._daemon
+
+    @property
+    def passwd(self) -> Path:
+        return self.state_dir / "ocpasswd"
+
+    @property
+    def credentials(self) -> Path:
+        """The accounts as a ``username,password`` CSV (owner-only), for a profile's credentials file."""
+        return self.state_dir / "credentials.csv"
+
+    def _prepare(self) -> None:
+        """The folder, the test CA and the accounts (``ocpasswd``, random passwords)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)  # the workers (run-as-user) reach the socket file in it
+        _make_traversable(self.state_dir)
+        self.ca = make_test_ca(self.state_dir / "tls")
+        with contextlib.suppress(FileNotFoundError):
+            self.passwd.unlink()
+        self.accounts = [(f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)]
+        for name, password in self.accounts:
+            # ocpasswd asks twice on its stdin; the password never appears on a command line.
+            subprocess.run(
+                [self.ocpasswd, "-c", str(self.passwd), name],
+                input=f"{password}\n{password}\n",
+                text=True,
+                check=True,
+                capture_output=True,
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.credentials.unlink()
+        fd = os.open(self.credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["username", "password"])
+            writer.writerows(self.accounts)
+
+    def _make_daemon(self) -> Daemon:
+        self.port = free_port(self.host)
+        config = self.state_dir / "ocserv.conf"
+        config.write_text(self.config_text())
+        argv = [self.binary, "-f", "-c", str(config)]
+        name = f"ocserv {'relaxed' if self.relaxed else 'production-defaults'}"
+        return Daemon(name, argv, [(self.host, self.port)], self.state_dir / "ocserv.log")
+
+    def config_text(self) -> str:
+        """The private ocserv.conf: Debian's shipped settings with this instance's files and port."""
+        assert self.ca is not None, "_prepare() makes the CA"
+        run_as = "ocserv" if _account_exists("ocserv") else "nobody"
+        lines = [
+            f'auth = "plain[passwd={self.passwd}]"',
+            f"listen-host = {self.host}",
+            f"tcp-port = {self.port}",
+            # no udp-port: TCP (CSTP) only, no DTLS
+            f"socket-file = {self.state_dir / 'ocserv.sock'}",
+            f"pid-file = {self.state_dir / 'ocserv.pid'}",
+            f"server-cert = {self.ca.server_cert}",
+            f"server-key = {self.ca.server_key}",
+            f"run-as-user = {run_as}",
+            f"run-as-group = {run_as if run_as == 'ocserv' else 'nogroup'}",
+            "isolate-workers = true",
+            f'tls-priorities = "{TLS_PRIORITIES}"',
+            *(f"{k} = {v}" for k, v in self.settings.items()),
+            "use-occtl = false",
+            "log-level = 1",
+            "device = glvpn",
+            "predictable-ips = true",
+            f"ipv4-network = {self.network}",
+            "ipv4-netmask = 255.255.255.0",
+            "cisco-client-compat = true",
+            "ping-leases = false",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _make_traversable(folder: Path) -> None:
+    """Add search permission for others (o+x) to every ancestor lacking it; never removes bits."""
+    for parent in folder.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def _account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

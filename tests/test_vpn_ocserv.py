@@ -1,0 +1,190 @@
+"""The ``vpn`` protocol (AnyConnect-compatible SSL-VPN) against a real ocserv on loopback (issue 13, part 1).
+
+ocserv is Debian's package, started by the tests as root from a private config
+(:class:`targets.local.ocserv.Ocserv`): the "relaxed" variant for the load test, Debian's shipped
+anti-abuse settings ("production defaults") for the throttling test. Locust's GatewayUser speaks the
+protocol through a profile with ``[gateway] protocol = "vpn"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
+from real_support import private_dir, start_or_skip
+from users_support import Run, environment, wait_until
+
+from locustfiles.lib import remote
+from locustfiles.lib.remoteuser import GatewayUser
+from locustfiles.lib.vpn import VPN_CATALOGUE, VPNSession
+from targets.local.ocserv import Ocserv
+from targets.profile import Workload, dump_profile, load_profile
+
+BASE_PROFILE = Path(__file__).resolve().parent.parent / "targets" / "profiles" / "local-real.toml"
+USERS = 20
+HOLD_S = 25.0
+#: A paced burst of 8 keepalives 250 ms apart, then a short think time: every tunnel stays busy.
+WORKLOAD = Workload(
+    activities_per_session=1000,
+    think_min_s=0.2,
+    think_max_s=0.6,
+    typing_interval_ms=250.0,
+    burst_keys=8,
+    documents=["memo.pdf"],
+    timeout_s=10.0,
+    mix={"typing": 1.0},
+)
+
+
+def _profile(vpn: Ocserv, folder: Path, name: str, credentials: Path | None = None) -> Path:
+    """The shipped local-real profile pointed at this ocserv: protocol vpn, its CA, its accounts."""
+    assert vpn.ca is not None
+    p = load_profile(BASE_PROFILE)
+    profile = dataclasses.replace(
+        p,
+        portal=dataclasses.replace(p.portal, ca_file=str(vpn.ca.ca_cert)),
+        gateway=dataclasses.replace(p.gateway, host=vpn.host, port=vpn.port, protocol="vpn", host_key=""),
+        credentials=dataclasses.replace(p.credentials, file=str(credentials or vpn.credentials)),
+        workload=WORKLOAD,
+    )
+    return dump_profile(profile, folder / f"{name}.toml")
+
+
+@pytest.fixture(scope="module")
+def relaxed() -> Iterator[Ocserv]:
+    with private_dir("ocserv-relaxed") as state:
+        vpn = start_or_skip(lambda: Ocserv(state / "vpn", accounts=USERS, relaxed=True).start())
+        try:
+            yield vpn
+        finally:
+            vpn.stop()
+
+
+@pytest.fixture(scope="module")
+def production() -> Iterator[Ocserv]:
+    with private_dir("ocserv-production") as state:
+        vpn = start_or_skip(lambda: Ocserv(state / "vpn", accounts=3, relaxed=False).start())
+        try:
+            yield vpn
+        finally:
+            vpn.stop()
+
+
+def _established(port: int) -> int:
+    """Established TCP connections to ``port`` on the server side (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            count += 1
+    return count
+
+
+def _run(profile: Path, users: int, until: float) -> tuple[Run, int]:
+    """Run ``users`` GatewayUsers for ``until`` seconds; the most server-side connections seen at once."""
+    run = environment(profile, GatewayUser)
+    runner = run.env.create_local_runner()
+    port = load_profile(profile).gateway.port
+    most = 0
+    try:
+        runner.start(users, spawn_rate=users)
+        deadline = time.monotonic() + until
+        while time.monotonic() < deadline:
+            wait_until(lambda: False, min(0.5, deadline - time.monotonic()))
+            most = max(most, _established(port))
+    finally:
+        runner.quit()
+    return run, most
+
+
+def test_the_vpn_protocol_is_a_registered_remote_session() -> None:
+    proto = remote.protocol("vpn")
+    assert proto.catalogue is VPN_CATALOGUE and proto.factory is VPNSession
+    assert VPN_CATALOGUE.logon == "VPN logon" and VPN_CATALOGUE.echo == "VPN keepalive"
+    assert [o.key for o in VPN_CATALOGUE.paced] == ["VPN keepalive"]
+    assert VPN_CATALOGUE.activities == ("typing",)
+
+
+def test_openconnect_logs_on_to_the_test_server(relaxed: Ocserv) -> None:
+    """The server is a genuine AnyConnect-compatible one: Debian's openconnect client authenticates."""
+    assert relaxed.ca is not None
+    user, password = relaxed.accounts[0]
+    done = subprocess.run(
+        [
+            "openconnect",
+            "--authenticate",
+            "--no-dtls",
+            "--passwd-on-stdin",
+            f"--cafile={relaxed.ca.ca_cert}",
+            *("-u", user, f"{relaxed.host}:{relaxed.port}"),
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "COOKIE=" in done.stdout
+
+
+def test_twenty_users_hold_tunnels_with_no_failures(relaxed: Ocserv, tmp_path: Path) -> None:
+    profile = _profile(relaxed, tmp_path, "relaxed")
+    run, most = _run(profile, USERS, HOLD_S)
+    assert not run.user_errors, run.user_errors
+    failures = [(s["name"], s["context"]["error"]) for s in run.samples if s["exception"] is not None]
+    assert failures == []
+    ops = run.operations()
+    # each user logged on once and held its tunnel: no reconnects, no drops
+    assert ops[("VPN", "tls")] == ops[("VPN", "logon")] == ops[("VPN", "tunnel_up")] == USERS
+    assert ops[("VPN", "reconnect")] == 0 and ops[("VPN", "drop")] == 0
+    assert most == USERS, f"{most} tunnels at once at the server"
+    # every user kept its tunnel busy: at least a few paced bursts each over the hold
+    per_user = Counter(s["context"]["user_id"] for s in run.samples if s["name"] == "keepalive")
+    assert len(per_user) == USERS and min(per_user.values()) >= 3 * WORKLOAD.burst_keys, per_user
+    # paced: within each burst the intended starts follow the plan exactly (bursts are think time apart)
+    keep = [s for s in run.samples if s["name"] == "keepalive"]
+    first_user = keep[0]["context"]["user_id"]
+    planned = sorted(s["context"]["t_intended"] for s in keep if s["context"]["user_id"] == first_user)
+    on_plan = sum(abs(b - a - WORKLOAD.typing_interval_ms / 1000.0) < 1e-3 for a, b in pairwise(planned))
+    assert on_plan == (WORKLOAD.burst_keys - 1) * (len(planned) // WORKLOAD.burst_keys), planned
+    # the tunnel-up sample names the server (X-CSTP-Server-Name), so analysis can attribute it
+    assert all(s["context"]["server"] for s in run.samples if s["name"] in ("tunnel_up", "keepalive"))
+
+
+def test_a_wrong_password_is_a_classified_auth_failure(production: Ocserv, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("username,password\n" + f"{production.accounts[0][0]},not-the-password-x7\n")
+    wrong.chmod(0o600)
+    run = environment(_profile(production, tmp_path, "wrong", credentials=wrong), GatewayUser)
+    runner = run.env.create_local_runner()
+    try:
+        runner.start(1, spawn_rate=1)
+        assert wait_until(lambda: run.count("VPN", "logon", ok=False) >= 1, 15)
+    finally:
+        runner.quit()
+    assert not run.user_errors, run.user_errors
+    failed = [s for s in run.samples if s["exception"] is not None]
+    assert {(s["name"], s["context"]["error"]) for s in failed} == {("logon", "auth_failed")}
+    assert run.count("VPN", "tls") >= 1 and run.count("VPN", "tunnel_up") == 0
+    assert all("not-the-password" not in str(s["exception"]) for s in failed)
+
+
+def test_production_defaults_throttle_as_classified_failures(production: Ocserv, tmp_path: Path) -> None:
+    """Nine users on three accounts: Debian's max-same-clients = 2 refuses the third session of each."""
+    profile = _profile(production, tmp_path, "production")
+    run, most = _run(profile, 9, 8.0)
+    assert not run.user_errors, run.user_errors
+    errors = Counter((s["name"], s["context"]["error"]) for s in run.samples if s["exception"] is not None)
+    assert errors, "no session was refused"
+    allowed = {o.name: set(o.errors) for o in VPN_CATALOGUE.operations}
+    assert all(err in allowed[name] and err != "other" for name, err in errors), errors
+    assert errors[("tunnel_up", "refused")] >= 3, errors
+    # the server never held more than two sessions per account (three accounts)
+    assert run.count("VPN", "tunnel_up") >= 1 and most <= 6, (most, errors)
