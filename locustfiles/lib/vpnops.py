@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
-from locustfiles.lib.errors import HttpStatusError, OperationError
+from locustfiles.lib.errors import HttpStatusError, OperationError, classify
 
 #: What the client says it is; ocserv treats AnyConnect-compatible clients alike (openconnect sends this).
 USER_AGENT = "Open AnyConnect VPN Agent v9.01"
@@ -225,7 +225,7 @@ class VPNConnection:
     async def dpd(self) -> float:
         """One DPD request until its response (the tunnel's keepalive round trip); returns the ms."""
         if self.lost is not None:
-            raise self.lost
+            raise OperationError(classify(self.lost) or "reset", "tunnel lost")
         if self._dpd is not None and not self._dpd.done():
             raise OperationError("other", "DPD already pending")
         loop = asyncio.get_running_loop()
@@ -352,14 +352,13 @@ class VPNConnection:
             self._dpd.set_exception(exc)
 
     def _stop_reader(self) -> None:
-        task, self._reader_task = self._reader_task, None
+        # The task stays referenced: ``closing`` (set first) already tells a close from a drop.
+        task = self._reader_task
         if task is not None and not task.done():
             task.cancel()
         if self._dpd is not None and not self._dpd.done():
-            self._dpd.cancel()
-        # keep "dropped" false after a close: the reader is gone on purpose
-        if task is not None:
-            self._reader_task = task
+            # an error, not a cancellation: a keepalive waiting on it ends as a failed operation
+            self._dpd.set_exception(OperationError("reset", "tunnel closed"))
 
 
 def _match(pattern: re.Pattern[bytes], body: bytes) -> str | None:
