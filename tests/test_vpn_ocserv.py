@@ -21,24 +21,29 @@ from pathlib import Path
 
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import private_dir, start_or_skip
+from real_support import private_dir, run_async, start_or_skip
 from users_support import Run, environment, wait_until
 
 from locustfiles.lib import remote
+from locustfiles.lib.aiobridge import Timed, timed
+from locustfiles.lib.errors import classify
 from locustfiles.lib.remoteuser import GatewayUser
 from locustfiles.lib.vpn import VPN_CATALOGUE, VPNSession, source_address
+from locustfiles.lib.vpnops import VPNConnection, VPNSpec
 from targets.local.ocserv import Ocserv
-from targets.local.process import _descendants
+from targets.local.process import _descendants, free_port
+from targets.local.tlsca import make_test_ca
 from targets.profile import Workload, dump_profile, load_profile
 
 BASE_PROFILE = Path(__file__).resolve().parent.parent / "targets" / "profiles" / "local-real.toml"
 USERS = 20
 HOLD_S = 25.0
-#: A paced burst of 8 keepalives 250 ms apart, then a short think time: every tunnel stays busy.
+#: A paced burst of 8 keepalives 250 ms apart, then a short think time: every tunnel stays busy. The
+#: think time is longer than the pace, so no gap between two bursts can pass for a gap inside one.
 WORKLOAD = Workload(
     activities_per_session=1000,
-    think_min_s=0.2,
-    think_max_s=0.6,
+    think_min_s=0.3,
+    think_max_s=0.7,
     typing_interval_ms=250.0,
     burst_keys=8,
     documents=["memo.pdf"],
@@ -226,3 +231,26 @@ def test_production_defaults_throttle_as_classified_failures(production: Ocserv,
     # two sessions per account (three accounts) held at the server, all from the one generator address
     assert sources == {"127.0.0.1"}, sources
     assert run.count("VPN", "tunnel_up") == most == 6, (most, errors)
+
+
+def test_an_untrusted_certificate_and_a_closed_port_are_classified(
+    production: Ocserv, tmp_path: Path
+) -> None:
+    """The certificate is verified (a CA that did not sign it is ``tls_error``); no server is ``refused``."""
+    assert production.ca is not None
+    other_ca = make_test_ca(tmp_path / "other-ca")
+    user, password = production.accounts[1]
+
+    async def attempt(port: int, ca: Path) -> Timed[str]:
+        conn = VPNConnection(VPNSpec(production.host, port, user, password, str(ca), timeout_s=5.0))
+        try:
+            return await timed(conn.tls(), 5.0)
+        finally:
+            conn.abort()
+
+    trusted = run_async(attempt(production.port, production.ca.ca_cert))
+    untrusted = run_async(attempt(production.port, other_ca.ca_cert))
+    closed = run_async(attempt(free_port(), production.ca.ca_cert))
+    assert trusted.ok and trusted.value == "TLSv1.2", trusted  # Debian's tls-priorities: TLS 1.2 only
+    assert classify(untrusted.error) == "tls_error", untrusted
+    assert classify(closed.error) == "refused", closed
