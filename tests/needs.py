@@ -31,3 +31,26 @@ def import_or_fail(module: str, reason: str) -> ModuleType:
         return __import__(module, fromlist=["_"])
     except ImportError:
         skip_or_fail(f"{module} is not importable ({reason})")
+
+
+def wakeup_lateness_ms(samples: int = 20, sleep_s: float = 0.005) -> float:
+    """How late this machine wakes a sleeping thread right now: the median overshoot of a real sleep.
+
+    A delay line or a timer can only be late, never early, and on a busy machine it is late by about
+    this much per wake-up: timing tests add it to their upper bound instead of hoping for a quiet core.
+    """
+    import statistics
+    import sys
+    import time
+
+    sleep = time.sleep
+    if "gevent.monkey" in sys.modules:  # under Locust's patching: the OS sleep, not a greenlet's
+        from gevent import monkey
+
+        sleep = monkey.get_original("time", "sleep")
+    overshoot = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        sleep(sleep_s)
+        overshoot.append((time.perf_counter() - t0 - sleep_s) * 1000.0)
+    return max(0.0, statistics.median(overshoot))

@@ -436,7 +436,10 @@ def test_locust_run_through_connection_resets(fault_farm: FarmProcess, tmp_path:
 
 
 def test_locust_run_through_a_stall(fault_farm: FarmProcess, tmp_path: Path) -> None:
-    r = run_with_fault(fault_farm, tmp_path, "stall", server="old-01")
+    # Operations wait out the 3 s stall: with a timeout longer than it, every one that started in it ends
+    # late instead of some timing out and sending their users into backoff (which on a busy machine left
+    # no slow success to show the latency, only the timeouts).
+    r = run_with_fault(fault_farm, tmp_path, "stall", server="old-01", workload={"workload.timeout_s": 6.0})
     s = r.samples
     stalled = s[(s.server == "old-01") & (s.type != "SESSION") & (s.t_start >= r.fault["started_at"])]
     stalled = stalled[stalled.t_start < r.fault["ended_at"]]
