@@ -228,9 +228,11 @@ def test_production_defaults_throttle_as_classified_failures(production: Ocserv,
     allowed = {o.name: set(o.errors) for o in VPN_CATALOGUE.operations}
     assert all(err in allowed[name] and err != "other" for name, err in errors), errors
     assert errors[("tunnel_up", "refused")] >= 3, errors
-    # two sessions per account (three accounts) held at the server, all from the one generator address
+    # two sessions per account (three accounts) held, all from the one generator address; the server's
+    # connection count also holds a retrying user's connection until ocserv refuses it (CI saw 7)
     assert sources == {"127.0.0.1"}, sources
-    assert run.count("VPN", "tunnel_up") == most == 6, (most, errors)
+    assert run.count("VPN", "tunnel_up") == 6, errors
+    assert 6 <= most <= 9, (most, errors)
 
 
 def test_an_untrusted_certificate_and_a_closed_port_are_classified(
