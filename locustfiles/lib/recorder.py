@@ -4,8 +4,8 @@ Hot path: :meth:`Recorder.on_request` (a listener of ``events.request``) appends
 few column lists; nothing else. A flusher greenlet takes the lists whole every second (or as soon as
 they hold ``max_rows`` rows) and hands them on:
 
-- **local runner**: to a real OS thread (a one-thread gevent ``ThreadPool``) that builds the Arrow table
-  and writes a part file with ``analysis.schema.write_part``; greenlets never wait for the disk. The
+- **local runner**: to a real OS thread (``samplewriter.PartWriter``: a one-thread gevent ``ThreadPool``)
+  that builds the Arrow table and writes a part file; greenlets never wait for the disk. The
   flusher waits for the previous write before it hands over the next batch, so at most two batches
   are in memory besides the one being filled.
 - **worker** (``--processes``, ``--worker``): to the master, as a custom message (``gateload_samples``).
@@ -48,11 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import pyarrow as pa
-from gevent.event import AsyncResult, Event
-from gevent.threadpool import ThreadPool
+from gevent.event import Event
 
-from analysis.schema import SAMPLE_SCHEMA, write_part
+# to_table is re-exported: callers (tests, the web view) build tables from batches through the recorder
+from locustfiles.lib.samplewriter import HOT_COLUMNS, Chunk, PartWriter, to_table
+
+__all__ = ["HOT_COLUMNS", "RecordResult", "Recorder", "process_name", "role_of", "to_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +68,8 @@ USERS_BROADCAST_S = 1.0
 USERS_BROADCAST_EARLY_S = 2.0  # broadcast 4x as often at first, while users are being spawned
 FINAL_WAIT_S = 15.0
 
-#: Columns the hot path fills; ``worker`` is added when a batch is written.
-HOT_COLUMNS = (
-    "t_start",
-    "t_intended",
-    "duration_ms",
-    "type",
-    "name",
-    "success",
-    "error",
-    "bytes",
-    "user_id",
-    "user_count",
-    "server",
-)
 _NAN = math.nan
 _EMPTY: Mapping[str, Any] = {}
-_STRING = pa.dictionary(pa.int16(), pa.string())
-_TYPES = {f.name: f.type for f in SAMPLE_SCHEMA}
-
-Chunk = tuple[dict[str, list], str]  # (columns, worker name)
 
 
 def process_name() -> str:
@@ -101,92 +84,6 @@ def role_of(runner: Any) -> str:
     if isinstance(runner, MasterRunner):
         return "master"
     return "worker" if isinstance(runner, WorkerRunner) else "local"
-
-
-# --- building tables (in the writer thread) ---------------------------------------------------------
-
-
-def to_table(cols: Mapping[str, list], worker: str) -> pa.Table:
-    """One batch of column lists as an Arrow table in the sample schema."""
-    n = len(cols["t_start"])
-    arrays = {name: _array(name, cols[name]) for name in HOT_COLUMNS}
-    arrays["worker"] = pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int16()), pa.array([worker]))
-    return pa.table({name: arrays[name] for name in SAMPLE_SCHEMA.names}).cast(SAMPLE_SCHEMA)
-
-
-def _array(name: str, values: list) -> pa.Array:
-    kind = _TYPES[name]
-    try:
-        return pa.array(values, kind)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-        # One odd value (a user id that is a string, a name that is not) must not cost the batch.
-        return pa.array([_coerce(v, kind) for v in values], kind)
-
-
-def _coerce(value: Any, kind: pa.DataType) -> Any:
-    if value is None:
-        return None
-    try:
-        if pa.types.is_floating(kind):
-            return float(value)
-        if pa.types.is_integer(kind):
-            return int(value)
-        if pa.types.is_boolean(kind):
-            return bool(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return str(value)
-
-
-def write_chunks(run_dir: Path, writer: str, seq: int, chunks: list[Chunk]) -> int:
-    """Write batches as one part file; returns the rows written (runs in the writer thread)."""
-    tables = [to_table(cols, worker) for cols, worker in chunks if cols["t_start"]]
-    if not tables:
-        return 0
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).unify_dictionaries()
-    write_part(run_dir, writer, seq, table.combine_chunks())
-    return table.num_rows
-
-
-class PartWriter:
-    """Writes batches as part files in one real OS thread; waited for from greenlets only."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPool | None = None  # created on first use: after --processes has forked
-        self._pending: AsyncResult | None = None
-        self._pending_rows = 0
-        self.run_dir: Path | None = None
-        self.name = ""
-        self.seq = 0
-        self.rows = 0
-        self.errors: list[str] = []
-
-    def open(self, run_dir: Path, name: str) -> None:
-        self.wait()
-        self.run_dir, self.name, self.seq, self.rows, self.errors = run_dir, name, 0, 0, []
-
-    def submit(self, chunks: list[Chunk]) -> None:
-        """Hand a batch to the writer thread, after the previous one is on disk."""
-        self.wait()
-        if self._pool is None:
-            self._pool = ThreadPool(1)
-        assert self.run_dir is not None
-        self._pending_rows = sum(len(cols["t_start"]) for cols, _ in chunks)
-        self._pending = self._pool.spawn(write_chunks, self.run_dir, self.name, self.seq, chunks)
-        self.seq += 1
-
-    def wait(self) -> None:
-        """Wait (cooperatively) until the last batch handed over is written."""
-        if self._pending is None:
-            return
-        try:
-            rows = self._pending.get()  # if Ctrl-C interrupts this, the next wait() collects it
-        except Exception as exc:
-            rows = 0
-            self.errors.append(f"{self._pending_rows} samples not written: {type(exc).__name__}: {exc}")
-            logger.error("gateload recorder: writing part %s failed: %s", self.seq - 1, exc)
-        self._pending = None
-        self.rows += rows
 
 
 # --- the recorder -----------------------------------------------------------------------------------
