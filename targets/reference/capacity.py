@@ -13,12 +13,9 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from targets.profile import Farm, ServerGroup, ServiceTimes
-
-if TYPE_CHECKING:
-    from targets.reference.faults import ServerFaults
 
 #: Operation name -> ServiceTimes field holding its mean (ms on a speed-1.0 server).
 OP_MEANS = {
@@ -49,6 +46,41 @@ def make_sampler(distribution: str, rng: random.Random) -> Callable[[float], flo
     if distribution == "constant":
         return lambda mean: mean
     raise ValueError(f"unknown service-time distribution {distribution!r}")
+
+
+class ServerFaults:
+    """What is wrong with one server right now; ``SimServer.fault`` points here while any fault is active.
+
+    It lives beside the server it describes: the fault controller (``faults.py``) builds and swaps these
+    in, and the server's hot paths consult it.
+    """
+
+    __slots__ = ("auth_fail", "down", "http_503", "rng", "sftp_factor", "stall")
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.down = False
+        self.auth_fail = 0.0  # percent
+        self.http_503 = 0.0  # percent
+        self.sftp_factor = 1.0
+        self.stall: asyncio.Event | None = None  # set when the stall ends
+
+    def admits(self, kind: str) -> bool:
+        """Whether new work of ``kind`` ("portal" or "ssh") gets past the fault."""
+        if self.down:
+            return False
+        return not (kind == "portal" and self.http_503 and self.rng.random() * 100.0 < self.http_503)
+
+    def fails_auth(self) -> bool:
+        """Whether this login fails (auth_fail)."""
+        return bool(self.auth_fail) and self.rng.random() * 100.0 < self.auth_fail
+
+    async def delay(self, op: str, seconds: float) -> float:
+        """Wait out a stall, then the operation's service time (slower for SFTP under slow_sftp)."""
+        stall = self.stall
+        if stall is not None:
+            await stall.wait()
+        return seconds * self.sftp_factor if op == "sftp" else seconds
 
 
 class SimServer:

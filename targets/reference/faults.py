@@ -21,7 +21,7 @@ request), which listens on 127.0.0.1 only and needs ``Authorization: Bearer <tok
 prints it.
 
 Hot paths pay one attribute test: ``SimServer.fault`` is None unless a fault is active on that server,
-and the controller swaps in a :class:`ServerFaults` at each start and end (a timer, not a poll).
+and the controller swaps in a :class:`capacity.ServerFaults` at each start and end (a timer, not a poll).
 
 Admin API (JSON): ``GET /admin/faults`` (active, scheduled, log), ``POST /admin/faults`` with a fault
 (``kind``, ``duration_s``, optional ``server``, ``start_s``, ``percent``, ``factor``, ``every_s``),
@@ -51,43 +51,12 @@ from aiohttp import web
 
 from gateload.errors import InputError
 from targets.profile import ALL_SERVERS, FAULT_KINDS, Fault, fault_problem
-from targets.reference.capacity import Cluster, SimServer
+from targets.reference.capacity import Cluster, ServerFaults, SimServer
 
 TOKEN_ENV = "GATELOAD_ADMIN_TOKEN"
 TOKEN_FILE = "admin_token"
 LOG_LIMIT = 1000  # fault log entries kept (a long soak with a flapping schedule stays bounded)
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, as a crashed peer does
-
-
-class ServerFaults:
-    """What is wrong with one server right now; ``SimServer.fault`` points here while any fault is active."""
-
-    __slots__ = ("auth_fail", "down", "http_503", "rng", "sftp_factor", "stall")
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.down = False
-        self.auth_fail = 0.0  # percent
-        self.http_503 = 0.0  # percent
-        self.sftp_factor = 1.0
-        self.stall: asyncio.Event | None = None  # set when the stall ends
-
-    def admits(self, kind: str) -> bool:
-        """Whether new work of ``kind`` ("portal" or "ssh") gets past the fault."""
-        if self.down:
-            return False
-        return not (kind == "portal" and self.http_503 and self.rng.random() * 100.0 < self.http_503)
-
-    def fails_auth(self) -> bool:
-        """Whether this login fails (auth_fail)."""
-        return bool(self.auth_fail) and self.rng.random() * 100.0 < self.auth_fail
-
-    async def delay(self, op: str, seconds: float) -> float:
-        """Wait out a stall, then the operation's service time (slower for SFTP under slow_sftp)."""
-        stall = self.stall
-        if stall is not None:
-            await stall.wait()
-        return seconds * self.sftp_factor if op == "sftp" else seconds
 
 
 @dataclass
