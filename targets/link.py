@@ -41,13 +41,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import socket as _stdlib_socket
 import struct
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -504,6 +508,9 @@ class _Module:
 # --- the profile-level entry point ------------------------------------------------------------------
 
 Routes = dict[str, tuple[str, int]]  # name ("portal", "gateway") -> address
+LINK_PROCESS_MODULE = "targets.linkproc"  # the child's module, run by name: it imports this one
+STOP_TIMEOUT_S = 10.0
+_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -546,6 +553,51 @@ def serve_in_thread(
     return addresses, stop
 
 
+def serve_in_process(
+    routes: Routes, spec: LinkSpec, *, listen_host: str = "127.0.0.1", seed: int | None = None
+) -> tuple[Routes, Callable[[], dict[str, LinkStats]]]:
+    """Proxies for ``routes`` in a child process (``targets.linkproc``): their addresses and a stop function
+    (returns their stats)."""
+    argv = [sys.executable, "-m", LINK_PROCESS_MODULE, "--spec", json.dumps(dataclasses.asdict(spec))]
+    argv += ["--listen-host", listen_host]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    for name, (host, port) in routes.items():
+        argv += ["--route", f"{name}={host}:{port}"]
+    fd, log_name = tempfile.mkstemp(prefix="gateload-link-", suffix=".log")
+    log = Path(log_name)
+    with os.fdopen(fd, "wb") as stderr:
+        proc = subprocess.Popen(
+            argv,
+            cwd=_REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(STOP_TIMEOUT_S)
+        message = log.read_text(errors="replace")[-2000:]
+        log.unlink(missing_ok=True)
+        raise RuntimeError(f"link proxy process failed: {message}")
+    addresses = {name: (host, int(port)) for name, (host, port) in json.loads(line)["routes"].items()}
+
+    def stop() -> dict[str, LinkStats]:
+        try:  # communicate() closes the child's stdin first: its signal to stop
+            out, _ = proc.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        finally:
+            log.unlink(missing_ok=True)
+        stats = json.loads(out.splitlines()[-1]).get("stats", {}) if out.strip() else {}
+        return {name: LinkStats(**values) for name, values in stats.items()}
+
+    return addresses, stop
+
+
 def link_profile(
     profile: Profile,
     *,
@@ -575,8 +627,6 @@ def link_profile(
     if isolation == "thread":
         addresses, stop = serve_in_thread(routes, spec, listen_host=listen_host, seed=seed)
     else:
-        from targets.linkproc import serve_in_process
-
         addresses, stop = serve_in_process(routes, spec, listen_host=listen_host, seed=seed)
     p_host, p_port = addresses["portal"]
     g_host, g_port = addresses["gateway"]
