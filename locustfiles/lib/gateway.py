@@ -9,15 +9,13 @@ roles) are declared once, in :data:`SSH_CATALOGUE`; this module registers the ``
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from typing import Any
 
 from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge
+from locustfiles.lib.aiobridge import Timed
+from locustfiles.lib.bridged import BridgedSession
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
-from locustfiles.lib.runtime import Target, fire
 from locustfiles.lib.sshops import GatewayConnection, connect_spec, screen_line
 from targets.profile import ACTIVITIES
 
@@ -91,53 +89,25 @@ _TYPED = b"echo the quick brown fox jumps over the lazy dog "
 DEFAULT_UPLOAD_BYTES = 65536
 
 
-class SSHSession:
+class SSHSession(BridgedSession[GatewayConnection]):
     """One gateway connection with its PTY shell, driven from a greenlet; every operation fires a sample.
 
-    Operations never raise for target failures: they record them and return False. After a failure,
-    :attr:`usable` says whether the connection can go on; if not, the user reconnects.
+    A remote.RemoteSession (HomeofficeUser drives it without knowing it is SSH) on the shared
+    :class:`~locustfiles.lib.bridged.BridgedSession` bookkeeping. Operations never raise for target
+    failures: they record them and return False. After a failure, :attr:`usable` says whether the
+    connection can go on (``broken``: the shell is out of step); if not, the user reconnects.
     """
 
-    def __init__(self, environment: Any, target: Target, user_id: int, bridge: Bridge | None = None) -> None:
-        # A remote.RemoteSession: HomeofficeUser drives it without knowing it is SSH.
-        self.environment = environment
-        self.profile = target.profile
-        self.user_id = user_id
-        self.bridge = bridge or get_bridge()
-        self.conn: GatewayConnection | None = None
-        self.server: str | None = None
-        self.broken = False  # the shell is out of step (a failed keystroke or screen): reconnect
-        self._drop_recorded = False
+    kind = SSH
+    served = SSH_ACTIVITIES
 
     # --- state ------------------------------------------------------------------------------------
 
-    @property
-    def usable(self) -> bool:
-        """Connected, shell open, not dropped, not out of step."""
-        c = self.conn
-        return c is not None and c.shell is not None and not c.dropped and not self.broken
+    def _ready(self, conn: GatewayConnection) -> bool:
+        return conn.shell is not None  # the PTY shell is open
 
-    @property
-    def dropped(self) -> bool:
-        return self.conn is not None and self.conn.dropped
-
-    @property
-    def activities(self) -> tuple[str, ...]:
-        """The workload activities an SSH session serves (from :data:`SSH_CATALOGUE`)."""
-        return SSH_ACTIVITIES
-
-    def record_idle_drop(self) -> None:
-        """Fire a ``drop`` sample for a connection that ended while idle (once, if no failed op showed it)."""
-        c = self.conn
-        if c is None or not c.dropped or self._drop_recorded:
-            return
-        self._drop_recorded = True
-        lost_at = c.client.lost_at or time.time()
-        self._fire(SSH, "drop", Timed(lost_at, 0.0, None, c.client.lost))
-
-    def record_reconnect(self, start: float, duration_ms: float, error: OperationError | None) -> None:
-        """Fire the ``SSH reconnect`` sample of a reconnect the caller timed."""
-        self._fire(SSH, "reconnect", Timed(start, duration_ms, None, error))
+    def _loss(self, conn: GatewayConnection) -> tuple[float | None, BaseException | None]:
+        return conn.client.lost_at, conn.client.lost
 
     # --- connect ----------------------------------------------------------------------------------
 
@@ -146,9 +116,7 @@ class SSHSession:
 
         ``record=False`` (a reconnect) fires no connect/shell samples: the caller fires ``reconnect``.
         """
-        self.abort()
-        self.conn = GatewayConnection(connect_spec(self.profile, username, password))
-        self.broken, self._drop_recorded = False, False
+        self._begin(GatewayConnection(connect_spec(self.profile, username, password)))
         outcome = self.bridge.call_timed(self.conn.connect())
         # The banner names the backend even when it then refuses the connection.
         self.server = self.conn.client.server
@@ -195,13 +163,13 @@ class SSHSession:
         for s in samples:
             self._fire(SSH, "keystroke", s.outcome, length=s.outcome.value or 0, t_intended=s.t_intended)
         if not samples or not samples[-1].outcome.ok:
-            self._failed_shell()
+            self._broke()
             return False
         # Enter: the typed "echo ..." line runs and the prompt comes back.
         end = self.bridge.run(conn.run_line(b"", w.timeout_s))
         self._fire(SSH, "enter", end, length=end.value or 0)
         if not end.ok:
-            self._failed_shell()
+            self._broke()
             return False
         return True
 
@@ -212,7 +180,7 @@ class SSHSession:
         outcome = self.bridge.run(self._require().run_line(line, w.timeout_s))
         self._fire(SSH, "screen_update", outcome, length=outcome.value or 0)
         if not outcome.ok:
-            self._failed_shell()
+            self._broke()
         return outcome.ok
 
     def exec(self) -> bool:
@@ -250,26 +218,7 @@ class SSHSession:
             outcome = Timed(outcome.start_time, outcome.duration_ms, None, HttpStatusError(status))
         return self._after(TUNNEL, "http", outcome, length=length, server=server)
 
-    # --- close ------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Leave the shell with ``exit`` and close the connection (bounded; no sample)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            self.bridge.run(conn.close())
-
-    def abort(self) -> None:
-        """Drop the connection at once without waiting (a stopped user, a broken session)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            self.bridge.loop.call_soon_threadsafe(conn.abort)
-
     # --- helpers ----------------------------------------------------------------------------------
-
-    def _require(self) -> GatewayConnection:
-        if self.conn is None:
-            raise RuntimeError("SSHSession used before logon()")
-        return self.conn
 
     def _sftp_ready(self, name: str) -> bool:
         started = self.bridge.call_timed(self._require().sftp_client(), self.profile.workload.timeout_s)
@@ -277,47 +226,10 @@ class SSHSession:
             self._after(SFTP, name, started)
         return started.ok
 
-    def _after(self, kind: str, name: str, outcome: Timed[Any], **kw: Any) -> bool:
-        length = kw.pop("length", None)
-        if length is None:
-            length = outcome.value if isinstance(outcome.value, int) else 0
-        self._fire(kind, name, outcome, length=length, **kw)
-        if not outcome.ok and self.dropped:
-            self._drop_recorded = True  # this failure already shows the drop
-        return outcome.ok
-
-    def _failed_shell(self) -> None:
-        self.broken = True
-        if self.dropped:
-            self._drop_recorded = True
-
     @staticmethod
     def _next_text(n: int) -> bytes:
         # Each burst types a new harmless "echo ..." line.
         return (_TYPED * (n // len(_TYPED) + 1))[:n]
-
-    def _fire(
-        self,
-        kind: str,
-        name: str,
-        outcome: Timed[Any],
-        *,
-        length: int = 0,
-        t_intended: float | None = None,
-        server: str | None = None,
-    ) -> None:
-        fire(
-            self.environment,
-            request_type=kind,
-            name=name,
-            start_time=outcome.start_time,
-            response_time=outcome.duration_ms,
-            response_length=length,
-            exception=outcome.error,
-            user_id=self.user_id,
-            server=server or self.server,
-            t_intended=t_intended,
-        )
 
 
 def _payload(size: int) -> bytes:

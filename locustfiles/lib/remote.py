@@ -6,6 +6,11 @@ profile's ``[gateway] protocol`` picks it. A protocol is one module that declare
 catalogue (:class:`analysis.catalogue.Catalogue`) and registers a factory with :func:`register` when it
 is imported; :func:`protocol` imports ``locustfiles.lib.<name>`` (or the module named in
 :data:`MODULES`) the first time a profile asks for it, so adding a protocol touches no other file.
+
+A protocol whose client is asyncio (run in the bridge's loop thread) builds its session on
+:class:`locustfiles.lib.bridged.BridgedSession`, which holds the greenlet-side bookkeeping every
+such session shares (close/abort, drop and reconnect rows, firing samples, timed logon steps, paced
+bursts); this module stays the seam only.
 """
 
 from __future__ import annotations
