@@ -7,6 +7,7 @@ root, so a skip there would mean an install step is broken and the test silently
 from __future__ import annotations
 
 import os
+import random
 from types import ModuleType
 from typing import NoReturn
 
@@ -54,3 +55,20 @@ def wakeup_lateness_ms(samples: int = 20, sleep_s: float = 0.005) -> float:
         sleep(sleep_s)
         overshoot.append((time.perf_counter() - t0 - sleep_s) * 1000.0)
     return max(0.0, statistics.median(overshoot))
+
+
+SEED_ENV = "GATELOAD_TEST_SEED"
+
+
+def seeded_rng(what: str) -> random.Random:
+    """A test's random choices, seeded: the seed is printed (pytest shows it with a failure) and
+    ``GATELOAD_TEST_SEED`` sets it to replay a failed run's choices."""
+    raw = os.environ.get(SEED_ENV, "").strip()
+    try:
+        seed = int(raw) if raw else random.SystemRandom().randrange(2**32)
+    except ValueError:
+        pytest.fail(
+            f"{SEED_ENV}={raw!r} is not an integer: give the seed a failed run printed", pytrace=False
+        )
+    print(f"{what}: seed {seed} (replay with {SEED_ENV}={seed})")
+    return random.Random(seed)

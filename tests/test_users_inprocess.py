@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import gc
+import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import asyncssh
@@ -157,6 +159,13 @@ def test_host_key_pinning(case: str, expected: str | None, key_profile: Path, tm
         assert str(connect[0]["exception"]).startswith("host_key_mismatch")
 
 
+def _busy_workers(profile_path: Path) -> int:
+    """Worker slots in use on the whole farm, from its /metrics."""
+    url = load_profile(profile_path).portal.url + "/metrics?format=json"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return sum(s["busy"] for s in json.load(reply)["servers"].values())
+
+
 def test_a_user_stopped_mid_operation_stops_at_once_and_fires_nothing_late(reference_farm) -> None:
     slow_screens = {
         "workload__mix": {"screen": 1.0},
@@ -169,7 +178,8 @@ def test_a_user_stopped_mid_operation_stops_at_once_and_fires_nothing_late(refer
     runner = run.env.create_local_runner()
     runner.start(2, spawn_rate=2)
     assert wait_until(lambda: run.count("SSH", "shell") == 2, 20)
-    time.sleep(0.3)  # (gevent-patched) both users are inside their 20 s screen burst by now
+    # both users hold a worker on the farm: inside a 1 s screen update (every other operation takes 1 ms)
+    assert wait_until(lambda: _busy_workers(path) == 2, 10), _busy_workers(path)
     fired = len(run.samples)
     t0 = time.perf_counter()
     runner.stop()
