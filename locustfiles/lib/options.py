@@ -11,8 +11,10 @@ Locust 2.47 prints ``--help`` before it loads the locustfile (locust#2917), so `
 locustfiles/homeoffice.py --help`` cannot list them; ``python -m locustfiles.lib.options`` prints
 Locust's help with the "gateload options" group.
 
-Nothing here imports Locust, so the campaign can read a plan with :func:`plain_parser`, which reads the
-environment and Locust's config files as Locust does (the run must follow the plan the campaign checked).
+The definitions and the Locust-free parser live in ``cmdline.py`` (re-exported here); this module checks
+the parsed values. Nothing here imports Locust at import time, so the campaign can read a plan with
+:func:`plain_parser`, which reads the environment and Locust's config files as Locust does (the run must
+follow the plan the campaign checked).
 """
 
 from __future__ import annotations
@@ -27,117 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import configargparse  # Locust's own option parser (a Locust dependency); importing it does not import Locust
-
 from gateload.errors import InputError
-from locustfiles.lib.schedule import SHAPES, Plan, build_plan, parse_timespan
+
+# The definitions and the parser are re-exported (``X as X``): callers and tests know them as options.<name>.
+from locustfiles.lib.cmdline import _ARGUMENTS as _ARGUMENTS
+from locustfiles.lib.cmdline import GROUP as GROUP
+from locustfiles.lib.cmdline import LOCUST_CONFIG_FILES as LOCUST_CONFIG_FILES
+from locustfiles.lib.cmdline import OPTION_TYPES
+from locustfiles.lib.cmdline import PROFILE_HELP as PROFILE_HELP
+from locustfiles.lib.cmdline import SECRET_DESTS as SECRET_DESTS
+from locustfiles.lib.cmdline import add_arguments as add_arguments
+from locustfiles.lib.cmdline import env_var as env_var
+from locustfiles.lib.cmdline import plain_parser as plain_parser
+from locustfiles.lib.schedule import Plan, build_plan, parse_timespan
 from targets.profile import Profile, is_loopback, load_profile
 
 PROFILE_ENV = "GATELOAD_PROFILE"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-# (flags, argparse keywords); every one is shown in the web UI.
-_ARGUMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--shape", {"default": "none", "choices": list(SHAPES),
-                 "help": "gateload load shape: none (plain -u/-r/-t), step, workday or arrivals"}),
-    ("--step-users", {"default": "", "metavar": "N,N,...",
-                      "help": "step shape: users of each step, e.g. 10,20,40,80"}),
-    ("--step-start", {"type": int, "default": 0,
-                      "help": "step shape: users of the first step (with --step-add/--step-count)"}),
-    ("--step-add", {"type": int, "default": 0, "help": "step shape: users added per step"}),
-    ("--step-count", {"type": int, "default": 0, "help": "step shape: number of steps"}),
-    ("--step-hold", {"type": float, "default": 30.0, "metavar": "S",
-                     "help": "step shape: seconds each step is held once ramped (steady state)"}),
-    ("--step-ramp", {"type": float, "default": 0.0, "metavar": "S",
-                     "help": "step shape: seconds to ramp to each step (0: ramp at -r users/s)"}),
-    ("--workday-minutes", {"type": float, "default": 9.0, "metavar": "MIN",
-                           "help": "workday shape: length of the compressed 08:00-17:00 day, peak -u users"}),
-    ("--arrival-rate", {"type": float, "default": 0.0, "metavar": "PER_S",
-                        "help": "arrivals shape: sessions started per second, over a pool of -u users"}),
-    ("--results-dir", {"default": "results", "metavar": "DIR", "help": "gateload: where run folders go"}),
-    ("--label", {"default": "run", "help": "gateload: run label, e.g. before or after"}),
-    ("--run-id", {"default": "",
-                  "help": "gateload: run id (default YYYYmmdd-HHMMSS-xxxx, new for every start)"}),
-    ("--users-per-account", {"type": int, "default": 1, "metavar": "N",
-                             "help": "gateload: running users that may hold one account at once (1: each "
-                                     "its own; more only if the gateway allows N sessions per account)"}),
-    ("--allow-remote", {"action": "store_true", "default": False,
-                        "help": "gateload: allow a target outside loopback (the profile can allow it too)"}),
-)  # fmt: skip
-
-#: dest -> type, for coercing web UI form values (which arrive as strings).
-_TYPES = {a[0][2:].replace("-", "_"): a[1].get("type", str) for a in _ARGUMENTS} | {"allow_remote": bool}
-
-#: Locust options marked ``is_secret`` (masked in meta.json); filled when the parser is built.
-SECRET_DESTS: set[str] = set()
-
-PROFILE_HELP = (
-    "gateload: target profile TOML, e.g. targets/profiles/reference-before.toml (env GATELOAD_PROFILE)"
-)
-
-
-#: Title of the --help group gateload's options are listed in.
-GROUP = "gateload options"
-
-
-def env_var(flag: str) -> str:
-    """An option's environment variable, named as Locust names its own: --step-users -> LOCUST_STEP_USERS."""
-    return "LOCUST_" + flag.removeprefix("--").upper().replace("-", "_")
-
-
-def add_arguments(parser: Any) -> None:
-    """Add gateload's options to Locust's parser (shown in the web UI), or to a plain argparse parser."""
-    is_locust = hasattr(parser, "args_included_in_web_ui")
-    takes_env = isinstance(parser, configargparse.ArgumentParser)
-    # the group's add_argument is argparse's, which knows configargparse's env_var but not Locust's web UI
-    # keywords: those are set on the action below, as LocustArgumentParser.add_argument sets them
-    target = parser.add_argument_group(GROUP) if is_locust else parser
-    for flag, kwargs in _ARGUMENTS:
-        action = target.add_argument(flag, **kwargs, **({"env_var": env_var(flag)} if takes_env else {}))
-        if is_locust:
-            action.include_in_web_ui = True
-            action.is_secret = action.is_required = action.is_multiple = False
-    SECRET_DESTS.update(getattr(parser, "secret_args_included_in_web_ui", {}) or {})
-    profile = next((a for a in parser._actions if a.dest == "profile"), None)
-    if profile is None:
-        parser.add_argument("--profile", default=None, help=PROFILE_HELP)
-    else:  # Locust's own --profile ("group the test runs"): we give it its gateload meaning
-        profile.help = PROFILE_HELP
-
-
-#: Locust's default config files (its DEFAULT_CONFIG_FILES), relative to the working folder.
-LOCUST_CONFIG_FILES = ("~/.locust.conf", "locust.conf", "pyproject.toml")
-
-
-class _LocustConfigFileParser(configargparse.ConfigFileParser):
-    """Locust's config syntax (its LocustConfigParser): [tool.locust] of a .toml file, else key = value."""
-
-    def parse(self, stream: Any) -> Any:
-        if stream.name.endswith(".toml"):
-            return configargparse.TomlConfigParser(["tool.locust"]).parse(stream)
-        return configargparse.DefaultConfigFileParser().parse(stream)
-
-
-def plain_parser(config_files: tuple[str, ...] = LOCUST_CONFIG_FILES) -> argparse.ArgumentParser:
-    """A parser for Locust command lines that knows -u/-r/-t and gateload's options (no Locust).
-
-    Like Locust's it reads LOCUST_* environment variables, ``--config`` and the default config files; it
-    ignores the config keys of Locust's other options, which it does not know.
-    """
-    p = configargparse.ArgumentParser(
-        add_help=False,
-        default_config_files=list(config_files),
-        config_file_parser_class=_LocustConfigFileParser,
-        ignore_unknown_config_file_keys=True,
-    )
-    p.add_argument("--config", is_config_file_arg=True)
-    p.add_argument("-u", "--users", dest="num_users", type=int, default=None, env_var="LOCUST_USERS")
-    p.add_argument(
-        "-r", "--spawn-rate", dest="spawn_rate", type=float, default=None, env_var="LOCUST_SPAWN_RATE"
-    )
-    p.add_argument("-t", "--run-time", dest="run_time", default=None, env_var="LOCUST_RUN_TIME")
-    add_arguments(p)
-    return p
 
 
 @dataclass(frozen=True)
@@ -237,8 +145,8 @@ def with_form(options: Any, form: Mapping[str, str]) -> argparse.Namespace:
                 merged.run_time = parse_timespan(value) if value else None
             elif key == "profile":
                 merged.profile = value or None
-            elif key in _TYPES:
-                kind = _TYPES[key]
+            elif key in OPTION_TYPES:
+                kind = OPTION_TYPES[key]
                 setattr(merged, key, value == "true" if kind is bool else kind(value))
     except ValueError:
         flag = {"user_count": "Number of users", "spawn_rate": "Ramp up"}.get(

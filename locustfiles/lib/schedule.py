@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateload.errors import InputError
-
-SHAPES = ("none", "step", "workday", "arrivals")
+from locustfiles.lib.cmdline import SHAPES, plain_parser
 
 #: The compressed office day: (phase, real hours, share of the peak users, share of the phase spent
 #: ramping to it). 08:00-17:00; the logon storm is the steep first quarter hour.
@@ -244,7 +243,5 @@ def _run_time(value: Any) -> float | None:
 
 def plan_from_args(locust_args: list[str]) -> Plan:
     """The plan of a Locust command line (the campaign's pre-flight), read without importing Locust."""
-    from locustfiles.lib.options import plain_parser
-
     options, _unknown = plain_parser().parse_known_args(list(locust_args))
     return build_plan(options)
