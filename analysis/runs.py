@@ -21,6 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analysis.catalogue import LEGACY, Catalogue, catalogue_of
+
+# Step and Samples (the arrays a run is read into) live in samples.py, below steady.py: re-exported here
+from analysis.samples import Samples as Samples
+from analysis.samples import Step as Step
 from analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
 from gateload.errors import InputError
 
@@ -42,51 +46,6 @@ READ_COLUMNS = (
     "server",
 )
 SESSION_TYPE = "SESSION"  # aggregate rows of runs whose catalogue does not say (always true so far)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the load schedule, times in seconds since the run origin."""
-
-    index: int
-    start: float
-    end: float
-    users: int
-    spawn_rate: float
-    spawned: float | None = None  # when the recorder saw every user of the step spawned, if it says
-
-
-@dataclass
-class Samples:
-    """Samples of one run as flat numpy arrays, sorted by start time.
-
-    Times are seconds since the run origin (``Run.origin``); categorical columns are int32 codes
-    into the matching label list, -1 where null.
-    """
-
-    t: np.ndarray
-    dur: np.ndarray  # ms
-    t_intended: np.ndarray  # NaN when the operation is not paced
-    op: np.ndarray
-    ops: list[str]  # "<TYPE> <name>"
-    op_is_session: np.ndarray  # bool per op code: an aggregate (SESSION rows, catalogue ``aggregate``)
-    success: np.ndarray
-    error: np.ndarray
-    errors: list[str]
-    server: np.ndarray
-    servers: list[str]
-    user: np.ndarray  # int64 (worker code << 32 | user_id), -1 when unknown
-    user_count: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def op_code(self, name: str) -> int:
-        """The code of an operation, or -1 when the run has none of it."""
-        try:
-            return self.ops.index(name)
-        except ValueError:
-            return -1
 
 
 @dataclass

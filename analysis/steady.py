@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.runs import Run
+from analysis.samples import RunData
 from gateload.errors import InputError
 
 BATCH = 5  # MSER-5
@@ -110,7 +110,7 @@ def _binned(t: np.ndarray, y: np.ndarray, t0: float, t1: float) -> tuple[np.ndar
     return mean, count, width
 
 
-def _transient(run: Run, t0: float, t1: float) -> tuple[float, bool]:
+def _transient(run: RunData, t0: float, t1: float) -> tuple[float, bool]:
     """Seconds to cut after ``t0`` (MSER-5) and whether the window settles."""
     s = run.samples
     a, b = np.searchsorted(s.t, [t0, t1])
@@ -128,7 +128,13 @@ def _transient(run: Run, t0: float, t1: float) -> tuple[float, bool]:
 
 
 def _ramp_end(
-    run: Run, start: float, end: float, users: int, prev_users: int, spawn_rate: float, spawned: float | None
+    run: RunData,
+    start: float,
+    end: float,
+    users: int,
+    prev_users: int,
+    spawn_rate: float,
+    spawned: float | None,
 ) -> tuple[float, bool]:
     """End of a step's ramp: the planned spawn time, the recorder's "spawned" mark, and the first sample
     reporting the full user count, whichever is latest; and whether the step reached its users."""
@@ -145,7 +151,7 @@ def _ramp_end(
     return min(max(planned, float(s.t[a + full[0]])), end), True
 
 
-def steady_windows(run: Run) -> list[Window]:
+def steady_windows(run: RunData) -> list[Window]:
     """Steady-state windows of a run, one per step of its schedule (or one for a run without steps)."""
     s = run.samples
     steps = run.steps
@@ -188,7 +194,7 @@ def steady_windows(run: Run) -> list[Window]:
     return windows
 
 
-def _count(run: Run, w: Window) -> int:
+def _count(run: RunData, w: Window) -> int:
     a, b = np.searchsorted(run.samples.t, [w.steady_start, w.end])
     return int(b - a)
 
