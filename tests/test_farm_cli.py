@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,25 @@ def before_farm(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield farm
 
 
+def _import_time_s() -> float:
+    """Wall time of a fresh interpreter importing what ``gateload serve`` imports (the machine as it is)."""
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "import gateload.cli, targets.reference.cli, targets.reference.farm"],
+        check=True,
+        timeout=60,
+    )
+    return time.monotonic() - started
+
+
 def test_serve_is_up_fast_with_one_ready_line(before_farm: FarmProcess) -> None:
-    assert before_farm.startup_s < 5.0, f"gateload serve took {before_farm.startup_s:.1f} s"
+    # Start-up is mostly a fresh interpreter's imports, which a busy machine slows alike, so it is
+    # compared with those imports timed now. Measured: quiet 0.34 s start-up; with six other test runs
+    # on the 2 cores (load 4.6), start-up 1.3-2.8 s while the imports alone took 1.0-2.4 s. Two import
+    # times plus 2 s still catches a start-up that waits (a DNS or port timeout, a slow per-account KDF).
+    imports = _import_time_s()
+    print(f"start-up {before_farm.startup_s:.2f} s, imports alone {imports:.2f} s")
+    assert before_farm.startup_s < 2 * imports + 2.0, (before_farm.startup_s, imports)
     match = READY.match(before_farm.ready_line)
     assert match, before_farm.ready_line
     profile = before_farm.profile
@@ -136,16 +154,34 @@ def test_sigterm_and_sigint_stop_cleanly_and_release_the_ports(tmp_path: Path) -
         assert all(_port_free(p) for p in ports)
 
 
+class PrivateNetworkFarm(FarmProcess):
+    """``gateload serve`` in a network namespace of its own (loopback only): no other run holds its ports."""
+
+    @property
+    def command(self) -> list[str]:
+        # unshare and sh exec in place: the farm keeps the pid, so stop() signals the farm itself
+        return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *super().command]
+
+
 def test_default_ports_when_free(tmp_path: Path) -> None:
-    if not (_port_free(8440) and _port_free(2240)):
-        skip_or_fail("the profile's fixed ports 8440/2240 are in use (another farm runs here)")
-    try:
-        with FarmProcess(BEFORE, state_dir=tmp_path / "state", free_ports=False) as farm:
-            assert "portal=http://127.0.0.1:8440 gateway=127.0.0.1:2240 " in farm.ready_line
-    except Exception as exc:  # lost a race for the port with a concurrent run
-        if "cannot listen" in str(exc):
-            skip_or_fail("the fixed ports were taken while starting")
-        raise
+    # In its own network namespace the profile's fixed ports are always free, so this test runs (and can
+    # fail) whatever else listens on 8440/2240 here, instead of skipping when another farm holds them.
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        skip_or_fail("unshare and ip are not installed (apt-get install util-linux iproute2)")
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        skip_or_fail("cannot create a network namespace (run as root, as CI does)")
+    with PrivateNetworkFarm(BEFORE, state_dir=tmp_path / "state", free_ports=False) as farm:
+        assert "portal=http://127.0.0.1:8440 gateway=127.0.0.1:2240 " in farm.ready_line
+        assert farm.profile.portal.url == "http://127.0.0.1:8440" and farm.profile.gateway.port == 2240
+        # and it answers there, seen from inside its namespace
+        probe = f"import urllib.request as u; print(u.urlopen('{farm.profile.portal.url}/healthz').status)"
+        out = subprocess.run(
+            ["nsenter", "-t", str(farm.pid), "-n", sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout.strip() == "200", out.stderr
 
 
 def test_bind_to_another_loopback_address(tmp_path: Path) -> None:
