@@ -5,6 +5,7 @@ Modules, one concern each:
 - :mod:`analysis.schema`      the results schema (shared with the recorder) and reader helpers
 - :mod:`analysis.catalogue`   the operations catalogue (shared with the load generator): roles, paced ops
 - :mod:`analysis.runs`        load and validate a run folder, a label folder of replicates, a results folder
+- :mod:`analysis.samples`     a run's data model: samples as numpy arrays, steps (what the analysis reads)
 - :mod:`analysis.steady`      warm-up cut per load step: the ramp from the schedule, then MSER-5
 - :mod:`analysis.stats`       log-bucketed histograms, circular block bootstrap, Student-t intervals,
                               replicate pooling and ratios
@@ -14,7 +15,11 @@ Modules, one concern each:
 - :mod:`analysis.capacity`    knee and USL fit of a step run
 - :mod:`analysis.acceptance`  acceptance files (TOML), strictly typed
 - :mod:`analysis.faults`      fault windows: where a server's errors or latency depart from its step
-- :mod:`analysis.compare`     criteria, verdicts, before/after comparison and single-run checks
+- :mod:`analysis.verdict`     the verdict model (criteria, PASS/FAIL/INCONCLUSIVE) and how verdicts combine
+- :mod:`analysis.estimates`   per-run composite estimates: peaks, error rates, server shares, change labels
+- :mod:`analysis.criteria`    an acceptance file's criteria evaluated on analysed runs (compare, check)
+- :mod:`analysis.tables`      a verdict's JSON-ready metric tables (operations, servers, steps, health)
+- :mod:`analysis.compare`     the entry points: before/after comparison, single-run checks, reports
 - :mod:`analysis.report`      report.html, summary.md, junit.xml, verdict.json (figures: analysis.plots)
 - :mod:`analysis.cli`         ``gateload usl | compare | check | report``
 - :mod:`analysis.synthetic`   synthetic runs with known truth (tests, benchmark)

@@ -24,7 +24,8 @@ from typing import Any
 
 from analysis import faults, plots
 from analysis.catalogue import LEGACY, Catalogue
-from analysis.compare import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict, ref_steps
+from analysis.estimates import ref_steps
+from analysis.verdict import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict
 from gateload.errors import InputError
 
 FILES = ("report.html", "summary.md", "junit.xml", "verdict.json")
