@@ -73,6 +73,7 @@ def test_campaign_rejects_bad_replicates(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_headless_ci_recipe_gates_a_run(reference_farm, tmp_path: Path) -> None:
     """README recipe: locust headless with a profile, then `gateload check` -> exit code + JUnit."""
     profile = reference_farm("reference-before")
@@ -133,6 +134,7 @@ def test_headless_ci_recipe_gates_a_run(reference_farm, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_demo_quick_passes_with_the_gain_shown(tmp_path: Path) -> None:
     out_dir = tmp_path / "demo"
     out = run([*GATELOAD, "demo", "--quick", "--out", str(out_dir)], timeout=600)

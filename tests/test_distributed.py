@@ -94,6 +94,7 @@ def _run(profile: Path, work: Path) -> dict:
     }
 
 
+@pytest.mark.load
 def test_merged_samples_equal_the_sum_of_what_the_workers_did(distributed_run: dict) -> None:
     run_dir: Path = distributed_run["run_dir"]
     samples = pd.read_parquet(run_dir / SAMPLES_DIR)
@@ -112,6 +113,7 @@ def test_merged_samples_equal_the_sum_of_what_the_workers_did(distributed_run: d
     assert failures == meta["locust"]["failures"] == sum(t["failures"] for t in tallies)
 
 
+@pytest.mark.load
 def test_every_sample_names_the_worker_that_recorded_it(distributed_run: dict) -> None:
     samples = pd.read_parquet(distributed_run["run_dir"] / SAMPLES_DIR)
     per_worker = samples.groupby("worker", observed=True).size().to_dict()

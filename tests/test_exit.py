@@ -149,6 +149,7 @@ def _exit_within(proc: subprocess.Popen[bytes], since: float, log: Path, code: i
     assert proc.returncode == code, log.read_text()[-3000:]
 
 
+@pytest.mark.load
 def test_locust_exits_after_its_run_ends_and_after_ctrl_c_mid_transfer(
     reference_farm: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ def _measure(profile_path: Path, per_server: int, think_s: float) -> tuple[LoadR
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_latency_grows_with_load_and_throughput_stops_at_capacity(farms: dict[str, Path]) -> None:
     path = farms["reference-before"]
     capacity = 4 * 1000.0 / PAGE_MS  # 4 servers x 1 worker, 40 ms per page: 100 pages/s
@@ -95,6 +96,7 @@ def test_latency_grows_with_load_and_throughput_stops_at_capacity(farms: dict[st
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_twelve_servers_carry_three_times_the_load_of_four_at_the_same_latency(
     farms: dict[str, Path],
 ) -> None:

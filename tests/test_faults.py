@@ -426,6 +426,7 @@ def assert_common(r: FaultRun, server: str, classes: set[str]) -> None:
     assert all(w.server == server for w in r.windows), [w.as_dict() for w in r.windows]
 
 
+@pytest.mark.load
 def test_locust_run_through_connection_resets(fault_farm: FarmProcess, tmp_path: Path) -> None:
     r = run_with_fault(fault_farm, tmp_path, "reset", server="old-02", every_s=1.0)
     assert_common(r, "old-02", {"reset"})
@@ -435,6 +436,7 @@ def test_locust_run_through_connection_resets(fault_farm: FarmProcess, tmp_path:
     assert "errors" in next(w for w in r.windows if w.server == "old-02").kinds
 
 
+@pytest.mark.load
 def test_locust_run_through_a_stall(fault_farm: FarmProcess, tmp_path: Path) -> None:
     # Operations wait out the 3 s stall: with a timeout longer than it, every one that started in it ends
     # late instead of some timing out and sending their users into backoff (which on a busy machine left
@@ -469,6 +471,7 @@ def test_locust_run_through_a_stall(fault_farm: FarmProcess, tmp_path: Path) -> 
     assert "<h2>Faults</h2>" in (tmp_path / "report" / "report.html").read_text()
 
 
+@pytest.mark.load
 def test_locust_run_through_auth_failures(fault_farm: FarmProcess, tmp_path: Path) -> None:
     r = run_with_fault(fault_farm, tmp_path, "auth_fail", server="old-02")
     assert_common(r, "old-02", {"http_401", "auth_failed"})
@@ -479,6 +482,7 @@ def test_locust_run_through_auth_failures(fault_farm: FarmProcess, tmp_path: Pat
     assert late.success.all() and len(late) > 0  # every logon after the window succeeded
 
 
+@pytest.mark.load
 def test_locust_run_through_a_503_storm(fault_farm: FarmProcess, tmp_path: Path) -> None:
     r = run_with_fault(fault_farm, tmp_path, "http_503", server="old-01")
     assert_common(r, "old-01", {"http_503"})
@@ -486,6 +490,7 @@ def test_locust_run_through_a_503_storm(fault_farm: FarmProcess, tmp_path: Path)
     assert (r.after("old-01").type == "HTTP").any(), "the portal answers on old-01 again"
 
 
+@pytest.mark.load
 def test_locust_run_through_a_server_dying_and_coming_back(fault_farm: FarmProcess, tmp_path: Path) -> None:
     r = run_with_fault(fault_farm, tmp_path, "down", server="old-02")
     # 401: a portal session pinned to old-02 whose SSH was elsewhere logs off after old-02 forgot it
@@ -497,6 +502,7 @@ def test_locust_run_through_a_server_dying_and_coming_back(fault_farm: FarmProce
     assert {"SSH", "HTTP"} <= set(after.type), "new portal and SSH sessions on old-02 once it is back"
 
 
+@pytest.mark.load
 def test_locust_run_through_slow_sftp(fault_farm: FarmProcess, tmp_path: Path) -> None:
     sftp_heavy = {
         "workload.mix": {"sftp_get": 3.0, "sftp_put": 1.0, "exec": 1.0},

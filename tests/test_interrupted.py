@@ -144,6 +144,7 @@ def children(pid: int) -> list[int]:
     [(signal.SIGINT, []), (signal.SIGTERM, "processes")],
     ids=["ctrl-c-local", "sigterm-processes-2"],
 )
+@pytest.mark.load
 def test_signal_mid_session_keeps_every_sample(
     farm_profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: int, extra: Any
 ) -> None:
@@ -170,6 +171,7 @@ def test_signal_mid_session_keeps_every_sample(
     assert_analysis_refuses_then_reads(run, tmp_path, capsys)
 
 
+@pytest.mark.load
 def test_killed_worker_process_leaves_a_failed_run_with_what_it_sent(
     farm_profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,6 +201,7 @@ def test_killed_worker_process_leaves_a_failed_run_with_what_it_sent(
     assert_analysis_refuses_then_reads(run, tmp_path, capsys)
 
 
+@pytest.mark.load
 def test_killed_load_generator_leaves_readable_parts(
     farm_profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -47,6 +47,7 @@ def keystroke_median_ms(profile: Path, results: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_link_preset_adds_its_delay_to_measured_latency(reference_farm, tmp_path: Path) -> None:
     base = reference_farm(
         "reference-before", farm__service__keystroke_ms=1.0, farm__service__distribution="constant"

@@ -543,6 +543,7 @@ def test_web_ui_shows_the_users_and_each_start_is_a_new_run(users_file: Path, tm
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_target_command_against_the_reference_farm(
     reference_farm: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -63,6 +63,7 @@ def _check_against_haproxy(run_dir: Path, lb_delta: dict[str, int], kind: str) -
     return counted / counted.sum()
 
 
+@pytest.mark.load
 def test_portal_share_per_backend_through_haproxy(farm: LocalRealFarm) -> None:
     assert farm.portal_lb is not None
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.05, think_max_s=0.1)
@@ -83,6 +84,7 @@ def test_portal_share_per_backend_through_haproxy(farm: LocalRealFarm) -> None:
     print("portal share of even per backend:", {s: round(e.value, 3) for s, e in even.items()})
 
 
+@pytest.mark.load
 def test_gateway_share_per_sshd_through_haproxy_tcp(farm: LocalRealFarm) -> None:
     assert farm.gateway_lb is not None
     workload = dataclasses.replace(FAST_WORKLOAD, think_min_s=0.05, think_max_s=0.1)

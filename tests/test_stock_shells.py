@@ -146,6 +146,7 @@ def _check_every_operation(run: Run, users: int, server: str) -> None:
     assert {s["context"]["server"] for s in run.samples} == {server}  # the sshd's banner names it
 
 
+@pytest.mark.load
 def test_bash_account_with_its_default_prompt() -> None:
     with stock_gateway("/bin/bash") as gw:
         home = gw.sshd.user.home
@@ -173,6 +174,7 @@ def test_wrong_fingerprint_fails_every_connect_as_host_key_mismatch() -> None:
 
 
 @pytest.mark.parametrize("shell", ["/bin/sh", "/usr/bin/zsh"])
+@pytest.mark.load
 def test_dash_and_zsh_accounts(shell: str) -> None:
     with stock_gateway(shell) as gw:
         user = gw.sshd.user

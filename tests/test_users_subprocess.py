@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from users_support import FAST
 
 from targets.profile import ACTIVITIES
@@ -18,6 +19,7 @@ LOCUST = str(Path(sys.executable).with_name("locust"))
 RUN_S = 6
 
 
+@pytest.mark.load
 def test_headless_with_two_processes(reference_farm, tmp_path: Path) -> None:
     path = reference_farm("reference-before", **FAST, workload__mix={a: 1.0 for a in ACTIVITIES})
     cmd = [

@@ -253,6 +253,7 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.load
 def test_the_tab_in_a_real_web_ui_run(reference_farm: Callable[..., Path], tmp_path: Path) -> None:
     profile = reference_farm("reference-before")
     port = free_port()
