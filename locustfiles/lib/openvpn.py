@@ -1,0 +1,165 @@
+"""The OpenVPN protocol ``openvpn``: ``OpenVPNSession`` (one employee's tunnel through Debian's client).
+
+A profile's ``[gateway] protocol = "openvpn"`` selects it (:mod:`locustfiles.lib.remote`);
+``gateway.host`` and ``gateway.port`` name the OpenVPN server (UDP, as Debian's sample server.conf
+ships; ``gateway.transport = "tcp"`` is not a profile key yet, :attr:`OpenVPNSession.proto` is).
+Each session is one ``openvpn`` client process without a tun device, driven over its management
+interface (:mod:`locustfiles.lib.openvpnops`); the password goes over that socket only.
+
+A logon is these samples, timed in the loop thread as the client's notifications arrive:
+
+- ``OVPN start``: the client process up to its management hold (the generator's cost, not the server's);
+- ``OVPN tls``: hold release until the TLS handshake and key exchange completed (first packets, TLS,
+  the credentials sent; the server checks the password here);
+- ``OVPN config``: PUSH_REQUEST until the server's PUSH_REPLY (the pushed config); a rejected password
+  shows here as ``auth_failed`` (the server answers AUTH_FAILED instead);
+- ``OVPN tunnel_up``: hold release until ``>STATE:...,CONNECTED``, the logon time as the client sees it
+  (an aggregate: it spans tls and config, so it is never counted twice in throughput or errors).
+
+The activity served is ``typing``: ``OVPN hold``, the tunnel held for ``workload.burst_keys`` x
+``workload.typing_interval_ms`` while it must stay ``CONNECTED``. It is *not* a round trip: a client
+without a tun device sends no data we could time, and the management interface's ``state`` command
+only asks the local process. OpenVPN's own keepalive (the pushed ``ping 10``, ``ping-restart 120``)
+keeps the tunnel alive during the hold; the sample's length is the bytes the client received meanwhile.
+A tunnel that ends under the session (the server restarts it, kicks it for a second logon of the same
+account, or goes away) is a ``drop``, and the user reconnects with a new client process.
+
+The certificate is verified against ``gateway.ca_file`` when the profile has that key, else
+``portal.ca_file`` (OpenVPN needs a CA file; it never uses the system CAs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+from analysis.catalogue import Catalogue, Operation
+from locustfiles.lib import remote
+from locustfiles.lib.aiobridge import Timed
+from locustfiles.lib.bridged import BridgedSession
+from locustfiles.lib.errors import OperationError, classify
+from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
+from targets.profile import Profile
+
+OVPN = "OVPN"
+_NET = ("refused", "reset", "timeout", "tls_error", "other")
+_ERR = (*_NET, "auth_failed")
+OPENVPN_CATALOGUE = Catalogue(
+    ("openvpn",),
+    (
+        Operation(OVPN, "start", "the openvpn client process up to its management hold (generator side)"),
+        Operation(
+            OVPN, "tls", "hold release until the TLS handshake and key exchange completed", errors=_ERR
+        ),
+        Operation(OVPN, "config", "PUSH_REQUEST until the server's PUSH_REPLY (pushed config)", errors=_ERR),
+        Operation(
+            OVPN,
+            "tunnel_up",
+            "hold release until >STATE CONNECTED: the tunnel's logon time (spans tls and config)",
+            errors=_ERR,
+            roles=("logon",),
+            aggregate=True,
+        ),
+        Operation(
+            OVPN,
+            "hold",
+            "the tunnel held burst_keys x typing_interval_ms, staying CONNECTED (not a round trip)",
+            errors=_NET,
+            activities=("typing",),
+        ),
+        Operation(OVPN, "reconnect", "after a drop: a new client process until CONNECTED", errors=_ERR),
+        Operation(OVPN, "drop", "the tunnel ended while idle (restart, kicked, server gone)", errors=_NET),
+    ),
+)
+OPENVPN_ACTIVITIES = OPENVPN_CATALOGUE.activities
+
+
+def ca_file_of(profile: Profile) -> str:
+    """The CA bundle that verifies the OpenVPN server: ``gateway.ca_file``, else ``portal.ca_file``."""
+    path = getattr(profile.gateway, "ca_file", "") or getattr(profile.portal, "ca_file", "")
+    return str(profile.resolve(path)) if path else ""
+
+
+def source_address(host: str, user_id: int) -> str | None:
+    """A distinct 127.0.0.x source for each simulated user when the server is on loopback, else None."""
+    try:
+        if ipaddress.ip_address(host).version == 4 and ipaddress.ip_address(host).is_loopback:
+            return f"127.0.0.{2 + user_id % 253}"
+    except ValueError:
+        pass
+    return None
+
+
+class OpenVPNSession(BridgedSession[OpenVPNClient]):
+    """One OpenVPN tunnel (one client process), driven from a greenlet; every operation fires a sample."""
+
+    kind = OVPN
+    served = OPENVPN_ACTIVITIES
+    #: "udp" as Debian's sample server.conf ships, or "tcp-client" for a TCP server
+    proto = "udp"
+    #: bind each user's client to its own 127.0.0.x (OpenVPN does not throttle per address; for parity)
+    spread_sources = False
+
+    def _ready(self, conn: OpenVPNClient) -> bool:
+        return conn.up
+
+    def spec(self, username: str, password: str | None) -> OpenVPNSpec:
+        """How to reach and verify the profile's OpenVPN server as ``username``."""
+        gw = self.profile.gateway
+        return OpenVPNSpec(
+            host=gw.host,
+            port=gw.port,
+            username=username,
+            password=password,
+            ca_file=ca_file_of(self.profile),
+            proto=self.proto,
+            timeout_s=self.profile.workload.timeout_s,
+            source_host=source_address(gw.host, self.user_id) if self.spread_sources else None,
+        )
+
+    def logon(self, username: str, secret: str | None, *, record: bool = True) -> OperationError | None:
+        """A client process, TLS, the pushed config, CONNECTED; the first failure, or None when up.
+
+        ``record=False`` (a reconnect) fires no samples: the caller fires ``reconnect``.
+        """
+        conn = self._begin(OpenVPNClient(self.spec(username, secret)))
+        began: list[float] = []
+
+        def note(name: str, outcome: Timed[Any]) -> None:
+            if name == "tls":
+                began.append(outcome.start_time)
+
+        steps = (("start", conn.start), ("tls", conn.tls), ("config", conn.config))
+        error = self._steps(steps, record, note)
+        if error is None:
+            outcome = self.bridge.call_timed(conn.connected(), self.profile.workload.timeout_s)
+            if not outcome.ok:
+                self.abort()
+                error = OperationError(classify(outcome.error) or "other", "not CONNECTED")
+        if record and began:
+            # the aggregate logon row: from hold release to CONNECTED (or to the failure)
+            start = began[0]
+            ms = conn.tunnel_ms() if error is None else (time.time() - start) * 1000.0
+            self._fire(OVPN, "tunnel_up", Timed(start, ms, None, error))
+        return error
+
+    def run_activity(self, name: str, document: str) -> bool:
+        """Run one activity (only ``typing``: hold the tunnel); True on success."""
+        if name != "typing":
+            raise ValueError(f"the openvpn protocol serves {OPENVPN_ACTIVITIES}, not {name!r}")
+        return self.hold()
+
+    def hold(self) -> bool:
+        """Hold the tunnel ``burst_keys`` x ``typing_interval_ms``; a tunnel that ends meanwhile fails it."""
+        conn = self._require()
+        w = self.profile.workload
+        seconds = w.burst_keys * w.typing_interval_ms / 1000.0
+        outcome = self.bridge.call_timed(conn.hold(seconds), seconds + w.timeout_s)
+        if not self._after(OVPN, "hold", outcome):
+            self._broke()
+            return False
+        return True
+
+
+remote.register("openvpn", OPENVPN_CATALOGUE, OpenVPNSession)
