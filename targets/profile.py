@@ -76,6 +76,16 @@ class GatewayTarget:
     first_prompt: str = DEFAULT_FIRST_PROMPT
     # The command of a screen activity, with {bursts} and {bytes} from [workload].
     screen_command: str = DEFAULT_SCREEN_COMMAND
+    # TLS protocols (vpn): the PEM bundle that signs the gateway certificate; "" = portal.ca_file,
+    # else the system CAs.
+    ca_file: str = ""
+    # One source address per simulated user, so per-address limits (ocserv's bans and rate limit,
+    # xrdp's pending connections) see many clients: "127.0.0.2-127.0.0.254" or "a, b, c"; "" = the
+    # system picks. Any 127.0.0.0/8 address works on lo without setup. Used by the vpn protocol.
+    source_addresses: str = ""
+    # vpn: the IPv4 host inside the VPN that the tunnel activity pings (ICMP echo through the
+    # tunnel); "" = the server's own end of the tunnel (the first host of the network it hands out).
+    tunnel_ping: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,12 @@ def dump_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
 
     data = profile_to_dict(profile)
     data["credentials"]["file"] = str(profile.resolve(profile.credentials.file))
-    for section, key in (("credentials", "ssh_key"), ("gateway", "host_key"), ("portal", "ca_file")):
+    for section, key in (
+        ("credentials", "ssh_key"),
+        ("gateway", "host_key"),
+        ("gateway", "ca_file"),
+        ("portal", "ca_file"),
+    ):
         if data[section][key]:
             data[section][key] = str(profile.resolve(data[section][key]))
     if data.get("farm"):
@@ -419,6 +434,7 @@ def _check(profile: Profile, path: Path) -> None:
     if profile.gateway.keepalive_s < 0:
         raise bad("gateway.keepalive_s", "must be >= 0 (0 = no keepalive)")
     _check_shell(profile.gateway, bad)
+    _check_sources(profile.gateway, bad)
     if (profile.target.kind == "reference") != (profile.farm is not None):
         raise bad("farm", "is required when target.kind = 'reference' and not allowed otherwise")
     if profile.farm is not None:
@@ -452,6 +468,55 @@ def _check_shell(gw: GatewayTarget, bad: Any) -> None:
             raise bad(
                 "gateway.screen_command", f"has {{{name}}}; the placeholders are {{bursts}} and {{bytes}}"
             )
+
+
+MAX_SOURCE_ADDRESSES = 65536
+
+
+def source_addresses(spec: str) -> list[str]:
+    """The addresses of ``gateway.source_addresses`` ("a-b" ranges and single addresses, commas
+    between), in order; a :class:`ValueError` says what is wrong."""
+    found: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            raise ValueError("has an empty entry; write addresses or ranges separated by commas")
+        first, sep, last = (x.strip() for x in part.partition("-"))
+        try:
+            lo = ipaddress.ip_address(first)
+            hi = ipaddress.ip_address(last) if sep else lo
+        except ValueError:
+            raise ValueError(f"has {part!r}, not an IP address or a range a-b of them") from None
+        if lo.version != hi.version or int(hi) < int(lo):
+            raise ValueError(f"has the range {part!r}; write it low-high, both IPv4 or both IPv6")
+        if len(found) + int(hi) - int(lo) + 1 > MAX_SOURCE_ADDRESSES:
+            raise ValueError(f"names more than {MAX_SOURCE_ADDRESSES} addresses; give a shorter range")
+        found.extend(str(ipaddress.ip_address(a)) for a in range(int(lo), int(hi) + 1))
+    return found
+
+
+def _check_sources(gw: GatewayTarget, bad: Any) -> None:
+    if gw.tunnel_ping:
+        try:
+            ipaddress.IPv4Address(gw.tunnel_ping)
+        except ValueError:
+            raise bad(
+                "gateway.tunnel_ping", 'must be an IPv4 address inside the VPN, or "" for its gateway'
+            ) from None
+    if not gw.source_addresses:
+        return
+    try:
+        addresses = source_addresses(gw.source_addresses)
+    except ValueError as exc:
+        raise bad("gateway.source_addresses", str(exc)) from None
+    loopback = is_loopback(gw.host)
+    odd = next((a for a in addresses if ipaddress.ip_address(a).is_loopback != loopback), None)
+    if odd is not None:
+        where = "a loopback" if loopback else "a non-loopback"
+        raise bad(
+            "gateway.source_addresses",
+            f"has {odd}, which cannot reach {where} gateway.host {gw.host}; use addresses like "
+            + ("127.0.0.2-127.0.0.254" if loopback else "the load generator's own interface addresses"),
+        )
 
 
 def _check_farm(profile: Profile, bad: Any) -> None:

@@ -8,6 +8,10 @@ bookkeeping (``broken``, a drop recorded at most once), ``close``/``abort``, the
 operations with their intended starts. A protocol subclass sets :attr:`BridgedSession.kind` and
 :attr:`BridgedSession.served`, creates its connection in ``logon`` and adds its activities.
 
+Per-address limits of a server (ocserv's bans, xrdp's pending connections) see one client per
+simulated user when the profile names ``[gateway] source_addresses``: :attr:`BridgedSession.source`
+is this user's, rotating by user id; a protocol binds its connections to it.
+
 The connection (:class:`BridgedConnection`) says whether it ended under us (``dropped``) and why
 (``lost``, ``lost_at``), closes politely as a coroutine and aborts at once from the loop thread.
 """
@@ -15,6 +19,7 @@ The connection (:class:`BridgedConnection`) says whether it ended under us (``dr
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge, timed
 from locustfiles.lib.errors import OperationError, safe_error
 from locustfiles.lib.runtime import Target, fire
+from targets.profile import Profile, source_addresses
 
 T = TypeVar("T")
 
@@ -77,6 +83,18 @@ async def paced_burst(
     return samples
 
 
+@functools.cache
+def _sources(spec: str) -> tuple[str, ...]:
+    return tuple(source_addresses(spec)) if spec else ()
+
+
+def source_for(profile: Profile, user_id: int) -> str | None:
+    """The user's source address from ``gateway.source_addresses`` (rotating by user id), or None (the
+    system picks). The profile was validated when loaded."""
+    found = _sources(profile.gateway.source_addresses)
+    return found[user_id % len(found)] if found else None
+
+
 class BridgedSession(Generic[C]):
     """A :class:`locustfiles.lib.remote.RemoteSession` over one bridged connection (greenlet side).
 
@@ -115,6 +133,11 @@ class BridgedSession(Generic[C]):
     @property
     def activities(self) -> tuple[str, ...]:
         return self.served
+
+    @property
+    def source(self) -> str | None:
+        """The local address this user's connections come from (``gateway.source_addresses``), or None."""
+        return source_for(self.profile, self.user_id)
 
     def _ready(self, conn: C) -> bool:
         """Whether a connection that has not dropped can run activities (e.g. its shell is open)."""

@@ -31,6 +31,9 @@ ERROR_CLASSES = (
     "ssh_error",
     "sftp_error",
     "tunnel_refused",
+    # the server's anti-abuse limits turned the user away (a per-user session limit, a connection cap,
+    # a ban, a rate limit): a load generator on one address meets them long before capacity
+    "throttled",
     "other",
 )
 

@@ -5,34 +5,48 @@ and ``gateway.port`` name the VPN server (ocserv or another AnyConnect-compatibl
 run as coroutines in the bridge's loop thread (:mod:`locustfiles.lib.vpnops`), timed there; the samples
 are fired here. A logon is three samples: ``VPN tls`` (TCP + TLS handshake, certificate verified),
 ``VPN logon`` (the XML login form until the session cookie) and ``VPN tunnel_up`` (``CONNECT`` until
-the tunnel's address). The one activity served is ``typing``: a burst of ``workload.burst_keys`` DPD
-round trips through the tunnel at ``workload.typing_interval_ms`` (``VPN keepalive``, paced, with its
-intended start): what a person keeping a tunnel busy at typing pace costs the gateway, the VPN's echo.
+the tunnel's address). Two activities are served:
 
-The certificate is verified against ``gateway.ca_file`` when the profile has that key, else against
-``portal.ca_file`` (the organisation's CA that signs the portal), else the system CAs.
+- ``typing``: a burst of ``workload.burst_keys`` DPD round trips through the tunnel at
+  ``workload.typing_interval_ms`` (``VPN keepalive``, paced, with its intended start): what a person
+  keeping a tunnel busy at typing pace costs the gateway, the VPN's echo;
+- ``tunnel``: a request through the tunnel (``VPN ping``): an ICMP echo in a CSTP data frame to
+  ``gateway.tunnel_ping`` (default: the server's own end of the tunnel), until its reply.
+
+The certificate is verified against ``gateway.ca_file``, else ``portal.ca_file`` (the organisation's
+CA that signs the portal), else the system CAs. With ``gateway.source_addresses`` each user connects
+from its own address, so the server's per-address limits see one client per simulated user.
+
+Error classes: ``auth_failed`` (a rejected password), ``throttled`` (the server's anti-abuse limits:
+ocserv's max-same-clients refuses the tunnel, its max-clients cap and bans close the connection in
+the TLS handshake), ``refused`` (nothing listens), ``tls_error`` (the certificate), ``timeout``
+(including a connection ocserv leaves waiting while it stops accepting at its cap), ``http_*``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import remote
 from locustfiles.lib.aiobridge import Timed
-from locustfiles.lib.bridged import BridgedSession, paced_burst
+from locustfiles.lib.bridged import BridgedSession, paced_burst, source_for
 from locustfiles.lib.errors import OperationError
 from locustfiles.lib.vpnops import VPNConnection, VPNSpec
 from targets.profile import Profile
 
 VPN = "VPN"
-_NET = ("refused", "reset", "timeout", "tls_error", "other")
-_ERR = (*_NET, "auth_failed", "http_4xx", "http_5xx", "tunnel_refused")
+_NET = ("refused", "reset", "timeout", "tls_error", "throttled", "other")
+_ERR = (*_NET, "auth_failed", "http_503", "http_4xx", "http_5xx", "tunnel_refused")
 VPN_CATALOGUE = Catalogue(
     ("vpn",),
     (
-        Operation(VPN, "tls", "TCP + TLS handshake, the gateway certificate verified", errors=_NET),
+        Operation(
+            VPN,
+            "tls",
+            "TCP + TLS handshake, certificate verified (throttled: closed by the server's limits)",
+            errors=_NET,
+        ),
         Operation(
             VPN,
             "logon",
@@ -43,7 +57,7 @@ VPN_CATALOGUE = Catalogue(
         Operation(
             VPN,
             "tunnel_up",
-            "CONNECT /CSCOSSLC/tunnel until 200 with the tunnel address (refused = throttled)",
+            "CONNECT /CSCOSSLC/tunnel until 200 with the tunnel address (throttled: a session limit)",
             errors=_ERR,
         ),
         Operation(
@@ -56,6 +70,13 @@ VPN_CATALOGUE = Catalogue(
             activities=("typing",),
             roles=("echo",),
         ),
+        Operation(
+            VPN,
+            "ping",
+            "an ICMP echo through the tunnel to gateway.tunnel_ping until its reply (bytes sent)",
+            errors=_NET,
+            activities=("tunnel",),
+        ),
         Operation(VPN, "reconnect", "after a drop: TLS, logon, tunnel up again", errors=_ERR),
         Operation(VPN, "drop", "the tunnel ended while idle (disconnect packet, reset)", errors=_NET),
     ),
@@ -65,28 +86,12 @@ VPN_ACTIVITIES = VPN_CATALOGUE.activities
 
 def ca_file_of(profile: Profile) -> str:
     """The CA bundle that verifies the VPN gateway: ``gateway.ca_file``, else ``portal.ca_file``."""
-    path = getattr(profile.gateway, "ca_file", "") or getattr(profile.portal, "ca_file", "")
+    path = profile.gateway.ca_file or profile.portal.ca_file
     return str(profile.resolve(path)) if path else ""
 
 
-def source_address(host: str, user_id: int) -> str | None:
-    """A distinct 127.0.0.x source for each simulated user when the gateway is on loopback, else None.
-
-    Servers throttle per source address (ocserv bans and rate-limits one address); on ``lo`` any
-    127.0.0.0/8 address works as a source without setup. Addresses 127.0.0.2-254 rotate by user id.
-    """
-    try:
-        if ipaddress.ip_address(host).version == 4 and ipaddress.ip_address(host).is_loopback:
-            return f"127.0.0.{2 + user_id % 253}"
-    except ValueError:
-        pass
-    return None
-
-
-def spec_for(
-    profile: Profile, username: str, password: str | None, user_id: int = 0, spread_sources: bool = False
-) -> VPNSpec:
-    """How to reach and verify the profile's VPN gateway as ``username``."""
+def spec_for(profile: Profile, username: str, password: str | None, user_id: int = 0) -> VPNSpec:
+    """How to reach and verify the profile's VPN gateway as ``username`` (user ``user_id``'s source)."""
     gw = profile.gateway
     return VPNSpec(
         host=gw.host,
@@ -95,7 +100,7 @@ def spec_for(
         password=password,
         ca_file=ca_file_of(profile),
         timeout_s=profile.workload.timeout_s,
-        source_host=source_address(gw.host, user_id) if spread_sources else None,
+        source_host=source_for(profile, user_id),
     )
 
 
@@ -109,8 +114,6 @@ class VPNSession(BridgedSession[VPNConnection]):
 
     kind = VPN
     served = VPN_ACTIVITIES
-    #: bind each user's connections to its own 127.0.0.x (a test or a future profile key turns it on)
-    spread_sources = False
 
     def _ready(self, conn: VPNConnection) -> bool:
         return conn.up
@@ -120,7 +123,7 @@ class VPNSession(BridgedSession[VPNConnection]):
 
         ``record=False`` (a reconnect) fires no samples: the caller fires ``reconnect``.
         """
-        spec = spec_for(self.profile, username, secret, self.user_id, self.spread_sources)
+        spec = spec_for(self.profile, username, secret, self.user_id)
         conn = self._begin(VPNConnection(spec))
 
         def learn_server(name: str, outcome: Timed[Any]) -> None:
@@ -131,10 +134,12 @@ class VPNSession(BridgedSession[VPNConnection]):
         return self._steps(steps, record, learn_server)
 
     def run_activity(self, name: str, document: str) -> bool:
-        """Run one activity (only ``typing``: a paced burst of keepalives); True on success."""
-        if name != "typing":
-            raise ValueError(f"the vpn protocol serves {VPN_ACTIVITIES}, not {name!r}")
-        return self.typing()
+        """Run one activity (``typing``: a paced burst of keepalives; ``tunnel``: a ping); True on success."""
+        if name == "typing":
+            return self.typing()
+        if name == "tunnel":
+            return self.ping()
+        raise ValueError(f"the vpn protocol serves {VPN_ACTIVITIES}, not {name!r}")
 
     def typing(self) -> bool:
         """``workload.burst_keys`` DPD round trips at ``workload.typing_interval_ms`` (paced samples)."""
@@ -148,6 +153,13 @@ class VPNSession(BridgedSession[VPNConnection]):
             self._broke()
             return False
         return True
+
+    def ping(self) -> bool:
+        """One ICMP echo through the tunnel to ``gateway.tunnel_ping`` (or the tunnel's gateway)."""
+        conn = self._require()
+        dst = self.profile.gateway.tunnel_ping or conn.gateway_address()
+        outcome = self.bridge.call_timed(conn.ping(dst), self.profile.workload.timeout_s)
+        return self._after(VPN, "ping", outcome)
 
 
 remote.register("vpn", VPN_CATALOGUE, VPNSession)

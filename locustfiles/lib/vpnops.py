@@ -10,7 +10,17 @@ loop thread and without a tun device on the client:
 3. ``CONNECT /CSCOSSLC/tunnel`` with the cookie until ``200`` and the ``X-CSTP-*`` headers;
 4. CSTP frames on the same connection: 8-byte header ``STF\\x01``, payload length (big-endian 16 bits),
    packet type, a zero byte. Type 0x00 data, 0x03 DPD request, 0x04 DPD response, 0x05 disconnect,
-   0x07 keepalive. A background reader answers the server's DPD requests and notices the end.
+   0x07 keepalive. A background reader answers the server's DPD requests and notices the end;
+5. IP packets through the tunnel (CSTP data frames): :meth:`VPNConnection.ping` sends an ICMP echo
+   request from the tunnel address the server gave us to a host behind the server and waits for the
+   reply, the round trip of a request through the gateway with no tun device on the client.
+
+How ocserv (1.1, Debian's defaults) turns a client away, as its source says and the tests saw:
+``max-same-clients`` answers ``CONNECT`` with ``401 Cookie is not acceptable`` and a TLS
+``access_denied`` alert; ``max-clients`` and a ban close the connection right after ``accept`` (the
+client sees the TLS handshake end), and at the cap ocserv stops accepting until it is under 90 % of
+it, so later connections wait in the kernel's queue (a TLS ``timeout`` when that outlasts
+``timeout_s``). The first two are the error class ``throttled``; a wait stays a ``timeout``.
 
 Each operation is timed inside the loop by the caller (:func:`locustfiles.lib.aiobridge.timed`); nothing
 here touches Locust or gevent. No server text, cookie or password ever goes into an exception message.
@@ -20,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import itertools
 import re
+import secrets
 import ssl
 import struct
 import time
@@ -42,6 +55,9 @@ CLOSE_TIMEOUT_S = 2.0
 _FORM_RE = re.compile(rb"<form\b[^>]*>(.*?)</form>", re.S)
 _INPUT_RE = re.compile(rb"<input\b[^>]*\bname=\"([^\"]+)\"[^>]*>", re.S)
 _TYPE_RE = re.compile(rb"<config-auth\b[^>]*\btype=\"([a-z-]+)\"", re.S)
+ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
+#: bytes of an echo request's payload (as ``ping`` sends by default)
+PING_PAYLOAD_BYTES = 56
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,9 @@ class VPNConnection:
         self.bytes_in = 0
         self._reader_task: asyncio.Task[None] | None = None
         self._dpd: asyncio.Future[float] | None = None
+        self._icmp_id = secrets.randbelow(0x10000)  # tells our echo replies from other traffic
+        self._icmp_seq = itertools.count(1)
+        self._pings: dict[int, asyncio.Future[int]] = {}  # echo sequence -> its reply's length
 
     @property
     def up(self) -> bool:
@@ -152,8 +171,9 @@ class VPNConnection:
                 limit=MAX_HEADER_BYTES,
             )
         except (ssl.SSLEOFError, ConnectionResetError, asyncio.IncompleteReadError):
-            # ocserv closes a banned or rate-limited address's connection before the handshake ends
-            raise OperationError("refused", "closed during the TLS handshake") from None
+            # ocserv closes a connection right after accept() when it is at max-clients or the
+            # address is banned: the server's limits, not a missing server (that is ECONNREFUSED)
+            raise OperationError("throttled", "closed during the TLS handshake") from None
         obj = self.writer.get_extra_info("ssl_object")
         return obj.version() if obj is not None else ""
 
@@ -211,8 +231,8 @@ class VPNConnection:
             resp = await self._read_head()
         except ssl.SSLError as exc:
             if "ACCESS_DENIED" in str(exc):
-                # ocserv's answer to a session over its limits (max-same-clients, max-clients)
-                raise OperationError("refused", "tunnel denied (session limit)") from None
+                # ocserv's alert after refusing a session over max-same-clients (see the 401 below)
+                raise OperationError("throttled", "tunnel denied (session limit)") from None
             raise
         if resp.status != 200:
             raise _status_error(resp.status, tunnel=True)
@@ -234,6 +254,37 @@ class VPNConnection:
         self._require_writer().write(cstp_frame(CSTP_DPD_REQ))
         await self._dpd
         return (time.perf_counter() - t0) * 1000.0
+
+    @property
+    def address(self) -> str:
+        """The client's address inside the tunnel (``X-CSTP-Address``), "" before the tunnel is up."""
+        return self.tunnel_headers.get("x-cstp-address", "")
+
+    def gateway_address(self) -> str:
+        """The first host of the network the server gave us: ocserv's own end of the tunnel."""
+        mask = self.tunnel_headers.get("x-cstp-netmask", "255.255.255.255")
+        net = ipaddress.IPv4Network(f"{self.address}/{mask}", strict=False)
+        return str(net.network_address + 1)
+
+    async def ping(self, dst: str, size: int = PING_PAYLOAD_BYTES) -> int:
+        """One ICMP echo request to ``dst`` through the tunnel until its reply; returns the bytes sent.
+
+        The packet goes in a CSTP data frame from our tunnel address; the server routes it to ``dst``
+        (its own tunnel end, or a host behind it) and the reply comes back as a data frame.
+        """
+        if self.lost is not None:
+            raise OperationError(classify(self.lost) or "reset", "tunnel lost")
+        if not self.address:
+            raise OperationError("other", "no tunnel address")
+        seq = next(self._icmp_seq) & 0xFFFF
+        packet = echo_request(self.address, dst, self._icmp_id, seq, size)
+        reply = self._pings[seq] = asyncio.get_running_loop().create_future()
+        try:
+            self._require_writer().write(cstp_frame(CSTP_DATA, packet))
+            await reply
+        finally:
+            self._pings.pop(seq, None)
+        return len(packet)
 
     async def close(self) -> None:
         """Send the CSTP disconnect (when the tunnel is up) and close the TLS connection (bounded)."""
@@ -337,7 +388,9 @@ class VPNConnection:
                         self._dpd.set_result(time.perf_counter())
                 elif kind == CSTP_DISCONNECT:
                     raise OperationError("reset", "gateway disconnected the tunnel")
-                # data and keepalive packets: nothing to answer
+                elif kind == CSTP_DATA and self._pings:
+                    self._echo_reply(payload)
+                # other data and keepalive packets: nothing to answer
         except asyncio.CancelledError:
             raise
         except asyncio.IncompleteReadError:
@@ -345,20 +398,35 @@ class VPNConnection:
         except Exception as exc:
             self._lose(exc)
 
+    def _echo_reply(self, packet: bytes) -> None:
+        """Resolve the ping this IPv4 packet answers (an ICMP echo reply with our id), if any."""
+        ihl = (packet[0] & 0x0F) * 4 if packet else 0
+        if len(packet) < ihl + 8 or packet[0] >> 4 != 4 or packet[9] != 1:  # IPv4, ICMP
+            return
+        kind, _code, _sum, ident, seq = struct.unpack(">BBHHH", packet[ihl : ihl + 8])
+        if kind == ICMP_ECHO_REPLY and ident == self._icmp_id:
+            waiter = self._pings.get(seq)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(len(packet))
+
     def _lose(self, exc: BaseException) -> None:
         if self.lost is None:
             self.lost, self.lost_at = exc, time.time()
         if self._dpd is not None and not self._dpd.done():
             self._dpd.set_exception(exc)
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     def _stop_reader(self) -> None:
         # The task stays referenced: ``closing`` (set first) already tells a close from a drop.
         task = self._reader_task
         if task is not None and not task.done():
             task.cancel()
-        if self._dpd is not None and not self._dpd.done():
-            # an error, not a cancellation: a keepalive waiting on it ends as a failed operation
-            self._dpd.set_exception(OperationError("reset", "tunnel closed"))
+        # an error, not a cancellation: an operation waiting on it ends as a failed operation
+        for waiter in (self._dpd, *self._pings.values()):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(OperationError("reset", "tunnel closed"))
 
 
 def _match(pattern: re.Pattern[bytes], body: bytes) -> str | None:
@@ -366,14 +434,47 @@ def _match(pattern: re.Pattern[bytes], body: bytes) -> str | None:
     return found.group(1).decode(errors="replace") if found else None
 
 
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(src: str, dst: str, ident: int, seq: int, size: int = PING_PAYLOAD_BYTES) -> bytes:
+    """An IPv4 packet holding one ICMP echo request of ``size`` payload bytes."""
+    payload = (b"gateload" * (size // 8 + 1))[:size]
+    icmp = struct.pack(">BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq) + payload
+    icmp = icmp[:2] + struct.pack(">H", checksum(icmp)) + icmp[4:]
+    total = 20 + len(icmp)
+    head = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x45,  # IPv4, 20-byte header
+        0,
+        total,
+        seq,  # identification
+        0x4000,  # don't fragment
+        64,  # TTL
+        1,  # ICMP
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    head = head[:10] + struct.pack(">H", checksum(head)) + head[12:]
+    return head + icmp
+
+
 def _status_error(status: int, tunnel: bool = False) -> OperationError:
     """An HTTP error status of the login or CONNECT as an error class (fixed words)."""
     if status == 401:
-        # at CONNECT the logon has succeeded: a refused cookie is the server's session limit
-        return OperationError("refused", "HTTP 401 at CONNECT") if tunnel else OperationError("auth_failed")
-    if status == 503:
-        # ocserv answers 503 when it is full (max-clients) or the user has max-same-clients sessions
-        return OperationError("refused", "HTTP 503")
+        # At CONNECT the logon has just succeeded: ocserv refuses the fresh cookie ("401 Cookie is not
+        # acceptable") when the account is over max-same-clients, its per-user session limit.
+        if tunnel:
+            return OperationError("throttled", "HTTP 401 at CONNECT (session limit)")
+        return OperationError("auth_failed")
     if tunnel and status in (403, 404):
         return OperationError("tunnel_refused", f"HTTP {status}")
     return HttpStatusError(status)

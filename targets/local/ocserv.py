@@ -13,21 +13,37 @@ Two variants of the anti-abuse settings:
   generator on one address meets on a stock server;
 - :data:`RELAXED`: those limits off, for load tests that need many tunnels from one generator.
 
+What those limits do in ocserv 1.1.6 (its source, and tests/test_vpn_tunnel.py): ``max-same-clients``
+refuses a third tunnel of one account at ``CONNECT`` (``401 Cookie is not acceptable``, then a TLS
+``access_denied`` alert). ``max-clients`` counts connections (worker processes, logging-in ones too,
+not tunnels): a connection accepted at the cap is closed at once, and the listener then stops
+accepting until fewer than 90 % of the cap are connected, so later clients wait in the kernel's
+accept queue (a burst of 20 got 15 in and 5 waiting). ``rate-limit-ms`` pauses accepting only while
+ocserv's sec-mod has a backlog, so on a quiet server it does not limit new connections to 10/s.
+Bans never apply to a client on the subnet of one of the server's interfaces ("Not applying ban to
+local IP"): 127.0.0.0/8 is never banned, so bans cannot be tested on loopback.
+
 Each session gets a tun device (``/dev/net/tun``, present here) named ``glvpn<N>`` in the current
 network namespace, with an address from a per-instance private /24 so parallel instances never share
-one; ocserv removes it when the session ends. No network namespace is needed: ocserv starts sessions
-in this container as it is.
+one; ocserv removes it when the session ends. Its server end is the /24's first host
+(:attr:`Ocserv.gateway_address`): the host's kernel answers an ICMP echo sent through the tunnel to
+it, the service behind the server that ``VPN ping`` measures. No network namespace is needed: ocserv
+starts sessions in this container as it is.
 
 Usage::
 
     with Ocserv(tmp / "vpn", accounts=20, relaxed=True) as vpn:
         ...  # vpn.host, vpn.port, vpn.ca.ca_cert, vpn.credentials (username,password CSV), vpn.accounts
+
+``Ocserv(..., credentials=path)`` takes the accounts of an existing ``username,password`` CSV instead
+(a portal's directory, so one employee has one password for the portal and the VPN).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import ipaddress
 import os
 import pwd
 import secrets
@@ -74,6 +90,7 @@ class Ocserv(Launcher):
         accounts: int = 20,
         relaxed: bool = False,
         host: str = "127.0.0.1",
+        credentials: Path | None = None,
     ) -> None:
         self.binary = require_binary("ocserv", "ocserv")
         self.ocpasswd = require_binary("ocpasswd", "ocserv")
@@ -82,6 +99,7 @@ class Ocserv(Launcher):
             raise MissingTool("ocserv needs /dev/net/tun; run where the tun device exists")
         self.state_dir = state_dir
         self.n_accounts = accounts
+        self.source_credentials = credentials  # accounts from this CSV instead of new ones
         self.relaxed = relaxed
         self.settings = RELAXED if relaxed else PRODUCTION_DEFAULTS
         self.host = host
@@ -95,6 +113,11 @@ class Ocserv(Launcher):
     @property
     def daemon(self) -> Daemon | None:
         return self._daemon
+
+    @property
+    def gateway_address(self) -> str:
+        """The server's own end of every tunnel (the first host of its /24)."""
+        return str(ipaddress.IPv4Address(self.network) + 1)
 
     @property
     def passwd(self) -> Path:
@@ -113,7 +136,12 @@ class Ocserv(Launcher):
         self.ca = make_test_ca(self.state_dir / "tls")
         with contextlib.suppress(FileNotFoundError):
             self.passwd.unlink()
-        self.accounts = [(f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)]
+        if self.source_credentials is not None:
+            self.accounts = _read_accounts(self.source_credentials)
+        else:
+            self.accounts = [
+                (f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)
+            ]
         for name, password in self.accounts:
             # ocpasswd asks twice on its stdin; the password never appears on a command line.
             subprocess.run(
@@ -167,6 +195,15 @@ class Ocserv(Launcher):
             "ping-leases = false",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _read_accounts(path: Path) -> list[tuple[str, str]]:
+    """``(username, password)`` of every row of a ``username,password[,...]`` CSV with a header."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"username", "password"} <= set(rows[0]):
+        raise ValueError(f"{path}: needs a header username,password and at least one account")
+    return [(r["username"], r["password"]) for r in rows]
 
 
 def _make_traversable(folder: Path) -> None:
