@@ -42,10 +42,12 @@ from typing import Any
 
 import aardwolf.connection as _conn
 import asn1tools as _asn1tools
+from aardwolf.commons.queuedata import RDPDATATYPE
+from aardwolf.commons.queuedata.constants import VIDEO_FORMAT
 from aardwolf.commons.queuedata.video import RDP_VIDEO
 from aardwolf.connection import RDPConnection
 from aardwolf.protocol.compression import BulkCompressionError, BulkDecompressor
-from aardwolf.protocol.fastpath.bitmap import TS_UPDATE_BITMAP_DATA
+from aardwolf.protocol.fastpath.bitmap import TS_BITMAP_FLAG, TS_UPDATE_BITMAP_DATA
 from aardwolf.protocol.pdu.capabilities import CAPSTYPE, TS_CAPS_SET
 from aardwolf.protocol.T125.infopacket import INFO_FLAG, TS_INFO_PACKET
 from aardwolf.protocol.T128.controlpdu import CTRLACTION, TS_CONTROL_PDU
@@ -53,6 +55,7 @@ from aardwolf.protocol.T128.fontlistpdu import TS_FONT_LIST_PDU
 from aardwolf.protocol.T128.security import SEC_HDR_FLAG, TS_SECURITY_HEADER
 from aardwolf.protocol.T128.share import PDUTYPE, PDUTYPE2, STREAM_TYPE, TS_SHAREDATAHEADER
 from aardwolf.protocol.T128.synchronizepdu import TS_SYNCHRONIZE_PDU
+from aardwolf.utils.rectconvert import rectconvert
 
 #: frames waiting for the reader at most (fast- and slow-path alike); then the connection waits
 OUT_QUEUE_SIZE = 64
@@ -163,6 +166,8 @@ class FixedRDPConnection(RDPConnection):
         self.update_bytes = 0
         #: bitmap rectangles received after logon
         self.frames = 0
+        #: slow-path bitmap rectangles that did not decode (skipped)
+        self.bad_frames = 0
         #: called in the loop thread for each bitmap rectangle as it arrives (set by the load generator)
         self.on_frame: Callable[[int], None] | None = None
 
@@ -286,8 +291,32 @@ class FixedRDPConnection(RDPConnection):
         return bool(pdu[_conn.TS_UD_TYPE.SC_SECURITY].encryptionLevel == 1)
 
     async def _paint(self, rect: Any) -> None:
-        """Decode one bitmap rectangle onto the desktop buffer and hand it to ``ext_out_queue``."""
-        res, image = RDP_VIDEO.from_bitmapdata(rect, self.iosettings.video_out_format)
+        """Decode one bitmap rectangle onto the desktop buffer and hand it to ``ext_out_queue``.
+
+        Decoded at the bitmap's own ``width`` x ``height`` and cropped to the destination: the bitmap
+        width is padded to a multiple of 4 (MS-RDPBCGR 2.2.9.1.1.3.1.2.2), and aardwolf's
+        ``RDP_VIDEO.from_bitmapdata`` decodes at the destination size, which fails ("decoded more pixels
+        than width*height") for every rectangle whose width is not a multiple of 4.
+        """
+        res = RDP_VIDEO()
+        res.type = RDPDATATYPE.VIDEO
+        res.x, res.y = rect.destLeft, rect.destTop
+        res.width = rect.destRight - rect.destLeft + 1
+        res.height = rect.destBottom - rect.destTop + 1
+        res.bitsPerPixel = rect.bitsPerPixel
+        res.is_compressed = TS_BITMAP_FLAG.BITMAP_COMPRESSION in rect.flags
+        try:
+            image = rectconvert(
+                rect.width, rect.height, rect.bitsPerPixel, res.is_compressed, rect.bitmapDataStream
+            )
+        except ValueError:
+            self.bad_frames += (
+                1  # one broken rectangle is not a broken connection (aardwolf's fast path agrees)
+            )
+            return
+        if image.size != (res.width, res.height):
+            image = image.crop((0, 0, res.width, res.height))
+        res.data = image if self.iosettings.video_out_format == VIDEO_FORMAT.PIL else image.tobytes()
         buffer = self._RDPConnection__desktop_buffer  # type: ignore[attr-defined]
         if buffer is not None:
             buffer.paste(image, [res.x, res.y, res.x + res.width, res.y + res.height])
