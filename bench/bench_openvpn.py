@@ -15,7 +15,8 @@ loopback (``targets/local/openvpn.py``, root needed for its tun device):
   keepalive, the management byte counts) over ``--hold-s``: ``held_tunnels_per_core`` at that pace;
 - **production defaults**: the same storm against the server as Debian's sample ships it, whose
   ``connect-freq-initial 100 10`` answers at most 100 new clients per 10 s: ``tunnels_per_s_production``
-  and how many logons waited more than 1 s for their first answer (``throttled_logons``).
+  and how many logons got the server's first answer only after their client sent the initial packet
+  again (``late_first_answer_production``; ``late_first_answer`` is the relaxed baseline).
 
 The baseline in the same run is the relaxed server itself: the production figure is read against it.
 Every loop is bounded (count and a deadline); every client process is killed at the end.
@@ -48,6 +49,11 @@ from locustfiles.lib.aiobridge import timed  # noqa: E402
 from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec, kill_all  # noqa: E402
 from targets.local.openvpn import OpenVPNServer  # noqa: E402
 from targets.local.process import MissingTool  # noqa: E402
+
+#: A first answer later than this means the initial packet went unanswered and was sent again (the
+#: client retransmits its hard reset after 2 s; on loopback the answer otherwise takes milliseconds
+#: plus the server's queue).
+LATE_MS = 1900.0
 
 
 def cpu_s(pid: int) -> float:
@@ -96,7 +102,7 @@ class Storm:
     failed: int
     wall_s: float
     tunnel_ms: list[float]
-    tls_ms: list[float]  # hold release to TLS done: includes the wait for the server's first answer
+    first_answer_ms: list[float]  # hold release until the server's first answer (state AUTH)
     driver_cpu_s: float
     server_cpu_s: float
 
@@ -107,7 +113,7 @@ async def storm(server: OpenVPNServer, tunnels: int, concurrency: int, deadline_
     gate = asyncio.Semaphore(concurrency)
     up: list[OpenVPNClient] = []
     tunnel_ms: list[float] = []
-    tls_ms: list[float] = []
+    first_answer_ms: list[float] = []
     failed = 0
 
     async def one(i: int) -> None:
@@ -118,10 +124,11 @@ async def storm(server: OpenVPNServer, tunnels: int, concurrency: int, deadline_
             outcome = None
             for op in (client.start, client.tls, client.config, client.connected):
                 outcome = await timed(op(), 30.0)
-                if op == client.tls and outcome.ok:
-                    tls_ms.append(outcome.duration_ms)
                 if not outcome.ok:
                     break
+            first = client.step_ms("AUTH")
+            if first is not None:
+                first_answer_ms.append(first)
         if outcome is not None and outcome.ok:
             up.append(client)
             tunnel_ms.append(client.tunnel_ms())
@@ -140,7 +147,7 @@ async def storm(server: OpenVPNServer, tunnels: int, concurrency: int, deadline_
         failed,
         wall,
         tunnel_ms,
-        tls_ms,
+        first_answer_ms,
         time.process_time() - driver0,
         cpu_s(server_pid) + children_cpu_s(server_pid) - server0,
     )
@@ -174,6 +181,8 @@ async def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
                 "tunnels_per_s": round(len(s.up) / s.wall_s, 2),
                 "tunnel_up_p50_ms": round(pct(s.tunnel_ms, 50), 1),
                 "tunnel_up_p95_ms": round(pct(s.tunnel_ms, 95), 1),
+                "first_answer_p95_ms": round(pct(s.first_answer_ms, 95), 1),
+                "late_first_answer": sum(ms > LATE_MS for ms in s.first_answer_ms),
                 "client_cpu_ms_per_up": round(1000 * client_cpu / n, 2),
                 "driver_cpu_ms_per_up": round(1000 * s.driver_cpu_s / n, 2),
                 "server_cpu_ms_per_up": round(1000 * s.server_cpu_s / n, 2),
@@ -205,8 +214,9 @@ async def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         try:
             figures["tunnels_per_s_production"] = round(len(p.up) / p.wall_s, 2)
             figures["failed_production"] = p.failed
-            # a first answer later than 1 s: the initial packet was not answered (retransmitted after 2 s)
-            figures["throttled_logons"] = sum(ms > 1000.0 for ms in p.tls_ms)
+            # the server ignored the initial packet (connect-freq-initial) and the client sent it again:
+            # its first answer comes seconds late; the relaxed storm is the baseline (queueing alone)
+            figures["late_first_answer_production"] = sum(ms > LATE_MS for ms in p.first_answer_ms)
             figures["tunnel_up_p95_ms_production"] = round(pct(p.tunnel_ms, 95), 1)
         finally:
             await close_all(p.up)

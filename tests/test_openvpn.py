@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -55,14 +56,24 @@ WORKLOAD = Workload(
 )
 
 
-def _profile(vpn: OpenVPNServer, folder: Path, name: str, credentials: Path | None = None) -> Path:
+def _profile(
+    vpn: OpenVPNServer, folder: Path, name: str, credentials: Path | None = None, sources: str = ""
+) -> Path:
     """The shipped local-real profile pointed at this server: protocol openvpn, its CA, its accounts."""
     assert vpn.ca is not None
     p = load_profile(BASE_PROFILE)
     profile = dataclasses.replace(
         p,
         portal=dataclasses.replace(p.portal, ca_file=str(vpn.ca.ca_cert)),
-        gateway=dataclasses.replace(p.gateway, host=vpn.host, port=vpn.port, protocol="openvpn", host_key=""),
+        gateway=dataclasses.replace(
+            p.gateway,
+            host=vpn.host,
+            port=vpn.port,
+            protocol="openvpn",
+            host_key="",
+            ca_file=str(vpn.ca.ca_cert),
+            source_addresses=sources,
+        ),
         credentials=dataclasses.replace(p.credentials, file=str(credentials or vpn.credentials)),
         workload=WORKLOAD,
     )
@@ -179,8 +190,9 @@ def _text(path: Path) -> str:
 
 
 def test_users_hold_tunnels_with_no_failures(relaxed: OpenVPNServer, tmp_path: Path) -> None:
-    """Eight users, one client process each, hold tunnels for 12 s on the relaxed server: 0 failures."""
-    profile = _profile(relaxed, tmp_path, "relaxed")
+    """Eight users, one client process each (each from its own 127.0.0.x), hold tunnels for 12 s on the
+    relaxed server: 0 failures."""
+    profile = _profile(relaxed, tmp_path, "relaxed", sources="127.0.0.2-127.0.0.254")
     run, most = _run(profile, USERS, HOLD_S)
     assert not run.user_errors, run.user_errors
     failures = [(s["name"], s["context"]["error"]) for s in run.samples if s["exception"] is not None]
@@ -206,6 +218,12 @@ def test_users_hold_tunnels_with_no_failures(relaxed: OpenVPNServer, tmp_path: P
     # the server saw them all, each under its account's name (username-as-common-name)
     log = relaxed.log_text()
     assert all(f"[{user}] Peer Connection Initiated" in log for user, _ in relaxed.accounts[:USERS])
+    # ... each from its user's own source address (gateway.source_addresses)
+    seen = set(
+        re.findall(r"\[gl-ovpn-\d+\] Peer Connection Initiated with \[AF_INET\](127\.0\.0\.\d+):", log)
+    )
+    ours = {f"127.0.0.{2 + s['context']['user_id'] % 253}" for s in run.samples}
+    assert len(ours) == USERS and ours <= seen, (sorted(ours), sorted(seen))
 
 
 def test_a_wrong_password_is_a_classified_auth_failure(production: OpenVPNServer, tmp_path: Path) -> None:

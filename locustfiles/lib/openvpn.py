@@ -25,12 +25,13 @@ A tunnel that ends under the session (the server restarts it, kicks it for a sec
 account, or goes away) is a ``drop``, and the user reconnects with a new client process.
 
 The certificate is verified against ``gateway.ca_file`` when the profile has that key, else
-``portal.ca_file`` (OpenVPN needs a CA file; it never uses the system CAs).
+``portal.ca_file`` (OpenVPN needs a CA file; it never uses the system CAs). With
+``gateway.source_addresses`` each user's client binds to its own address (``--local ADDR --lport 0``);
+OpenVPN's own limits are per server and per account, not per address, so it is rarely needed.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
@@ -77,18 +78,8 @@ OPENVPN_ACTIVITIES = OPENVPN_CATALOGUE.activities
 
 def ca_file_of(profile: Profile) -> str:
     """The CA bundle that verifies the OpenVPN server: ``gateway.ca_file``, else ``portal.ca_file``."""
-    path = getattr(profile.gateway, "ca_file", "") or getattr(profile.portal, "ca_file", "")
+    path = profile.gateway.ca_file or profile.portal.ca_file
     return str(profile.resolve(path)) if path else ""
-
-
-def source_address(host: str, user_id: int) -> str | None:
-    """A distinct 127.0.0.x source for each simulated user when the server is on loopback, else None."""
-    try:
-        if ipaddress.ip_address(host).version == 4 and ipaddress.ip_address(host).is_loopback:
-            return f"127.0.0.{2 + user_id % 253}"
-    except ValueError:
-        pass
-    return None
 
 
 class OpenVPNSession(BridgedSession[OpenVPNClient]):
@@ -98,8 +89,6 @@ class OpenVPNSession(BridgedSession[OpenVPNClient]):
     served = OPENVPN_ACTIVITIES
     #: "udp" as Debian's sample server.conf ships, or "tcp-client" for a TCP server
     proto = "udp"
-    #: bind each user's client to its own 127.0.0.x (OpenVPN does not throttle per address; for parity)
-    spread_sources = False
 
     def _ready(self, conn: OpenVPNClient) -> bool:
         return conn.up
@@ -115,7 +104,7 @@ class OpenVPNSession(BridgedSession[OpenVPNClient]):
             ca_file=ca_file_of(self.profile),
             proto=self.proto,
             timeout_s=self.profile.workload.timeout_s,
-            source_host=source_address(gw.host, self.user_id) if self.spread_sources else None,
+            source_host=self.source,  # gateway.source_addresses: this user's 127.0.0.x
         )
 
     def logon(self, username: str, secret: str | None, *, record: bool = True) -> OperationError | None:

@@ -232,12 +232,16 @@ class OpenVPNClient:
         self._up = True
         self.last_rx = time.perf_counter()
 
+    def step_ms(self, state: str) -> float | None:
+        """Hold release until the first ``state`` (``AUTH``: the server's first answer; ``CONNECTED``)."""
+        at = next((t for t, s, _ in self.states if s == state), None)
+        if self._released_at is None or at is None:
+            return None
+        return (at - self._released_at) * 1000.0
+
     def tunnel_ms(self) -> float:
-        """Hold release until ``CONNECTED``, from the notification times."""
-        at = {s: t for t, s, _ in self.states}
-        if self._released_at is None or "CONNECTED" not in at:
-            return 0.0
-        return (at["CONNECTED"] - self._released_at) * 1000.0
+        """Hold release until ``CONNECTED``, from the notification times (0 before)."""
+        return self.step_ms("CONNECTED") or 0.0
 
     @property
     def stale_after_s(self) -> float:
