@@ -31,7 +31,7 @@ class Knee:
     p95: Estimate | None  # at the knee step
 
     def describe(self) -> str:
-        if self.users is None:
+        if self.users is None or self.p95 is None:
             return f"{self.op}: p95 within {self.limit_ms:g} ms at every step (no knee)"
         return (
             f"{self.op}: knee at {self.users} users (step {self.step_index}), p95 {self.p95.value:.0f} ms "

@@ -196,7 +196,16 @@ def _u(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(e for g in groups for e in g))
 
 
-_HTTP_ERRORS = ("http_401", "http_403", "http_503", "http_5xx", "http_4xx", "refused", "reset", "timeout")
+_HTTP_ERRORS: tuple[str, ...] = (
+    "http_401",
+    "http_403",
+    "http_503",
+    "http_5xx",
+    "http_4xx",
+    "refused",
+    "reset",
+    "timeout",
+)
 _HTTP_ERRORS = _u(_HTTP_ERRORS, ("tls_error", "other"))
 _SSH_ERRORS = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
 _LOGON_ERRORS = _u(_HTTP_ERRORS, _SSH_ERRORS)  # a logon spans the portal and the gateway

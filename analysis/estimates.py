@@ -85,8 +85,8 @@ def min_share(shares: dict[str, Estimate], confidence: float) -> tuple[Estimate,
     if not shares:
         return Estimate(math.nan), ""
     name = min(shares, key=lambda k: shares[k].value)
-    boots = [e.boot for e in shares.values()]
-    if any(b is None for b in boots):
+    boots = [e.boot for e in shares.values() if e.boot is not None]
+    if len(boots) < len(shares):
         return Estimate(shares[name].value), name
     df = min(e.df for e in shares.values())
     inflate = max(e.inflate for e in shares.values())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -280,7 +280,7 @@ def _merge(windows: list[FaultWindow]) -> list[FaultWindow]:
 # ------------------------------------------------------------------------------------------ reporting
 
 
-def fault_metrics(sides: dict[str, Sequence[Any]], settings: Settings | None = None) -> dict[str, Any]:
+def fault_metrics(sides: Mapping[str, Sequence[Any]], settings: Settings | None = None) -> dict[str, Any]:
     """verdict.json ``faults``: per side, per run, its windows (``sides`` maps a side to RunStats)."""
     cfg = settings or Settings()
     return {

@@ -262,7 +262,7 @@ def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
 
     logon_op = ctx.run.catalogue.logon
     logon = ops.get(logon_op) if logon_op else None
-    if logon is not None:
+    if logon is not None and logon_op is not None:
         code = s.ops.index(logon_op)
         blk_logon = np.bincount(blk[(op == code) & ok], minlength=nb).astype(float)
         sessions = from_boot(blk_logon.sum() / span, weights @ blk_logon / span, conf, *spread)

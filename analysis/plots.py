@@ -139,8 +139,8 @@ def cdfs(sides: dict[str, list[StepStats]], ops: Sequence[str]) -> str:
             if op in st.paced:
                 values, counts = st.paced[op].cdf
                 title = f"{op} (from intended start)"
-            elif st.op(op) is not None:
-                values, counts = st.op(op).cdf
+            elif (stats := st.op(op)) is not None:
+                values, counts = stats.cdf
             else:
                 continue
             if len(counts) == 0:

@@ -193,15 +193,17 @@ def junit(v: Verdict) -> str:
         "skipped": str(sum(c.verdict == INCONCLUSIVE for c in v.criteria)),
         "time": f"{v.elapsed_s:.3f}",
     }
-    root = ET.Element("testsuites", name="gateload", **counts)
+    root = ET.Element("testsuites", {"name": "gateload", **counts})
     suite = ET.SubElement(
         root,
         "testsuite",
-        name=f"gateload.{v.kind}",
-        **counts,
-        # the schema's timestamp is ISO 8601 without a zone: this one is UTC
-        timestamp=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-        hostname=socket.gethostname() or "localhost",
+        {
+            "name": f"gateload.{v.kind}",
+            **counts,
+            # the schema's timestamp is ISO 8601 without a zone: this one is UTC
+            "timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+            "hostname": socket.gethostname() or "localhost",
+        },
     )
     props = ET.SubElement(suite, "properties")  # first child, as the schema orders them
     for name, value in (

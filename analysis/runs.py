@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -151,7 +151,7 @@ class Run:
         return pd.DataFrame(rows).set_index("step")
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -281,15 +281,20 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     arr = column.unify_dictionaries().combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    assert isinstance(arr, pa.DictionaryArray)  # dictionary-encoded above
     labels = [str(x) for x in arr.dictionary.to_pylist()]
-    codes = pc.fill_null(arr.indices.cast(pa.int32()), -1).to_numpy(zero_copy_only=False)
+    codes = _filled(arr.indices.cast(pa.int32()), -1)
     return codes.astype(np.int32, copy=False), labels
 
 
+def _filled(column: pa.Array | pa.ChunkedArray, value: Any) -> np.ndarray:
+    """The column as numpy, nulls replaced by ``value``."""
+    filled: Any = pc.fill_null(column, value)  # pyarrow-stubs type fill_null's result as object
+    return np.asarray(filled.to_numpy(zero_copy_only=False))
+
+
 def _float(table: pa.Table, name: str) -> np.ndarray:
-    return (
-        pc.fill_null(table.column(name).cast(pa.float64()), np.nan).to_numpy().astype(np.float64, copy=True)
-    )
+    return _filled(table.column(name).cast(pa.float64()), np.nan).astype(np.float64, copy=True)
 
 
 def _to_samples(table: pa.Table, aggregates: frozenset[str] = frozenset()) -> tuple[Samples, int]:
@@ -312,10 +317,10 @@ def _to_samples(table: pa.Table, aggregates: frozenset[str] = frozenset()) -> tu
     error, errors = _codes(table.column("error"))
     server, servers = _codes(table.column("server"))
     worker, _ = _codes(table.column("worker"))
-    uid = pc.fill_null(table.column("user_id").cast(pa.int64()), -1).to_numpy()
+    uid = _filled(table.column("user_id").cast(pa.int64()), -1)
     user = np.where((uid >= 0) & (worker >= 0), (worker.astype(np.int64) << 32) | (uid & 0xFFFFFFFF), -1)
-    user_count = pc.fill_null(table.column("user_count").cast(pa.int32()), 0).to_numpy().astype(np.int32)
-    success = pc.fill_null(table.column("success"), False).to_numpy(zero_copy_only=False).astype(bool)
+    user_count = _filled(table.column("user_count").cast(pa.int32()), 0).astype(np.int32)
+    success = _filled(table.column("success"), False).astype(bool)
 
     order = np.argsort(np.where(keep, t, np.inf), kind="stable")[: int(keep.sum())]
     samples = Samples(
@@ -369,7 +374,7 @@ def _steps(run: Run) -> list[Step]:
 # ------------------------------------------------------------------------------------------- pandas
 
 
-def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
+def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical[str]:
     """A pandas categorical straight from the numpy codes (-1 = missing), without building strings."""
     import pandas as pd
 
@@ -377,7 +382,7 @@ def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
     if len(uniq) != len(labels):  # duplicate labels (not expected): remap the codes onto unique ones
         remap = np.array([uniq.index(x) for x in labels] + [-1], dtype=np.int32)
         codes = remap[codes]  # index -1 picks the trailing -1
-    return pd.Categorical.from_codes(codes, categories=uniq)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(uniq))
 
 
 def _step_codes(run: Run) -> np.ndarray:

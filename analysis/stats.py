@@ -20,7 +20,7 @@ import ctypes
 import glob
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,7 +141,7 @@ def welch_df(variances: Sequence[float], dfs: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------- threads
 
 
-def _openblas() -> tuple[object, object] | None:
+def _openblas() -> tuple[Callable[[], int], Callable[[ctypes.c_int], None]] | None:
     """numpy's bundled OpenBLAS (get, set number of threads), if it is there."""
     libs = glob.glob(
         os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so")
@@ -412,8 +412,9 @@ def pooled(estimates: Sequence[Estimate], confidence: float) -> Estimate:
     if boot is None:
         return Estimate(value)
     n = len(est)
-    parts = [float(np.nanvar(e.boot)) * e.inflate / n**2 for e in est]
-    inflate = sum(parts) / (sum(float(np.nanvar(e.boot)) for e in est) / n**2) if sum(parts) > 0 else 1.0
+    spreads = [float(np.nanvar(b)) for b in boots]  # every estimate has replicates here (boot is not None)
+    parts = [v * e.inflate / n**2 for v, e in zip(spreads, est, strict=True)]
+    inflate = sum(parts) / (sum(spreads) / n**2) if sum(parts) > 0 else 1.0
     return from_boot(value, boot, confidence, welch_df(parts, [e.df for e in est]), inflate)
 
 

@@ -155,6 +155,7 @@ def steady_windows(run: RunData) -> list[Window]:
     """Steady-state windows of a run, one per step of its schedule (or one for a run without steps)."""
     s = run.samples
     steps = run.steps
+    plan: list[tuple[int, float, float, int, int, float, float | None]]
     if not steps:
         users = int(s.user_count.max()) if len(s) else 0
         plan = [(0, float(s.t[0]), float(s.t[-1]) + 1e-9, users, 0, 0.0, None)]

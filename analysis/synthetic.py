@@ -228,7 +228,7 @@ def _step_age(spec: SynthSpec, t: np.ndarray) -> np.ndarray:
 def _latency_mult(spec: SynthSpec, t: np.ndarray, n: np.ndarray, g: np.ndarray) -> np.ndarray:
     f = np.array([load_factor(spec, x) for x in np.unique(n)])
     lf = np.interp(n, np.unique(n), f) if len(f) > 1 else np.full(len(n), f[0] if len(f) else 1.0)
-    warm = 1.0
+    warm: float | np.ndarray = 1.0
     if spec.warmup_s > 0 and spec.warmup_factor != 1.0:
         warm = 1.0 + (spec.warmup_factor - 1.0) * np.exp(-_step_age(spec, t) / (spec.warmup_s / 3.0))
     return spec.latency_scale * lf * warm * np.exp(g + spec.trend_per_s * t)

@@ -42,7 +42,7 @@ def op_table(b_ref: list[StepStats], a_ref: list[StepStats], acc: Acceptance) ->
         for side, steps in (("before", b_ref), ("after", a_ref)):
             if not steps:
                 continue
-            stats = [st.op(op) for st in steps if st.op(op) is not None]
+            stats = [s for st in steps if (s := st.op(op)) is not None]
             row[side] = {
                 "count": int(sum(s.count for s in stats)),
                 "error_rate": num(pooled([s.error_rate for s in stats], conf).value) if stats else None,
@@ -75,7 +75,7 @@ def op_table(b_ref: list[StepStats], a_ref: list[StepStats], acc: Acceptance) ->
     return table
 
 
-def errors_by_class(side: Sequence[RunStats]) -> dict[str, dict[str, float]]:
+def errors_by_class(side: Sequence[RunStats]) -> dict[str, dict[str, float | None]]:
     """Failures per error class over every steady window: count, and rate per operation."""
     counts: dict[str, int] = {}
     total = 0.0

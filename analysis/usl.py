@@ -72,7 +72,9 @@ class UslFit:
         return out
 
 
-def usl_x(n: np.ndarray | float, lam: float, sigma: float, kappa: float) -> np.ndarray:
+def usl_x(
+    n: np.ndarray | float, lam: np.ndarray | float, sigma: np.ndarray | float, kappa: np.ndarray | float
+) -> np.ndarray:
     n = np.asarray(n, dtype=float)
     return lam * n / (1.0 + sigma * (n - 1.0) + kappa * n * (n - 1.0))
 
@@ -114,7 +116,7 @@ def _fit(n: np.ndarray, x: np.ndarray, p0: np.ndarray) -> np.ndarray:
     return res.x
 
 
-def fit_usl(n: Sequence[float], x: Sequence[float]) -> UslFit:
+def fit_usl(n: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndarray) -> UslFit:
     """Fit the USL to concurrency ``n`` and throughput ``x`` (at least 3 distinct positive loads)."""
     n_arr = np.asarray(n, dtype=float)
     x_arr = np.asarray(x, dtype=float)
@@ -164,7 +166,11 @@ def _std_error(n: np.ndarray, x: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def fit_usl_boot(
-    n: Sequence[float], x: Sequence[float], x_boot: np.ndarray, confidence: float, max_fits: int = 200
+    n: Sequence[float] | np.ndarray,
+    x: Sequence[float] | np.ndarray,
+    x_boot: np.ndarray,
+    confidence: float,
+    max_fits: int = 200,
 ) -> UslFit:
     """Fit the point estimate and add bootstrap intervals from replicate throughputs.
 
