@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -185,10 +186,70 @@ def test_debians_openvpn_client_connects_to_the_test_server(relaxed: OpenVPNServ
     assert password not in text and password not in relaxed.log_text()
 
 
+#: A generator process that brings one tunnel up with the harness's driver, prints the client's pid and
+#: waits; the password comes on its stdin (never a command line or a file).
+GENERATOR = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
+host, port, user, ca = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+password = sys.stdin.readline().strip()
+async def main():
+    client = OpenVPNClient(OpenVPNSpec(host, port, user, password, ca))
+    for op in (client.start, client.tls, client.config, client.connected):
+        await asyncio.wait_for(op(), 15)
+    print(client.pid, flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_generator_leaves_no_client_behind(relaxed: OpenVPNServer) -> None:
+    """SIGKILL the generator (no atexit, no cleanup): its client sees the management socket close and
+    exits by itself (``--management-client``), so not even a crash leaves a tunnel process behind."""
+    assert relaxed.ca is not None
+    user, password = relaxed.accounts[1]
+    root = str(Path(__file__).resolve().parent.parent)
+    argv = [
+        sys.executable,
+        "-c",
+        GENERATOR,
+        root,
+        relaxed.host,
+        str(relaxed.port),
+        user,
+        str(relaxed.ca.ca_cert),
+    ]
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert gen.stdin is not None and gen.stdout is not None
+        gen.stdin.write(password + "\n")
+        gen.stdin.flush()
+        line = gen.stdout.readline()  # bounded: the generator's own waits are 15 s each
+        assert line.strip().isdigit(), f"no tunnel: {line!r}, exit {gen.poll()}"
+        client = int(line)
+        assert _alive(client)
+    finally:
+        gen.kill()
+        gen.wait(timeout=10)
+    deadline = time.monotonic() + 5.0
+    while _alive(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(client), f"openvpn client {client} outlived its killed generator"
+
+
 def _text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+@pytest.mark.load
 def test_users_hold_tunnels_with_no_failures(relaxed: OpenVPNServer, tmp_path: Path) -> None:
     """Eight users, one client process each (each from its own 127.0.0.x), hold tunnels for 12 s on the
     relaxed server: 0 failures."""
@@ -249,6 +310,7 @@ def test_a_wrong_password_is_a_classified_auth_failure(production: OpenVPNServer
     assert "not-the-password" not in production.log_text()
 
 
+@pytest.mark.load
 def test_production_defaults_allow_one_session_per_account(production: OpenVPNServer, tmp_path: Path) -> None:
     """Two users on one account: without duplicate-cn (as shipped) the server drops the older session
     when the second logs on, without telling its client. The silent server is a classified drop."""
@@ -294,6 +356,7 @@ def test_an_untrusted_certificate_and_a_closed_port_are_classified(
     assert outcome.duration_ms < 8000.0  # classified, not left to time out
 
 
+@pytest.mark.load
 def test_a_run_folder_of_openvpn_users_is_read_by_gateload_compare(
     relaxed: OpenVPNServer, tmp_path: Path
 ) -> None:
