@@ -38,6 +38,7 @@ from __future__ import annotations
 # (patching after that is what gevent warns about), so every test sees the same interpreter.
 import locust  # noqa: F401
 
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ import pytest
 from targets.profile import Profile, load_profile
 from targets.reference.farm import with_free_ports
 from targets.reference.harness import FarmProcess, write_profile_variant
+
+# A test run started as a script's background job (`cmd &`, nohup, some CI runners) inherits SIGINT
+# *ignored*, and so would every Locust it starts: the Ctrl-C tests' runs would go on to their end (exit 0).
+# Give this process, and so its children, the Ctrl-C a terminal gives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 FAST_SERVICE = {
     "farm.accounts": 5,
