@@ -27,7 +27,7 @@ from locust.env import Environment
 from locust.event import Events
 from real_support import private_dir, run_async, start_or_skip
 from test_recorder import meta_of, parsed
-from users_support import Run, environment, wait_until
+from users_support import FAST, Run, environment, wait_until
 
 from analysis.runs import load_run
 from gateload.cli import main as gateload_main
@@ -37,8 +37,10 @@ from locustfiles.lib.errors import classify
 from locustfiles.lib.openvpn import OPENVPN_CATALOGUE, OpenVPNSession
 from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
 from locustfiles.lib.remoteuser import GatewayUser
+from locustfiles.lib.session import HomeofficeUser
 from targets.local.openvpn import OpenVPNServer, free_udp_port
 from targets.local.tlsca import make_test_ca
+from targets.portalflow import REFERENCE_FLOW, TicketSpec
 from targets.profile import Workload, dump_profile, load_profile
 
 BASE_PROFILE = Path(__file__).resolve().parent.parent / "targets" / "profiles" / "local-real.toml"
@@ -393,3 +395,50 @@ def test_a_run_folder_of_openvpn_users_is_read_by_gateload_compare(
     assert code in (0, 1, 3), code
     summary = (out / "summary.md").read_text()
     assert "OVPN tunnel_up" in summary and "SSH" not in summary
+
+
+@pytest.mark.load
+def test_a_homeoffice_user_works_through_the_portal_and_openvpn(reference_farm, tmp_path: Path) -> None:
+    """HomeofficeUser with ``protocol = "openvpn"``: portal logon (with MFA), apps and launch, the
+    OpenVPN tunnel with the account's own password (``[portal.flow.ticket]`` maps it: OpenVPN takes no
+    portal ticket), a workday of holds and portal documents, logoff (the client ends), again. One
+    directory: the OpenVPN server's accounts are the portal's."""
+    farm = load_profile(reference_farm("reference-before", **FAST))
+    with private_dir("openvpn-homeoffice") as state:
+        vpn = start_or_skip(
+            lambda: OpenVPNServer(state / "vpn", credentials=farm.credentials_path, relaxed=True).start()
+        )
+        try:
+            assert vpn.ca is not None
+            profile = dataclasses.replace(
+                farm,
+                portal=dataclasses.replace(
+                    farm.portal, flow=dataclasses.replace(REFERENCE_FLOW, ticket=TicketSpec())
+                ),
+                gateway=dataclasses.replace(
+                    farm.gateway,
+                    protocol="openvpn",
+                    host=vpn.host,
+                    port=vpn.port,
+                    ca_file=str(vpn.ca.ca_cert),
+                ),
+                workload=dataclasses.replace(farm.workload, mix={"typing": 1.0, "document": 1.0}),
+            )
+            run = environment(dump_profile(profile, tmp_path / "homeoffice-openvpn.toml"), HomeofficeUser)
+            runner = run.env.create_local_runner()
+            try:
+                runner.start(2, spawn_rate=2)
+                assert wait_until(lambda: run.count("SESSION", "session") >= 3, 60), run.operations()
+            finally:
+                runner.quit()
+        finally:
+            vpn.stop()
+    assert not run.user_errors, run.user_errors
+    failures = [(s["request_type"], s["name"], s["context"]["error"]) for s in run.samples if s["exception"]]
+    assert failures == []
+    ops = run.operations()
+    # every session that logged on did so through the tunnel, and each finished one had a workday
+    assert ops[("OVPN", "tunnel_up")] >= ops[("SESSION", "logon")] >= ops[("SESSION", "session")] >= 3, ops
+    for op in [("HTTP", "POST /mfa"), ("HTTP", "POST /api/launch"), ("OVPN", "hold")]:
+        assert ops[op] > 0, (op, ops)
+    assert not any(kind == "SSH" for kind, _ in ops), ops

@@ -8,12 +8,14 @@ release``, and asks for the username and password over that socket, so the passw
 command line, in a file or in a log. The management connection is the process's lifeline: when it
 closes (our process ended, the session aborted) OpenVPN exits by itself (``--management-client``).
 
-Times are taken in the loop thread when each ``>STATE:`` notification arrives (OpenVPN's own timestamps
-are whole seconds): ``start`` (the process up to its hold), ``tls`` (hold release until ``GET_CONFIG``:
-the first packets and the TLS handshake), ``config`` (``GET_CONFIG`` until ``ASSIGN_IP``: the
-PUSH_REQUEST until the server's PUSH_REPLY, which waits for the server's password check) and the tunnel
-(hold release until ``CONNECTED``). Nothing here touches Locust or gevent; no server text and no secret
-ever goes into an exception message.
+Times are taken in the loop thread when each notification arrives (OpenVPN's own timestamps are whole
+seconds): ``start`` (the process up to its hold), ``tls`` (hold release until the log line ``Peer
+Connection Initiated``: the first packets, the TLS handshake and key exchange), ``config`` (the
+PUSH_REQUEST until the log line of the server's PUSH_REPLY) and the tunnel (hold release until
+``>STATE:...,CONNECTED``). A client without a tun device reports no ``GET_CONFIG`` or ``ASSIGN_IP``
+state, so those two steps come from fixed markers of its real-time log (``log on``, verb 3 as the
+stock client.conf has it); only the markers are matched, no log text is kept. Nothing here touches
+Locust or gevent; no server text and no secret ever goes into an exception message.
 """
 
 from __future__ import annotations

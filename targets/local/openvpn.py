@@ -29,6 +29,9 @@ The server needs a tun device (``/dev/net/tun``, present here): it opens ``gltun
 network namespace with an address from a per-instance private /24, so parallel instances never share
 one; it is removed when the server stops. No namespace is needed: clients connect over loopback.
 
+``OpenVPNServer(..., credentials=path)`` takes the accounts of an existing ``username,password`` CSV
+(a portal's, so one directory serves both) instead of making new ones.
+
 Usage::
 
     with OpenVPNServer(tmp / "ovpn", accounts=20, relaxed=True) as vpn:
@@ -102,6 +105,7 @@ class OpenVPNServer(Launcher):
         accounts: int = 20,
         relaxed: bool = False,
         host: str = "127.0.0.1",
+        credentials: Path | None = None,
     ) -> None:
         self.binary = require_binary("openvpn", "openvpn")
         require_root("start an OpenVPN server (tun device)")
@@ -109,6 +113,7 @@ class OpenVPNServer(Launcher):
             raise MissingTool("the OpenVPN server needs /dev/net/tun; run where the tun device exists")
         self.state_dir = state_dir
         self.n_accounts = accounts
+        self.source_credentials = credentials  # accounts of this CSV (e.g. a portal's) instead of new ones
         self.relaxed = relaxed
         self.settings = RELAXED if relaxed else PRODUCTION_DEFAULTS
         self.host = host
@@ -143,7 +148,12 @@ class OpenVPNServer(Launcher):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
         self.ca = make_test_ca(self.state_dir / "tls")
-        self.accounts = [(f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)]
+        if self.source_credentials is not None:
+            self.accounts = read_accounts(self.source_credentials)
+        else:
+            self.accounts = [
+                (f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)
+            ]
         _write_private(self.passwd, "".join(hash_line(u, p) + "\n" for u, p in self.accounts))
         script = self.state_dir / "verify.sh"
         _write_private(script, VERIFY_SCRIPT.format(passwd=_sh_quote(str(self.passwd))))
@@ -222,6 +232,15 @@ class _UDPDaemon(Daemon):
                     raise RuntimeError(f"{self.name}: port in use: {tail}")
                 raise RuntimeError(f"{self.name} did not start: {tail}")
             time.sleep(0.02)
+
+
+def read_accounts(path: Path) -> list[tuple[str, str]]:
+    """``(username, password)`` of every row of a ``username,password[,...]`` CSV with a header."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"username", "password"} <= set(rows[0]):
+        raise ValueError(f"{path}: needs a header username,password and at least one account")
+    return [(r["username"], r["password"]) for r in rows]
 
 
 def _write_private(path: Path, text: str) -> None:
