@@ -259,9 +259,12 @@ class GatewayConnection:
         ``timeout_s`` fails with ``TimeoutError``, one answered by other output than escape sequences,
         control bytes and redraws of ``text`` (see :func:`_key_echo`) with "unexpected echo".
 
-        Hot path (profiled: bench/bench_ssh.py): the keystroke is written and awaited inline, and one
-        watchdog timer per burst enforces the timeout, instead of a task and a timer per keystroke
-        (``asyncio.wait_for``): that cost 11 of 64 us of loop-thread CPU per keystroke.
+        Hot path (profiled: bench/bench_ssh.py, bench/README.md): the keystroke is written and awaited
+        inline, and one watchdog timer per burst enforces the timeout, instead of a task and a timer per
+        keystroke (``asyncio.wait_for``): that cost 11 of 64 us of loop-thread CPU per keystroke. The
+        echo is read one byte first: when that byte is the key (the usual echo) the match is complete,
+        exactly as the pattern would have found it; otherwise :func:`_rest_of_echo` goes on with the
+        pattern, byte by byte, so nothing after the echo is consumed either way.
         """
         shell = self._shell()
         stdin, stdout = shell.stdin, shell.stdout
@@ -269,21 +272,24 @@ class GatewayConnection:
         samples: list[KeySample] = []
         perf, clock = time.perf_counter, time.time
         watchdog = _KeystrokeWatchdog(timeout_s)
-        echo = {char: _key_echo(char, text) for char in set(text)}
         t0_wall, t0 = clock(), perf()
         try:
             for k, char in enumerate(text):
-                delay = t0 + k * interval_s - perf()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                key = bytes((char,))
+                if interval_s:
+                    delay = t0 + k * interval_s - perf()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                key = _KEYS[char]
                 start_time = clock()
                 t1 = watchdog.pending = perf()
                 if sock is not None:
                     sock.first_tx = 0.0
                 try:
                     stdin.write(key)
-                    if not (await stdout.readuntil(echo[char])).endswith(key):
+                    # Fast path: the echo is the key itself (asyncssh's readexactly costs about half
+                    # of its readuntil); anything else is matched by the escape-aware pattern.
+                    first = await stdout.readexactly(1)
+                    if first != key and not (await _rest_of_echo(stdout, first, char, text)).endswith(key):
                         raise OperationError("ssh_error", "unexpected echo")
                 except asyncio.CancelledError:
                     if not watchdog.take_timeout():
@@ -295,7 +301,7 @@ class GatewayConnection:
                     ms = (perf() - t1) * 1000.0
                     if sock is not None:
                         ms = stamped_ms(sock, ms)
-                    outcome = Timed(start_time, ms, len(key), None)
+                    outcome = Timed(start_time, ms, 1, None)
                 watchdog.pending = 0.0
                 samples.append(KeySample(t0_wall + k * interval_s, outcome))
                 if outcome.error is not None:
@@ -418,7 +424,7 @@ class StampedSocket(_RealSocket):
     back, which is what timing inside the coroutine measured too when greenlets hogged the CPU.
     """
 
-    __slots__ = ("first_tx", "rx_time")
+    __slots__ = ("_ancillary", "_rx_time", "first_tx")
 
     def send(self, data: Any, flags: int = 0) -> int:
         if not self.first_tx:
@@ -430,9 +436,11 @@ class StampedSocket(_RealSocket):
             self.first_tx = time.time()
         return super().sendmsg(buffers, *args)
 
+    # The stamp is kept raw and decoded when asked for (once per operation, not per recv).
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancillary, _flags, _addr = self.recvmsg(bufsize, _ANCILLARY, flags)
-        self._stamp(ancillary)
+        if ancillary:
+            self._ancillary = ancillary
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -440,14 +448,20 @@ class StampedSocket(_RealSocket):
         n, ancillary, _flags, _addr = self.recvmsg_into(
             [view[:nbytes] if nbytes else view], _ANCILLARY, flags
         )
-        self._stamp(ancillary)
+        if ancillary:
+            self._ancillary = ancillary
         return n
 
-    def _stamp(self, ancillary: list[tuple[int, int, bytes]]) -> None:
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
-                sec, nsec = _TIMESPEC.unpack_from(payload)
-                self.rx_time = sec + nsec * 1e-9
+    @property
+    def rx_time(self) -> float:
+        """The kernel's arrival time (epoch seconds) of the data of the last stamped ``recv``; 0 if none."""
+        ancillary, self._ancillary = self._ancillary, None
+        if ancillary:
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(payload)
+                    self._rx_time = sec + nsec * 1e-9
+        return self._rx_time
 
 
 def ends_with_prompt(pattern: re.Pattern[bytes], text: bytes) -> bool:
@@ -476,6 +490,22 @@ def _key_echo(char: int, typed: bytes) -> re.Pattern[bytes]:
     return re.compile(
         rb"\A" + allowed + rb"*?(?:" + key + rb"|[^" + _CONTROL + rb"\x1b" + redraw + key + rb"])"
     )
+
+
+_KEYS = tuple(bytes((c,)) for c in range(256))  # one-byte keys, built once
+
+
+async def _rest_of_echo(stdout: asyncssh.SSHReader[bytes], first: bytes, char: int, typed: bytes) -> bytes:
+    """The rest of a keystroke's echo whose first byte was not the key: escapes, control bytes and
+    redraws (:func:`_key_echo`) until the key or an unexpected byte. Read a byte at a time, so the
+    match ends where the pattern's would on the whole output and nothing after it is consumed (every
+    token the pattern skips is prefix-free, so its earliest match is its only one).
+    """
+    pattern = _key_echo(char, typed)
+    seen = first
+    while (found := pattern.match(seen)) is None:
+        seen += await stdout.readexactly(1)
+    return seen[: found.end()]
 
 
 @functools.lru_cache(maxsize=64)
@@ -525,7 +555,8 @@ async def open_stamped_socket(host: str, port: int, timeout_s: float) -> Stamped
     error: BaseException = OSError(f"no address for {host}")
     for family, kind, proto, _name, address in infos:
         sock = StampedSocket(family, kind, proto)
-        sock.first_tx = sock.rx_time = 0.0
+        sock.first_tx = sock._rx_time = 0.0
+        sock._ancillary = None
         try:
             sock.setblocking(False)
             with contextlib.suppress(OSError):  # no kernel stamps: operations are timed around them
