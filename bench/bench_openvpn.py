@@ -110,6 +110,7 @@ class Storm:
 async def storm(server: OpenVPNServer, tunnels: int, concurrency: int, deadline_s: float) -> Storm:
     """``tunnels`` clients logging on at once (``concurrency`` at a time); they stay up afterwards."""
     assert server.ca is not None and server.daemon is not None and server.daemon.proc is not None
+    ca = str(server.ca.ca_cert)
     gate = asyncio.Semaphore(concurrency)
     up: list[OpenVPNClient] = []
     tunnel_ms: list[float] = []
@@ -119,7 +120,7 @@ async def storm(server: OpenVPNServer, tunnels: int, concurrency: int, deadline_
     async def one(i: int) -> None:
         nonlocal failed
         user, password = server.accounts[i % len(server.accounts)]
-        client = OpenVPNClient(OpenVPNSpec(server.host, server.port, user, password, str(server.ca.ca_cert)))
+        client = OpenVPNClient(OpenVPNSpec(server.host, server.port, user, password, ca))
         async with gate:
             outcome = None
             for op in (client.start, client.tls, client.config, client.connected):

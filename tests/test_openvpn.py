@@ -44,8 +44,8 @@ from targets.portalflow import REFERENCE_FLOW, TicketSpec
 from targets.profile import Workload, dump_profile, load_profile
 
 BASE_PROFILE = Path(__file__).resolve().parent.parent / "targets" / "profiles" / "local-real.toml"
-USERS = 8
-HOLD_S = 12.0
+USERS = 20
+HOLD_S = 15.0
 #: A hold of 8 x 250 ms, then a short think time: every user holds its tunnel all along.
 WORKLOAD = Workload(
     activities_per_session=1000,
@@ -253,7 +253,7 @@ def _text(path: Path) -> str:
 
 @pytest.mark.load
 def test_users_hold_tunnels_with_no_failures(relaxed: OpenVPNServer, tmp_path: Path) -> None:
-    """Eight users, one client process each (each from its own 127.0.0.x), hold tunnels for 12 s on the
+    """Twenty users, one client process each (each from its own 127.0.0.x), hold tunnels for 15 s on the
     relaxed server: 0 failures."""
     profile = _profile(relaxed, tmp_path, "relaxed", sources="127.0.0.2-127.0.0.254")
     run, most = _run(profile, USERS, HOLD_S)
@@ -368,20 +368,21 @@ def test_a_run_folder_of_openvpn_users_is_read_by_gateload_compare(
     for label in ("before", "after"):
         ns = parsed("--results-dir", str(tmp_path / "results"), "--label", label, "--profile", str(profile))
         env = Environment(user_classes=[GatewayUser], events=Events(), parsed_options=ns)
-        env.create_local_runner()
+        runner = env.create_local_runner()
         controller = runfolder.attach(env)
         try:
-            assert env.runner is not None
-            env.runner.start(3, spawn_rate=3)
+            runner.start(3, spawn_rate=3)
             wait_until(lambda: False, 6.0)
-            env.runner.stop()
+            runner.stop()
             gevent.sleep(0)
         finally:
-            env.runner.quit()
-        meta = meta_of(controller.last_run_dir)
+            runner.quit()
+        run_dir = controller.last_run_dir
+        assert run_dir is not None
+        meta = meta_of(run_dir)
         assert meta["status"] == "completed"
         assert meta["catalogue"] == OPENVPN_CATALOGUE.to_json()
-        run = load_run(controller.last_run_dir)
+        run = load_run(run_dir)
         assert run.catalogue == OPENVPN_CATALOGUE
         assert {"OVPN tls", "OVPN config", "OVPN tunnel_up", "OVPN hold"} <= set(run.samples.ops)
     acceptance = tmp_path / "acceptance.toml"

@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gevent.monkey import get_original
 
@@ -400,8 +401,9 @@ class OpenVPNClient:
 
     async def _wait(self, fut: asyncio.Future[None]) -> None:
         done = asyncio.ensure_future(self.exited.wait())
+        either: set[asyncio.Future[Any]] = {fut, done}
         try:
-            await asyncio.wait({fut, done}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             done.cancel()
         if not fut.done():
