@@ -2,7 +2,7 @@
 
 A profile's ``[gateway] protocol = "openvpn"`` selects it (:mod:`locustfiles.lib.remote`);
 ``gateway.host`` and ``gateway.port`` name the OpenVPN server (UDP, as Debian's sample server.conf
-ships; ``gateway.transport = "tcp"`` is not a profile key yet, :attr:`OpenVPNSession.proto` is).
+ships; a TCP server would need a profile key for the transport, not there yet).
 Each session is one ``openvpn`` client process without a tun device, driven over its management
 interface (:mod:`locustfiles.lib.openvpnops`); the password goes over that socket only.
 
@@ -50,7 +50,12 @@ _ERR = (*_NET, "auth_failed")
 OPENVPN_CATALOGUE = Catalogue(
     ("openvpn",),
     (
-        Operation(OVPN, "start", "the openvpn client process up to its management hold (generator side)"),
+        Operation(
+            OVPN,
+            "start",
+            "the openvpn client process up to its management hold (generator side)",
+            errors=_NET,
+        ),
         Operation(
             OVPN, "tls", "hold release until the TLS handshake and key exchange completed", errors=_ERR
         ),
@@ -88,8 +93,6 @@ class OpenVPNSession(BridgedSession[OpenVPNClient]):
 
     kind = OVPN
     served = OPENVPN_ACTIVITIES
-    #: "udp" as Debian's sample server.conf ships, or "tcp-client" for a TCP server
-    proto = "udp"
 
     def _ready(self, conn: OpenVPNClient) -> bool:
         return conn.up
@@ -103,7 +106,6 @@ class OpenVPNSession(BridgedSession[OpenVPNClient]):
             username=username,
             password=password,
             ca_file=ca_file_of(self.profile),
-            proto=self.proto,
             timeout_s=self.profile.workload.timeout_s,
             source_host=self.source,  # gateway.source_addresses: this user's 127.0.0.x
         )
