@@ -108,14 +108,17 @@ def connections(vpn: Ocserv) -> tuple[list[str], int]:
     assert vpn.daemon is not None and vpn.daemon.proc is not None
     inodes = _socket_inodes(vpn.daemon.proc.pid)
     server = _hex_address(vpn.host, vpn.port)
-    held, kernel = [], 0
+    # /proc/net/tcp is read in chunks while connections come and go: the same socket can be listed
+    # twice (a run of 20 users once showed 22), so each connection counts once, by its client end
+    held: dict[str, str] = {}
+    kernel: set[str] = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[1] == server and fields[3] == "01":  # 01 = ESTABLISHED
-            kernel += 1
+            kernel.add(fields[2])
             if fields[9] in inodes:
-                held.append(str(ipaddress.IPv4Address(bytes.fromhex(fields[2].split(":")[0])[::-1])))
-    return held, kernel
+                held[fields[2]] = str(ipaddress.IPv4Address(bytes.fromhex(fields[2].split(":")[0])[::-1]))
+    return list(held.values()), len(kernel)
 
 
 @dataclasses.dataclass
