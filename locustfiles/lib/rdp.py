@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
+from locustfiles.lib import rdpfix, remote
 from locustfiles.lib.aiobridge import Timed
 from locustfiles.lib.bridged import BridgedSession, paced_burst
 from locustfiles.lib.errors import OperationError
@@ -160,8 +160,6 @@ class RDPDesktop:
         from aardwolf.commons.queuedata.constants import VIDEO_FORMAT
         from asyauth.common.constants import asyauthSecret
 
-        from locustfiles.lib.rdpfix import FixedRDPConnection
-
         io = RDPIOSettings()
         io.channels = []  # no clipboard or dynamic channels: the desktop only
         io.video_width, io.video_height = DESKTOP
@@ -173,7 +171,7 @@ class RDPDesktop:
         target.timeout = self.timeout_s
         cred.username, cred.secret, cred.domain = self.username, self._password, None
         cred.stype = asyauthSecret.PASSWORD
-        self.conn = conn = FixedRDPConnection(target, cred, io)
+        self.conn = conn = rdpfix.FixedRDPConnection(target, cred, io)
         conn.on_frame = self._on_frame
         self._changed = asyncio.Event()
         self.t0 = time.perf_counter()
@@ -245,6 +243,8 @@ class RDPDesktop:
         """Drop the connection at once (loop thread; no waiting)."""
         self.closing = True
         conn = self.conn
+        if conn is not None:
+            conn._RDPConnection__terminate_called = True  # its reader's cleanup must not wait for a reply
         transport = _transport(conn)
         if transport is not None:
             transport.abort()
@@ -314,7 +314,10 @@ class RDPDesktop:
             raise OperationError("reset", "connection ended")
 
     def _stop_tasks(self) -> None:
-        for task in (self._drain, self._watch):
+        """Cancel our tasks and aardwolf's readers (an aborted connection leaves them waiting forever)."""
+        conn = self.conn
+        theirs = [getattr(conn, f"_RDPConnection__{n}_reader_task", None) for n in ("x224", "external")]
+        for task in (self._drain, self._watch, *theirs):
             if task is not None and not task.done():
                 task.cancel()
 
@@ -399,4 +402,6 @@ def _throttled_or_timeout(desk: RDPDesktop) -> OperationError:
     return OperationError("throttled" if _transport(desk.conn) is not None else "timeout", "connect")
 
 
+# aardwolf's ASN.1 specs compiled now, before any load: the first logon times the protocol, not this
+rdpfix.warm()
 remote.register("rdp", RDP_CATALOGUE, RDPSession)

@@ -24,7 +24,8 @@ xrdp 0.9.21 with the xorgxrdp back end, TLS security (xrdp's ``security_layer=ne
 7. **Slow-path bitmaps, bounded** (:meth:`FixedRDPConnection._slow_path`): after logon xrdp sends
    bitmap updates as slow-path Update PDUs; aardwolf put every slow-path PDU into the MCS channel's
    unbounded queue that nobody reads after logon (memory grows with every frame, no frame is seen).
-   They are decoded like fast-path bitmaps; other PDUs are dropped. ``ext_out_queue`` is bounded too
+   They are decoded like fast-path bitmaps; other PDUs are kept for aardwolf up to
+   :data:`MCS_QUEUE_SIZE`, then dropped. ``ext_out_queue`` is bounded too
    (:data:`OUT_QUEUE_SIZE`): a slow reader slows the connection instead of growing memory.
 8. **ASN.1 specs compiled once** (:func:`_cached_compile`): aardwolf compiled the T.125/T.124 specs
    on every connection (~0.4 s CPU each here). Compiled once per process, per (spec, codec).
@@ -59,6 +60,8 @@ from aardwolf.utils.rectconvert import rectconvert
 
 #: frames waiting for the reader at most (fast- and slow-path alike); then the connection waits
 OUT_QUEUE_SIZE = 64
+#: slow-path PDUs other than bitmaps kept for aardwolf after logon at most; later ones are dropped
+MCS_QUEUE_SIZE = 8
 SHARE_CONTROL_HEADER = 6
 SHARE_DATA_HEADER = 18
 UPDATETYPE_BITMAP = 0x0001
@@ -107,6 +110,17 @@ def _tolerant_caps_from_buffer(buff: Any) -> TS_CAPS_SET:
 
 _orig_caps_from_buffer = getattr(TS_CAPS_SET.from_buffer, "__wrapped__", TS_CAPS_SET.from_buffer)
 _tolerant_caps_from_buffer.__wrapped__ = _orig_caps_from_buffer  # type: ignore[attr-defined]
+
+
+def warm() -> None:
+    """Compile the specs aardwolf's ``connect()`` compiles (fix 8's cache), so the first connection of a
+    process does not pay for it inside its timed logon (~0.4-1.9 s CPU here)."""
+    apply()
+    from aardwolf.protocol.T124.GCCPDU import GCCPDU
+    from aardwolf.protocol.T125.MCSPDU_ver_2 import MCSPDU_ver_2
+
+    for spec, codec in ((MCSPDU_ver_2, "ber"), (MCSPDU_ver_2, "per"), (GCCPDU, "per")):
+        _cached_compile(spec, codec)
 
 
 def apply() -> None:
@@ -259,10 +273,12 @@ class FixedRDPConnection(RDPConnection):
         ok, err = await super().connect(auth_only)
         if err is None and not auth_only:
             mcs = self._RDPConnection__joined_channels["MCS"]  # type: ignore[attr-defined]
-            while not mcs.out_queue.empty():  # the server's finalization PDUs: read by nobody
-                data, _ = mcs.out_queue.get_nowait()
-                await self._slow_path(data)
+            # the server's finalization PDUs, read by nobody: taken out first, since _slow_path
+            # puts PDUs other than bitmaps back (bounded)
+            pending = [mcs.out_queue.get_nowait()[0] for _ in range(mcs.out_queue.qsize())]
             mcs.process_channel_data = self._slow_path
+            for data in pending:
+                await self._slow_path(data)
         return ok, err
 
     async def _RDPConnection__process_fastpath(self, fpdu: Any) -> None:
@@ -281,6 +297,10 @@ class FixedRDPConnection(RDPConnection):
         hdr = TS_SHAREDATAHEADER.from_bytes(data[offset:])
         body = data[offset + SHARE_DATA_HEADER :]
         if hdr.pduType2 != PDUTYPE2.UPDATE or int.from_bytes(body[:2], "little") != UPDATETYPE_BITMAP:
+            # other PDUs (e.g. the answer to terminate()'s Shutdown Request) for aardwolf, a few at most
+            mcs = self._RDPConnection__joined_channels["MCS"]  # type: ignore[attr-defined]
+            if mcs.out_queue.qsize() < MCS_QUEUE_SIZE:
+                mcs.out_queue.put_nowait((data, None))
             return
         for rect in TS_UPDATE_BITMAP_DATA.from_bytes(body).rectangles:
             await self._paint(rect)
