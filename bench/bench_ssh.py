@@ -76,11 +76,13 @@ def report(bench: str, result: dict[str, Any], *, smoke: bool) -> int:
     """Print the figures and append them to bench/RESULTS.md with ``_report.record``.
 
     Smoke runs print the same way but record into a temporary file, so CI never dirties the repo.
-    Exit code: 0, or 1 when a full run missed its target (as ``bench_analysis.py``).
+    Exit code: 0, or 1 when a full run missed its target (as ``bench_analysis.py``); a result whose
+    ``target_met`` is None has no target.
     """
     from _report import record
 
-    verdict = "target met" if result["target_met"] else "TARGET MISSED"
+    met = result["target_met"]  # None: a measured capacity with no target (bench_density)
+    verdict = "no target (a measured capacity)" if met is None else "target met" if met else "TARGET MISSED"
     notes = f"{result['notes']} {verdict}."
     if smoke:
         with tempfile.TemporaryDirectory(prefix="gateload-bench-smoke-") as tmp:
@@ -89,7 +91,7 @@ def report(bench: str, result: dict[str, Any], *, smoke: bool) -> int:
     else:
         record(bench, result["figures"], notes)
     sys.stdout.flush()
-    return 0 if result["target_met"] or smoke else 1
+    return 0 if met is not False or smoke else 1
 
 
 # --- the echo server (runs in its own process) -------------------------------------------------------

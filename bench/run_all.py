@@ -6,7 +6,8 @@
 
 The benchmarks, in the order of issue 7: portal (1), ssh (2), timing (3), scale (4), recorder (5),
 analysis (6); then endurance (10 minutes of HomeofficeUsers at the farm's knee: the harness's memory
-stays flat). The machine's load matters (every figure is a ratio against a baseline measured in the
+stays flat) and density (issue 15: sessions per generator core at human pace within the timing
+limits). The machine's load matters (every figure is a ratio against a baseline measured in the
 same run, but a busy machine still adds noise): before each full benchmark the runner waits, bounded
 by ``--wait-s``, until the 1-minute load average is below ``--max-load``, and prints the load it
 started at. A benchmark that crashes or overruns its time limit does not stop the others.
@@ -43,6 +44,7 @@ BENCHES = (
     Bench("recorder", "bench_recorder.py", 300),
     Bench("analysis", "bench_analysis.py", 300),
     Bench("endurance", "bench_endurance.py", 1200),
+    Bench("density", "bench_density.py", 900),
 )
 
 

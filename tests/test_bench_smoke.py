@@ -34,6 +34,12 @@ FIGURES = {
     "bench_scale.py": ["sessions_held", "client_rss_mb", "sessions_per_gb", "baseline_sessions_per_gb"],
     "bench_recorder.py": ["recorder_samples_per_s", "recorder_ratio", "recorder_us_per_fire", "samples_lost"],
     "bench_analysis.py": ["compare_s", "compare_peak_rss_mb", "baseline_pandas_s"],
+    "bench_density.py": [
+        "gatewayuser_sessions_per_core",
+        "homeofficeuser_sessions_per_core",
+        "gatewayuser_cpu_warnings",
+        "homeofficeuser_cpu_warnings",
+    ],
 }
 _NUMBER = r"(-?\d[\d.]*(?:e[+-]?\d+)?|-?nan|-?inf)"
 

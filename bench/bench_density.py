@@ -1,0 +1,453 @@
+"""Density: how many active homeoffice sessions one generator core drives at human pace (issue 15).
+
+Each subject, a (user class, profile, peer) entry of :data:`SUBJECTS`, runs in ONE Locust process
+(Locust's local runner, the real user class, bridge and recorder) pinned to one core with
+``os.sched_setaffinity``; its peer runs on the other core. Users are ramped in steps (fixed hold per
+step, a maximum session count) until a limit is crossed:
+
+- **timing error** of the paced operations (keystrokes: the profile's 150 ms typing pace), measured as
+  bench_timing does against a zero-delay peer: how late each paced operation started against its
+  intended start (``t_start - t_intended``): p50 <= 1 ms, p99 <= 5 ms;
+- **paced shortfall**: the catalogue's paced operations, achieved vs planned rate per user
+  (``analysis.health.paced_rate``), <= 10 % (``analysis.health.PACED_TOLERANCE``).
+
+The figure is sessions per core at the limit: the largest step within every limit, for each user
+class, with the limit that stopped the ramp. Recorded with each step: Locust's CPU warnings (its
+"CPU usage above 90%" log, ``events.cpu_warning``) and the CPU it reported, the process's own CPU
+share, and Little's law (``analysis.health.little_check``: ``X (R + Z) / N``, 1 when the users spent
+their time in operations and declared think time and nowhere else).
+
+The peer is the reference farm in its **relaxed zero-service variant** (``reference-zero``: the
+reference-before profile's workload, accounts and documents, every service time ~0, room for every
+session): portal with tickets, SSH shell, screen updates, SFTP and tunnels answer at once, so what is
+measured is the generator. The workload is the profile's own human pace: typing 150 ms per key in
+12-key bursts, screen updates, SFTP, tunnels, exec, think 1-3 s.
+
+Adding a protocol user is one entry in :data:`SUBJECTS` (the SSL-VPN user against ocserv is next):
+its user class, a profile builder and a peer (a context manager that yields the profile path and the
+peer's process ids).
+
+    .venv/bin/python bench/bench_density.py            # full (at most about 7 minutes)
+    .venv/bin/python bench/bench_density.py --smoke    # seconds, nothing appended to RESULTS.md
+    .venv/bin/python bench/bench_density.py --only GatewayUser
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+LATE_P50_MS, LATE_P99_MS = 1.0, 5.0  # timing error limits (issue 7's, as bench_timing)
+SOURCE_PROFILE = ROOT / "targets" / "profiles" / "reference-before.toml"
+CLIENT_CORE, PEER_CORE = 0, 1
+SPAWN_RATE = 100.0  # users per second while a step ramps
+RESULT = "DENSITY-STEP "  # the client's per-step JSON lines start with this
+LOGGED_ON = 0.9  # share of a step's users logged on before its settle time starts
+LOGON_BUDGET_S = 0.05  # longest wait for the logons, per user of the step (plus 30 s)
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: tuple[int, ...]  # session counts, ramped in order until a limit is crossed
+    hold_s: float  # measured seconds per step, after its users are all running
+    settle_s: float  # seconds after the ramp before measuring (logons, first bursts)
+
+
+FULL = Settings(steps=(10, 50, 100, 200, 300, 400, 600, 800, 1000, 1200), hold_s=12.0, settle_s=4.0)
+SMOKE = Settings(steps=(8, 16), hold_s=4.0, settle_s=1.0)
+
+
+# --- subjects: (user class, profile, peer) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A running peer: the profile the users load and the processes to pin to the peer core."""
+
+    profile: Path
+    pids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One user class at human pace against its zero-delay peer."""
+
+    name: str  # the figure's prefix and the --only name
+    user_class: str  # "module:Class"
+    peer: Callable[[Path, int], contextlib.AbstractContextManager[Peer]]  # (work dir, max users)
+
+
+def zero_farm_profile(work: Path, max_users: int) -> Path:
+    """reference-before with every service time ~0 and room for ``max_users`` sessions (relaxed).
+
+    The workload (the human pace), accounts' shape and documents stay the profile's; the farm gets
+    one account per session, servers that never queue or refuse, and service times of nanoseconds
+    (``constant`` 0.001 ms at speed 1000: the farm's ``asyncio.sleep`` of ~0 never waits for a timer).
+    """
+    import tomli_w
+
+    data = tomllib.loads(SOURCE_PROFILE.read_text())
+    state = work / "farm-state"
+    description = "relaxed: reference-before with zero service time (bench_density)"
+    data["target"] = {"name": "reference-zero", "kind": "reference", "description": description}
+    data["gateway"]["host_key"] = str(state / "ssh_host_key.pub")
+    data["credentials"]["file"] = str(state / "credentials.csv")
+    farm = data["farm"]
+    farm["state_dir"] = str(state)
+    farm["accounts"] = max_users + 20
+    ms = ("portal_page_ms", "portal_login_ms", "portal_launch_ms", "ssh_auth_ms", "keystroke_ms",
+          "screen_update_ms", "tunnel_request_ms")  # fmt: skip
+    farm["service"] = {"distribution": "constant", "sftp_mb_per_s": 1e6, **dict.fromkeys(ms, 0.001)}
+    farm["servers"] = [{"name": "zero", "count": 4, "workers": 64, "max_sessions": max_users,
+                        "queue_limit": 100_000, "speed": 1000.0}]  # fmt: skip
+    path = work / "reference-zero.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+@contextlib.contextmanager
+def zero_farm(work: Path, max_users: int) -> Iterator[Peer]:
+    """The relaxed zero-service reference farm in its own process."""
+    from targets.reference.harness import FarmProcess
+
+    with FarmProcess(zero_farm_profile(work, max_users), state_dir=work / "farm-state") as farm:
+        yield Peer(farm.profile_path, (farm.pid,))
+
+
+SUBJECTS: tuple[Subject, ...] = (
+    Subject("gatewayuser", "locustfiles.lib.remoteuser:GatewayUser", zero_farm),
+    Subject("homeofficeuser", "locustfiles.lib.session:HomeofficeUser", zero_farm),
+)
+
+
+# --- pinning ----------------------------------------------------------------------------------------
+
+
+def cores() -> list[int]:
+    """The cores this process may run on."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def pin_tree(pid: int, core: int) -> None:
+    """Pin every thread of ``pid`` and of its children to ``core`` (later threads inherit it)."""
+    from bench_endurance import tree
+
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), {core})
+
+
+# --- the client process -----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def client_main(args: argparse.Namespace) -> int:
+    """``client``: one Locust local runner ramping ``--user-class`` through ``--steps``; JSON per step."""
+    if args.core >= 0:
+        os.sched_setaffinity(0, {args.core})  # before any thread starts: they inherit it
+    os.environ["GATELOAD_PROFILE"] = args.profile
+    import importlib
+    import logging
+
+    import gevent
+    import locust  # noqa: F401  (gevent's monkey-patching first, as under the locust command)
+    import numpy as np
+
+    logging.getLogger().setLevel(logging.ERROR)  # Locust's CPU warning is counted, not printed
+    from bench_ssh import raise_nofile
+    from locust.env import Environment
+
+    from analysis import health
+    from locustfiles.lib.recorder import Recorder
+    from targets.profile import load_profile
+
+    raise_nofile()
+    module, _, name = args.user_class.partition(":")
+    user_class = getattr(importlib.import_module(module), name)
+    profile = load_profile(args.profile)
+    catalogue = user_class.operations(profile)
+    paced = {}  # "<type> <name>" -> planned ops/s per user
+    for op in catalogue.paced:
+        value: Any = profile
+        for part in (op.rate_from or "").split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, int | float) and value > 0:
+            paced[op.key] = 1000.0 / value
+    aggregates = catalogue.aggregates
+    w = profile.workload
+    think_s = (w.think_min_s + w.think_max_s) / 2.0
+
+    cols: dict[str, list[Any]] = {k: [] for k in ("t", "ti", "dur", "user", "key", "ok")}
+
+    def on_request(request_type: str, name: str, response_time: float, exception: Any = None,
+                   context: Any = None, start_time: float | None = None, **_kw: Any) -> None:  # fmt: skip
+        ctx = context or {}
+        cols["t"].append(start_time if start_time is not None else ctx.get("start_time", time.time()))
+        ti = ctx.get("t_intended")
+        cols["ti"].append(np.nan if ti is None else ti)
+        cols["dur"].append(response_time)
+        cols["user"].append(ctx.get("user_id") or -1)
+        cols["key"].append(f"{request_type} {name}")
+        cols["ok"].append(exception is None)
+
+    cpu = {"warnings": 0, "reported": []}
+    env = Environment(user_classes=[user_class])
+    runner = env.create_local_runner()
+    env.events.request.add_listener(on_request)
+    env.events.cpu_warning.add_listener(lambda **_kw: cpu.__setitem__("warnings", cpu["warnings"] + 1))
+    env.events.usage_monitor.add_listener(lambda cpu_usage, **_kw: cpu["reported"].append(cpu_usage))
+    recorder = Recorder(env)
+    recorder.start("density", Path(args.results_dir))
+    stopped_by = ""
+    for users in [int(s) for s in args.steps.split(",")]:
+        runner.start(users, spawn_rate=SPAWN_RATE)
+        # Measured once the step's sessions are up (a logon storm is not the steady load): every
+        # user spawned and at least LOGGED_ON of them holding a usable session, bounded in time.
+        deadline = time.monotonic() + 30 + users / SPAWN_RATE + users * LOGON_BUDGET_S
+        while time.monotonic() < deadline and (
+            runner.user_count < users or _logged_on(runner) < LOGGED_ON * users
+        ):
+            gevent.sleep(0.1)
+        gevent.sleep(args.settle_s)
+        warnings0, reported0 = cpu["warnings"], len(cpu["reported"])
+        t0, cpu0 = time.time(), os.times()
+        gevent.sleep(args.hold_s)
+        t1, cpu1 = time.time(), os.times()
+        step = _step_figures(cols, t0, t1, paced, aggregates, think_s, runner.user_count, health, np)
+        busy = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+        step.update(users=users, running=runner.user_count, cpu_warnings=cpu["warnings"] - warnings0,
+                    locust_cpu_percent=max(cpu["reported"][reported0:], default=float("nan")),
+                    client_cpu_util=busy / (t1 - t0))  # fmt: skip
+        stopped_by = _limit_crossed(step)
+        step["stopped_by"] = stopped_by
+        print(RESULT + json.dumps(step), flush=True)
+        if stopped_by:
+            break
+    runner.quit()
+    result = recorder.finish()
+    print(RESULT + json.dumps({"done": True, "rows": result.rows, "problems": result.problems}), flush=True)
+    return 0
+
+
+def _logged_on(runner: Any) -> int:
+    """Running users whose remote session is usable (logged on, not dropped)."""
+    count = 0
+    for greenlet in list(runner.user_greenlets):
+        user = greenlet.args[0] if greenlet.args else None
+        remote = getattr(user, "remote", None)
+        count += bool(remote is not None and remote.usable)
+    return count
+
+
+def _step_figures(cols: dict[str, list[Any]], t0: float, t1: float, paced: dict[str, float],
+                  aggregates: frozenset[str], think_s: float, users: int, health: Any,
+                  np: Any) -> dict[str, Any]:  # fmt: skip
+    """One step's figures from the samples that started in [t0, t1)."""
+    t = np.asarray(cols["t"], dtype=float)
+    n = len(t)  # the lists grow while we read: take one length for all
+    t = t[:n]
+    ti = np.asarray(cols["ti"][:n], dtype=float)
+    dur = np.asarray(cols["dur"][:n], dtype=float)
+    user = np.asarray(cols["user"][:n], dtype=np.int64)
+    key = np.asarray(cols["key"][:n], dtype=object)
+    ok = np.asarray(cols["ok"][:n], dtype=bool)
+    win = (t >= t0) & (t < t1)
+    out: dict[str, Any] = {"seconds": t1 - t0, "ops": int(win.sum()), "failures": int((win & ~ok).sum())}
+    is_paced = np.isin(key, list(paced)) & win & ok & np.isfinite(ti)
+    late = (t[is_paced] - ti[is_paced]) * 1000.0
+    out["paced_ops"] = int(is_paced.sum())
+    out["paced_per_s"] = out["paced_ops"] / (t1 - t0)
+    out["late_p50_ms"] = percentile(late.tolist(), 50)
+    out["late_p99_ms"] = percentile(late.tolist(), 99)
+    out["echo_p50_ms"] = percentile(dur[is_paced].tolist(), 50)
+    out["echo_p99_ms"] = percentile(dur[is_paced].tolist(), 99)
+    shortfalls = []
+    for op, planned in paced.items():
+        sel = win & ok & (key == op)
+        rate = health.paced_rate(user[sel], t[sel], ti[sel], planned)
+        shortfalls.append(rate.shortfall)
+    out["paced_shortfall"] = max((s for s in shortfalls if np.isfinite(s)), default=float("nan"))
+    ops = win & ~np.isin(key, list(aggregates))
+    little = health.little_check(user[ops], t[ops], dur[ops], think_s, float(users))
+    out["little_ratio"] = little.ratio if little is not None else float("nan")
+    out["little"] = little.describe() if little is not None else "too few think pauses to check"
+    return out
+
+
+def _limit_crossed(step: dict[str, Any]) -> str:
+    """The limits this step crossed, as text ('' when within every limit)."""
+    from analysis.health import PACED_TOLERANCE
+
+    crossed = []
+    if step["paced_ops"] == 0:
+        crossed.append("no paced operation in the step")
+    if step["late_p50_ms"] > LATE_P50_MS:
+        crossed.append(f"lateness p50 {step['late_p50_ms']:.2f} ms > {LATE_P50_MS:g} ms")
+    if step["late_p99_ms"] > LATE_P99_MS:
+        crossed.append(f"lateness p99 {step['late_p99_ms']:.2f} ms > {LATE_P99_MS:g} ms")
+    if step["paced_shortfall"] > PACED_TOLERANCE:
+        crossed.append(f"paced shortfall {step['paced_shortfall']:.1%} > {PACED_TOLERANCE:.0%}")
+    if step["running"] < step["users"]:
+        crossed.append(f"only {step['running']} of {step['users']} users running")
+    return "; ".join(crossed)
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One subject's ramp: its steps and the figure."""
+
+    subject: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    sessions_per_core: int = 0
+    stopped_by: str = ""
+    peer_cpu_util: list[float] = field(default_factory=list)
+
+
+def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool) -> Outcome:
+    """One subject's ramp against its own peer (fresh for each subject)."""
+    from bench_ssh import CpuSampler
+
+    outcome = Outcome(subject.name)
+    sub = work / subject.name
+    sub.mkdir(parents=True)
+    with subject.peer(sub, max(s.steps)) as peer, CpuSampler() as sampler:
+        if pinned:
+            for pid in peer.pids:
+                pin_tree(pid, PEER_CORE)
+        for pid in peer.pids:
+            sampler.watch(pid, tree=True)
+        cmd = [sys.executable, __file__, "client", "--user-class", subject.user_class,
+               "--profile", str(peer.profile), "--steps", ",".join(map(str, s.steps)),
+               "--hold-s", str(s.hold_s), "--settle-s", str(s.settle_s),
+               "--results-dir", str(sub / "results" / "density" / "run"),
+               "--core", str(CLIENT_CORE if pinned else -1)]  # fmt: skip
+        budget = len(s.steps) * (s.hold_s + s.settle_s + 30) + max(s.steps) / SPAWN_RATE + 60
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            out, _ = proc.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        lines = [json.loads(x[len(RESULT) :]) for x in out.splitlines() if x.startswith(RESULT)]
+    outcome.steps = [x for x in lines if "users" in x]
+    done = [x for x in lines if x.get("done")]
+    if proc.returncode != 0 or not done or not outcome.steps:
+        raise RuntimeError(
+            f"density client for {subject.name} failed (exit {proc.returncode}): {out[-2000:]}"
+        )
+    if done[0]["problems"]:
+        raise RuntimeError(f"recorder problems: {done[0]['problems']}")
+    within = [x for x in outcome.steps if not x["stopped_by"]]
+    outcome.sessions_per_core = within[-1]["users"] if within else 0
+    last = outcome.steps[-1]
+    outcome.stopped_by = (
+        f"{last['users']} sessions: {last['stopped_by']}"
+        if last["stopped_by"]
+        else f"none up to the maximum of {max(s.steps)} sessions"
+    )
+    for pid in peer.pids:
+        series = sampler.series.get(pid) or []
+        if len(series) > 1:
+            (ta, ca, _), (tb, cb, _) = series[0], series[-1]
+            outcome.peer_cpu_util.append((cb - ca) / (tb - ta) if tb > ta else float("nan"))
+    return outcome
+
+
+def run(s: Settings, only: list[str]) -> dict[str, Any]:
+    from bench_ssh import load_average, raise_nofile
+
+    raise_nofile()
+    load_before = load_average()
+    pinned = len(cores()) >= 2 and {CLIENT_CORE, PEER_CORE} <= set(cores())
+    work = Path(tempfile.mkdtemp(prefix="gateload-bench-density-"))
+    subjects = [x for x in SUBJECTS if not only or x.name in only]
+    outcomes = [run_subject(x, s, work, pinned) for x in subjects]
+    figures: dict[str, float] = {}
+    notes = []
+    for o in outcomes:
+        at = next((x for x in o.steps if x["users"] == o.sessions_per_core), o.steps[0])
+        figures[f"{o.subject}_sessions_per_core"] = o.sessions_per_core
+        figures[f"{o.subject}_late_p50_ms"] = at["late_p50_ms"]
+        figures[f"{o.subject}_late_p99_ms"] = at["late_p99_ms"]
+        figures[f"{o.subject}_paced_shortfall"] = at["paced_shortfall"]
+        figures[f"{o.subject}_little_ratio"] = at["little_ratio"]
+        figures[f"{o.subject}_cpu_warnings"] = sum(x["cpu_warnings"] for x in o.steps)
+        steps = ", ".join(
+            f"{x['users']}: late p50/p99 {x['late_p50_ms']:.2f}/{x['late_p99_ms']:.2f} ms, short "
+            f"{x['paced_shortfall']:.1%}, Little {x['little_ratio']:.2f}, CPU {x['client_cpu_util']:.0%}"
+            f" (Locust {x['locust_cpu_percent']:.0f}%, {x['cpu_warnings']} warnings), "
+            f"{x['paced_per_s']:.0f} paced/s, {x['failures']} failed"
+            for x in o.steps
+        )
+        peer = "/".join(f"{u:.0%}" for u in o.peer_cpu_util) or "?"
+        notes.append(
+            f"{o.subject}: {o.sessions_per_core} sessions per core; limit crossed at {o.stopped_by}; "
+            f"steps [{steps}]; Little at the figure's step: {at['little']}; peer CPU {peer} of a core"
+        )
+    limits = (
+        f"Limits: keystroke start lateness p50 <= {LATE_P50_MS:g} ms, p99 <= {LATE_P99_MS:g} ms, paced "
+        f"shortfall <= 10 %; steps {','.join(map(str, s.steps))} held {s.hold_s:g} s after a "
+        f"{s.settle_s:g} s settle; peer: reference-zero (relaxed, zero service time); "
+        + ("client pinned to core 0, peer to core 1" if pinned else "NOT pinned (fewer than 2 cores)")
+        + f"; load average before {load_before[0]:.2f}, after {load_average()[0]:.2f}."
+    )
+    return {"figures": figures, "notes": " | ".join(notes) + " " + limits, "target_met": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="cmd")
+    p = sub.add_parser("client", help="the measuring Locust process (internal)")
+    p.add_argument("--user-class", required=True)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--steps", required=True)
+    p.add_argument("--hold-s", type=float, required=True)
+    p.add_argument("--settle-s", type=float, required=True)
+    p.add_argument("--results-dir", required=True)
+    p.add_argument("--core", type=int, default=-1)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run; nothing appended")
+    names = ",".join(x.name for x in SUBJECTS)
+    parser.add_argument("--only", default="", help=f"comma-separated subjects, of {names}")
+    args = parser.parse_args(argv)
+    if args.cmd == "client":
+        return client_main(args)
+    only = [x.strip().lower() for x in args.only.split(",") if x.strip()]
+    unknown = set(only) - {x.name for x in SUBJECTS}
+    if unknown:
+        parser.error(f"unknown subject(s) {', '.join(sorted(unknown))}; use {names}")
+    from bench_ssh import report
+
+    settings = SMOKE if args.smoke else FULL
+    print(json.dumps(asdict(settings)))
+    return report("density", run(settings, only), smoke=args.smoke)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
