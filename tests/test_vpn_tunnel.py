@@ -127,7 +127,7 @@ def test_twenty_users_hold_tunnels_30s_with_no_failures(held: dict) -> None:
     assert counts["tls"] == counts["logon"] == counts["tunnel_up"] == USERS, counts
     assert df["user_id"].nunique() == USERS
     span = df.groupby("user_id")["t_start"].agg(lambda t: t.max() - t.min())
-    assert span.min() >= HOLD_S - 4, span  # every tunnel busy for (nearly) the whole run
+    assert span.min() >= HOLD_S - 5, span  # every tunnel busy for (nearly) the whole run
     # the server held all 20 at once, from 20 addresses of gateway.source_addresses
     assert held["most"] == USERS and len(held["sources"]) == USERS, held
     assert all(a.startswith("127.0.0.") and a != "127.0.0.1" for a in held["sources"]), held
@@ -231,7 +231,7 @@ def test_max_clients_stops_accepting_and_late_clients_wait(tmp_path: Path) -> No
     more than 16 established connections while ocserv holds 16 at most: counting established sockets
     on the port (not ocserv's own) is how 20 clients can seem to pass a cap of 16."""
     with ocserv("ocserv-maxclients", accounts=USERS, relaxed=False) as vpn:
-        quick = dataclasses.replace(WORKLOAD, timeout_s=2.0)
+        quick = dataclasses.replace(WORKLOAD, timeout_s=3.0)  # 20 handshakes at once took 0.33 s at most
         profile = vpn_profile(vpn, tmp_path, "cap", workload=quick, source_addresses=SPREAD)
         watched = run_users(vpn, profile, GatewayUser, USERS, 8.0)
     run = watched.run
