@@ -253,7 +253,7 @@ def bucket_index(values_ms: np.ndarray) -> np.ndarray:
     return np.floor(np.log(v / V_MIN_MS) / LOG_GAMMA).astype(np.int64)
 
 
-def bucket_value(index: np.ndarray) -> np.ndarray:
+def bucket_value(index: np.ndarray | int) -> np.ndarray:
     """Geometric midpoint of a bucket: within 0.2 % of anything in it."""
     return V_MIN_MS * np.exp((np.asarray(index, dtype=float) + 0.5) * LOG_GAMMA)
 

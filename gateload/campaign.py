@@ -112,7 +112,7 @@ def _run_campaign_command(args: argparse.Namespace) -> int:
         check_reachable(profile, args.allow_remote)
     runs = plan_runs(args.before, args.after, args.replicates)
     preflight(profiles, runs, args)
-    run_dirs = {"before": [], "after": []}
+    run_dirs: dict[str, list[Path]] = {"before": [], "after": []}
     for planned in runs:
         run_dirs[planned.label].append(execute(planned, profiles[planned.label], args))
     return finish(run_dirs, args)

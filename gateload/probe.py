@@ -326,8 +326,8 @@ class Probe:
         elif not portal.tls_verify:
             self.report.add(WARN, "portal", f"{where}  TLS NOT verified (portal.tls_verify = false)")
         else:
-            ca = f"CA {portal.ca_file}" if portal.ca_file else "system CAs"
-            self.report.add(OK, "portal", f"{where}  TLS verified ({ca}) ({_ms(t0)})")
+            trust = f"CA {portal.ca_file}" if portal.ca_file else "system CAs"
+            self.report.add(OK, "portal", f"{where}  TLS verified ({trust}) ({_ms(t0)})")
         return True
 
     async def _portal_flow(self, sender: AiohttpSender) -> None:

@@ -472,9 +472,16 @@ class Ticket:
 
 
 class AccountLike(Protocol):
-    username: str
-    password: str
-    totp_secret: str
+    """What a flow reads of an account (read-only: accounts are frozen dataclasses)."""
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def password(self) -> str: ...
+
+    @property
+    def totp_secret(self) -> str: ...
 
 
 Phase = Generator[Request, Response, Any]
@@ -593,7 +600,7 @@ class StepFlow:
         try:
             host_value = _text(host(get)) if host is not None else self.gateway[0]
             port_value = int(port(get)) if port is not None else self.gateway[1]
-            expires = expires_at(get) if expires_at is not None else None
+            expires: Any = expires_at(get) if expires_at is not None else None
             return Ticket(
                 host=host_value,
                 port=port_value,
@@ -914,7 +921,7 @@ class _CompiledStep:
         """The urlencoded body: constant bytes, or a fill giving them."""
         items = [(quote_plus(k) + "=", _constant(v), _text_fill(v)) for k, v in form.items()]
         if all(c is not None for _, c, _ in items):
-            return "&".join(k + quote_plus(c) for k, c, _ in items).encode()  # type: ignore[operator]
+            return "&".join(k + quote_plus(c) for k, c, _ in items).encode()  # type: ignore[arg-type]
         pieces = tuple((k, None if c is None else quote_plus(c), f) for k, c, f in items)
 
         def fill(get: _Getter) -> bytes:
@@ -928,9 +935,10 @@ class _CompiledStep:
         """The request with the session's values (headers, then body, then path: render's order)."""
         headers = self.headers
         if headers.__class__ is dict:
-            filled = dict(headers)  # type: ignore[arg-type]
+            filled = dict(headers)
         else:
-            filled = {k: c if c is not None else f(get) for k, c, f in headers}  # type: ignore[misc]
+            # the __class__ test is the hot path's; mypy cannot narrow the union by it
+            filled = {k: c if c is not None else f(get) for k, c, f in headers}  # type: ignore[str-unpack,operator,misc]
         body = self.body
         if body is not None and body.__class__ is not bytes:
             body = body(get)  # type: ignore[operator]

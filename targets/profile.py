@@ -300,7 +300,7 @@ def dump_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
     ):
         if data[section][key]:
             data[section][key] = str(profile.resolve(data[section][key]))
-    if data.get("farm"):
+    if data.get("farm") and profile.farm is not None:
         data["farm"]["state_dir"] = str(profile.resolve(profile.farm.state_dir))
     out = Path(path)
     out.write_text(tomli_w.dumps(data))
@@ -347,7 +347,7 @@ def _build(cls: type, data: Any, path: Path, where: str) -> Any:
 
 def _convert(tp: Any, value: Any, path: Path, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, path, key)
     if origin in (typing.Union, types.UnionType):
         inner = next(a for a in args if a is not type(None))
@@ -376,7 +376,7 @@ def _type_error(path: Path, key: str, tp: Any, value: Any) -> InputError:
 
 
 def _describe(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"a table [{tp.__name__}]"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:

@@ -68,5 +68,5 @@ def run_catalogue(user_classes: Iterable[type], profile: Any) -> Catalogue | Non
     """The merged catalogue of a run's user classes, or None when none declares one (or no profile)."""
     if profile is None:
         return None
-    declared = [cls.operations(profile) for cls in user_classes if callable(getattr(cls, "operations", None))]
+    declared = [ops(profile) for cls in user_classes if callable(ops := getattr(cls, "operations", None))]
     return Catalogue.merge(declared) if declared else None

@@ -130,7 +130,7 @@ class PortalClient:
             request.method,
             request.path,
             name=request.name,
-            data=request.body,
+            data=request.body,  # type: ignore[arg-type]  # bytes work: Locust's hint says str or dict only
             headers=request.headers,
             catch_response=True,
             context=sample_context(self.user_id),

@@ -93,6 +93,18 @@ class Columns:
     """The column lists the request hook appends to."""
 
     __slots__ = HOT_COLUMNS
+    # the slots' types, for mypy (annotations only: no class attribute clashes with the slots)
+    t_start: list[float]
+    t_intended: list[float]
+    duration_ms: list[float]
+    type: list[str]
+    name: list[str]
+    success: list[bool]
+    error: list[str | None]
+    bytes: list[int | None]
+    user_id: list[Any]
+    user_count: list[int]
+    server: list[str | None]
 
     def __init__(self) -> None:
         for name in HOT_COLUMNS:
@@ -108,7 +120,7 @@ class Columns:
         for name in HOT_COLUMNS:
             del getattr(self, name)[n:]
 
-    def as_dict(self) -> dict[str, list]:
+    def as_dict(self) -> dict[str, list[Any]]:
         self.trim()
         return {name: getattr(self, name) for name in HOT_COLUMNS}
 

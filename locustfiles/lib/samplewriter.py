@@ -86,7 +86,7 @@ class PartWriter:
 
     def __init__(self) -> None:
         self._pool: ThreadPool | None = None  # created on first use: after --processes has forked
-        self._pending: AsyncResult | None = None
+        self._pending: AsyncResult[int] | None = None
         self._pending_rows = 0
         self.run_dir: Path | None = None
         self.name = ""
@@ -114,7 +114,7 @@ class PartWriter:
         if self._pending is None:
             return
         try:
-            rows = self._pending.get()  # if Ctrl-C interrupts this, the next wait() collects it
+            rows = self._pending.get() or 0  # if Ctrl-C interrupts this, the next wait() collects it
         except Exception as exc:
             rows = 0
             self.errors.append(f"{self._pending_rows} samples not written: {type(exc).__name__}: {exc}")

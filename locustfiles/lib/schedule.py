@@ -128,7 +128,8 @@ def _step(options: Any, users: int | None, rate: float, run_time: float | None) 
     levels = step_levels(options)
     hold = _number(options, "step_hold", minimum=1.0, why="each step needs time to reach steady state")
     ramp = _number(options, "step_ramp", minimum=0.0)
-    phases, previous = [], 0
+    phases: list[Phase] = []
+    previous = 0
     for n in levels:
         delta = abs(n - previous)
         if ramp > 0:
@@ -207,7 +208,7 @@ def step_levels(options: Any) -> tuple[int, ...]:
 
 
 def _number(options: Any, dest: str, minimum: float, why: str = "") -> float:
-    value = getattr(options, dest, None)
+    value: Any = getattr(options, dest, None)  # a number, a string from a form, or None
     flag = "--" + dest.replace("_", "-")
     try:
         number = float(value)

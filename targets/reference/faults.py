@@ -92,7 +92,7 @@ class ActiveFault:
 class FaultController:
     """The fault schedule of one farm: starts and ends faults on time and keeps a log."""
 
-    def __init__(self, cluster: Cluster, connections: set[Any], seed: int | None = None) -> None:
+    def __init__(self, cluster: Cluster, connections: set[Any], seed: float | None = None) -> None:
         self.cluster = cluster
         self.connections = connections  # the gateway's open SSH connections (FarmContext.ssh_connections)
         self.rng = random.Random(seed)
@@ -100,7 +100,7 @@ class FaultController:
         self.log: list[dict[str, Any]] = []
         self.started_total = dict.fromkeys(FAULT_KINDS, 0)
         self.resets = 0  # SSH connections reset by faults
-        self.on_restart: list[Callable[[SimServer], None]] = []  # e.g. the portal forgets its sessions
+        self.on_restart: list[Callable[[SimServer], object]] = []  # e.g. the portal forgets its sessions
         self._ids = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None

@@ -107,7 +107,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._login = username
         return True
 
-    def connection_requested(
+    def connection_requested(  # type: ignore[override]  # asyncssh accepts a forwarder; its hint omits it
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Awaitable[asyncssh.SSHForwarder]:
         if f"{dest_host}:{dest_port}" not in self._allow:
@@ -154,6 +154,7 @@ async def handle_session(
 ) -> None:
     """Serve one session channel: exec runs one command, otherwise an interactive shell."""
     chan = stdout.channel
+    assert isinstance(chan, asyncssh.SSHServerChannel)  # a server's session: exit() is there
     owner = chan.get_connection().get_owner()
     assert isinstance(owner, GatewayConnection)
     server = owner.server
