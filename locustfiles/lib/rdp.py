@@ -178,13 +178,18 @@ class RDPDesktop:
         loop = asyncio.get_running_loop()
         self._drain = loop.create_task(self._drain_frames())
         try:
-            ok, err = await conn.connect()
+            # aardwolf waits for the X.224 answer without a bound: ours, so a silent server is classified
+            async with asyncio.timeout(self.timeout_s):
+                ok, err = await conn.connect()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # aardwolf returns most errors, raises a few
+        except Exception as exc:  # aardwolf returns most errors, raises a few (and our timeout)
             ok, err = None, exc
         if err is not None or not ok:
-            raise _classify(err)
+            error = _classify(err)
+            if error.error_class == "timeout":
+                error = _throttled_or_timeout(self)
+            raise error
         self.connected = True
         self._watch = loop.create_task(self._watch_end())
         return (time.perf_counter() - self.t0) * 1000.0
@@ -353,7 +358,10 @@ class RDPSession(BridgedSession[RDPDesktop]):
         )
         timeout = self.profile.workload.timeout_s
         for name, op in steps:
-            outcome = self.bridge.call_timed(op(), timeout)
+            # the connect bounds itself (and classifies its timeout): the bridge's bound comes later
+            outcome = self.bridge.call_timed(
+                op(), timeout + CLOSE_TIMEOUT_S if name == "connect" else timeout
+            )
             if outcome.ok:
                 # every milestone is timed from the connect's start: the value is that duration
                 start = time.time() - (time.perf_counter() - desk.t0)
