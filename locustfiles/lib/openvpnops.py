@@ -324,7 +324,7 @@ class OpenVPNClient:
             pass
         finally:
             if not self.closing:
-                self._fail("reset", "the client's management connection ended")
+                self._fail(self._cause or "reset", "the client's management connection ended")
 
     async def _read_lines(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
@@ -444,7 +444,9 @@ class OpenVPNClient:
                 _waitpid(self.pid, os.WNOHANG)  # someone else may have reaped it (ECHILD)
             _live.discard(self.pid)
         self.exited.set()
-        if not self.closing:
+        if not self.closing and self._writer is None:
+            # With a management connection its end tells why (its last lines are read first): the
+            # pidfd can be ready in the same loop turn as the AUTH_FAILED lines still unread.
             self._fail(self._cause or "reset", "the client process ended")
 
 
