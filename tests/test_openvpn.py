@@ -161,6 +161,20 @@ def test_the_password_never_reaches_the_client_command_line(tmp_path: Path) -> N
     assert argv[argv.index("--dev") + 1] == "null" and "--management-query-passwords" in argv
 
 
+def test_a_forked_worker_never_kills_its_parents_clients() -> None:
+    """``locust --processes`` forks: the child's exit-time kill list starts empty, so its atexit cleanup
+    cannot SIGKILL the parent's tunnels."""
+    openvpnops._live.add(2**22 + 1)  # a pid no process has (pid_max is at most 2**22)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if not openvpnops._live else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        openvpnops._live.discard(2**22 + 1)
+
+
 def test_debians_openvpn_client_connects_to_the_test_server(relaxed: OpenVPNServer, tmp_path: Path) -> None:
     """The server is a genuine OpenVPN server: the stock client, as client.conf configures it, gets a
     tunnel (the password in a 0600 file here, as a person's client config keeps it)."""

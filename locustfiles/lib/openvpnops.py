@@ -468,3 +468,5 @@ def _kill_at_exit() -> None:
 
 
 atexit.register(_kill_at_exit)
+# A forked child (locust --processes) owns none of its parent's clients: it must never kill them.
+os.register_at_fork(after_in_child=_live.clear)
