@@ -269,3 +269,19 @@ def test_asn1_specs_are_compiled_once_per_process() -> None:
         spec, "per"
     ) is aardwolf_connection.asn1tools.compile_string(spec, "per")
     assert isinstance(aardwolf_connection.asn1tools, rdpfix._CachingASN1)
+
+
+# --- fix 9 --------------------------------------------------------------------------------------------
+
+
+def test_one_tls_context_per_process_for_asysocks_and_only_there() -> None:
+    import ssl
+
+    import asysocks.unicomm.common.connection as uniconn
+
+    rdpfix.apply()
+    first, second = uniconn.ssl.create_default_context(), uniconn.ssl.create_default_context()
+    assert first is second and first.verify_mode == ssl.CERT_NONE  # what wrap_ssl sets anyway
+    assert ssl.create_default_context() is not first  # the real module is untouched
+    assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
+    assert uniconn.ssl.PROTOCOL_TLS_CLIENT == ssl.PROTOCOL_TLS_CLIENT  # the rest passes through

@@ -28,10 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 import time
 from typing import Any
+
+from aardwolf.commons.factory import RDPConnectionFactory
+from aardwolf.commons.iosettings import RDPIOSettings
+from aardwolf.commons.queuedata.constants import MOUSEBUTTON, VIDEO_FORMAT
+from asyauth.common.constants import asyauthSecret
 
 from analysis.catalogue import Catalogue, Operation
 from locustfiles.lib import rdpfix, remote
@@ -109,7 +115,8 @@ def _classify(exc: BaseException | None) -> OperationError:
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError | EOFError):
         return OperationError("reset", type(exc).__name__)
     if isinstance(exc, OSError):
-        return OperationError("refused" if exc.errno in (111, 113, 101) else "other", type(exc).__name__)
+        refused = exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+        return OperationError("refused" if refused else "other", type(exc).__name__)
     if exc is not None and "terminated the connection" in str(exc):
         return OperationError("reset", "server closed the connection")
     return OperationError("other", type(exc).__name__ if exc is not None else "")
@@ -155,11 +162,6 @@ class RDPDesktop:
 
     async def connect(self) -> float:
         """TCP to the end of the capability exchange; returns ms since connect start."""
-        from aardwolf.commons.factory import RDPConnectionFactory
-        from aardwolf.commons.iosettings import RDPIOSettings
-        from aardwolf.commons.queuedata.constants import VIDEO_FORMAT
-        from asyauth.common.constants import asyauthSecret
-
         io = RDPIOSettings()
         io.channels = []  # no clipboard or dynamic channels: the desktop only
         io.video_width, io.video_height = DESKTOP
@@ -208,8 +210,6 @@ class RDPDesktop:
         """
         await self._until(lambda: self.whole, quiet_fails=True)
         done = (time.perf_counter() - self.t0) * 1000.0
-        from aardwolf.commons.queuedata.constants import MOUSEBUTTON
-
         # The window under the pointer gets the focus and repaints (xterm's cursor turns solid): wait
         # for that update (bounded) so the first key's update is the key's own. Not in the logon time.
         assert self._changed is not None

@@ -28,7 +28,12 @@ xrdp 0.9.21 with the xorgxrdp back end, TLS security (xrdp's ``security_layer=ne
    :data:`MCS_QUEUE_SIZE`, then dropped. ``ext_out_queue`` is bounded too
    (:data:`OUT_QUEUE_SIZE`): a slow reader slows the connection instead of growing memory.
 8. **ASN.1 specs compiled once** (:func:`_cached_compile`): aardwolf compiled the T.125/T.124 specs
-   on every connection (~0.4 s CPU each here). Compiled once per process, per (spec, codec).
+   on every connection (~0.4 s CPU each here). Compiled once per process, per (spec, codec);
+   :func:`warm` compiles them before any load.
+9. **One TLS context per process** (:class:`_OneContextSSL`): asysocks made a new default context (the
+   system CA bundle loaded, then verification turned off) for every connection: 17-77 ms of CPU
+   each with 10 connecting at once here. The RDP server's certificate is not verified by aardwolf at
+   all (``CERT_NONE``), before this fix or after.
 
 A screen-update counter (:attr:`FixedRDPConnection.update_bytes`, :attr:`frames`) and a listener for
 frames (:attr:`FixedRDPConnection.on_frame`) serve the load generator; nothing here touches Locust.
@@ -38,11 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import aardwolf.connection as _conn
 import asn1tools as _asn1tools
+import asysocks.unicomm.common.connection as _uniconn
 from aardwolf.commons.queuedata import RDPDATATYPE
 from aardwolf.commons.queuedata.constants import VIDEO_FORMAT
 from aardwolf.commons.queuedata.video import RDP_VIDEO
@@ -112,6 +119,32 @@ _orig_caps_from_buffer = getattr(TS_CAPS_SET.from_buffer, "__wrapped__", TS_CAPS
 _tolerant_caps_from_buffer.__wrapped__ = _orig_caps_from_buffer  # type: ignore[attr-defined]
 
 
+# --- fix 9: one TLS context per process ---------------------------------------------------------------
+
+
+class _OneContextSSL:
+    """Stands in for ``ssl`` inside ``asysocks.unicomm.common.connection``: ``create_default_context()``
+    without arguments returns one context per process. Its only caller there (``wrap_ssl``) turns
+    hostname checks and verification off right away, so every connection gets the same settings."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+    @staticmethod
+    def create_default_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        if args or kwargs:
+            return ssl.create_default_context(*args, **kwargs)
+        return _unverified_context()
+
+
+@functools.cache
+def _unverified_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def warm() -> None:
     """Compile the specs aardwolf's ``connect()`` compiles (fix 8's cache), so the first connection of a
     process does not pay for it inside its timed logon (~0.4-1.9 s CPU here)."""
@@ -124,9 +157,11 @@ def warm() -> None:
 
 
 def apply() -> None:
-    """Install the two module-level fixes (2 and 8); idempotent. The others live in the subclass."""
+    """Install the module-level fixes (2, 8 and 9); idempotent. The others live in the subclass."""
     if not isinstance(_conn.asn1tools, _CachingASN1):
         _conn.asn1tools = _CachingASN1()  # type: ignore[assignment]
+    if not isinstance(_uniconn.ssl, _OneContextSSL):
+        _uniconn.ssl = _OneContextSSL()  # type: ignore[assignment]
     TS_CAPS_SET.from_buffer = staticmethod(_tolerant_caps_from_buffer)  # type: ignore[method-assign]
 
 
