@@ -227,7 +227,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_killed_generator_leaves_no_client_behind(relaxed: OpenVPNServer) -> None:
+def test_a_killed_generator_leaves_no_client_behind(relaxed: OpenVPNServer, tmp_path: Path) -> None:
     """SIGKILL the generator (no atexit, no cleanup): its client sees the management socket close and
     exits by itself (``--management-client``), so not even a crash leaves a tunnel process behind."""
     assert relaxed.ca is not None
@@ -243,7 +243,9 @@ def test_a_killed_generator_leaves_no_client_behind(relaxed: OpenVPNServer) -> N
         user,
         str(relaxed.ca.ca_cert),
     ]
-    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # its private management folder goes under tmp_path: a killed generator cannot remove it itself
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert gen.stdin is not None and gen.stdout is not None
         gen.stdin.write(password + "\n")
