@@ -57,8 +57,9 @@ def acceptance(folder: Path, users: int) -> Path:
     return path
 
 
-def report(run_dir: Path, out: Path, users: int) -> dict:
-    """``gateload report`` of one run at the reference load ``users``: verdict.json's operation rows."""
+def report(run_dir: Path, out: Path, users: int) -> tuple[dict, list[str]]:
+    """``gateload report`` of one run at the reference load ``users``: verdict.json's operation rows
+    and warnings."""
     margins = acceptance(out.parent, users)
     done = subprocess.run(
         [GATELOAD, "report", str(run_dir), f"--out={out}", "--bootstrap", "200", f"--acceptance={margins}"],
@@ -71,7 +72,7 @@ def report(run_dir: Path, out: Path, users: int) -> dict:
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "none"
     assert (out / "report.html").stat().st_size > 10_000
-    return verdict["metrics"]["operations"]
+    return verdict["metrics"]["operations"], [str(w) for w in verdict["warnings"]]
 
 
 def locust_run(
@@ -154,7 +155,8 @@ def test_gateload_report_shows_the_vpn_rows(held: dict, tmp_path: Path) -> None:
     """The report's operations at the reference load: the held tunnels' keepalives (paced, latency from
     the intended start) and pings. The 20 logons all fall in the first second, in the warm-up the
     analysis cuts; the homeoffice run below, whose sessions end and start again, reports them."""
-    rows = report(held["dir"], tmp_path / "report", USERS)
+    rows, warnings = report(held["dir"], tmp_path / "report", USERS)
+    assert not [w for w in warnings if "Little" in w], warnings  # the generator kept its declared pace
     assert set(rows) == {"ALL", "VPN keepalive", "VPN ping"}, sorted(rows)
     assert rows["VPN keepalive"]["paced"] and not rows["VPN ping"]["paced"]
     assert all(r["after"]["error_rate"] == 0 and r["after"]["count"] > 0 for r in rows.values()), rows
@@ -283,5 +285,5 @@ def test_a_homeoffice_user_works_through_the_portal_and_the_vpn(reference_farm, 
     assert {f"VPN {op}" for op in VPN_OPS} <= set(ops.index), ops
     assert not df["type"].astype(str).eq("SSH").any()
     assert len(done["sources"]) == 3, done["sources"]  # one source address per user
-    rows = report(done["dir"], tmp_path / "report", 3)
+    rows, _ = report(done["dir"], tmp_path / "report", 3)
     assert {f"VPN {op}" for op in VPN_OPS} | {"HTTP POST /login"} <= set(rows), sorted(rows)
