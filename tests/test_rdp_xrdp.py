@@ -182,6 +182,7 @@ def test_production_defaults_more_users_than_pending_connections_are_classified(
         profile = rdp_profile(server, tmp_path, "production")
         run = run_users(profile, users, 15.0)
         passwords = [p for _, p in server.accounts]
+    print(summary(run), failures(run))
     assert run.user_errors == []
     declared = {o.name: set(o.errors) for o in RDP_CATALOGUE.operations}
     for name, error in failures(run):
