@@ -16,7 +16,8 @@ from locustfiles.lib import remote
 from locustfiles.lib.aiobridge import Timed
 from locustfiles.lib.bridged import BridgedSession
 from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
-from locustfiles.lib.sshops import GatewayConnection, connect_spec, screen_line
+from locustfiles.lib.runtime import sample_context
+from locustfiles.lib.sshops import GatewayConnection, KeySample, connect_spec, screen_line
 from targets.profile import ACTIVITIES
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
@@ -155,23 +156,50 @@ class SSHSession(BridgedSession[GatewayConnection]):
         return ops[name]()
 
     def typing(self) -> bool:
-        """A typing burst at the profile's pace (one ``keystroke`` sample per key), then ``enter``."""
+        """A typing burst at the profile's pace (one ``keystroke`` sample per key), then ``enter``.
+
+        Burst and Enter are one hand-over to the loop thread (each costs the loop and the hub a
+        wake-up); both are timed there as before, and the samples are fired here afterwards.
+        """
         w = self.profile.workload
         text = self._next_text(w.burst_keys)
         conn = self._require()
-        samples = self.bridge.run(conn.type_burst(text, w.typing_interval_ms / 1000.0, w.timeout_s))
-        for s in samples:
-            self._fire(SSH, "keystroke", s.outcome, length=s.outcome.value or 0, t_intended=s.t_intended)
-        if not samples or not samples[-1].outcome.ok:
+        samples, end = self.bridge.run(
+            _burst_then_enter(conn, text, w.typing_interval_ms / 1000.0, w.timeout_s)
+        )
+        self._fire_keystrokes(samples)
+        if end is None:  # the burst failed: no Enter
             self._broke()
             return False
-        # Enter: the typed "echo ..." line runs and the prompt comes back.
-        end = self.bridge.run(conn.run_line(b"", w.timeout_s))
         self._fire(SSH, "enter", end, length=end.value or 0)
         if not end.ok:
             self._broke()
             return False
         return True
+
+    def _fire_keystrokes(self, samples: list[KeySample]) -> None:
+        """One ``keystroke`` sample per key: what ``_fire`` sends, with the per-sample work of a
+        success (no error to classify or make safe) done once per burst: the hot path of typing."""
+        request = self.environment.events.request
+        user_id, server = self.user_id, self.server
+        for s in samples:
+            o = s.outcome
+            if o.error is not None:
+                self._fire(SSH, "keystroke", o, length=0, t_intended=s.t_intended)
+                continue
+            request.fire(
+                request_type=SSH,
+                name="keystroke",
+                response_time=o.duration_ms,
+                response_length=o.value or 0,
+                exception=None,
+                context=sample_context(
+                    user_id, server=server, t_intended=s.t_intended, start_time=o.start_time
+                ),
+                start_time=o.start_time,
+                url=None,
+                response=None,
+            )
 
     def screen(self) -> bool:
         """``gateway.screen_command`` in the shell: one ``screen_update`` sample from Enter to the prompt."""
@@ -230,6 +258,17 @@ class SSHSession(BridgedSession[GatewayConnection]):
     def _next_text(n: int) -> bytes:
         # Each burst types a new harmless "echo ..." line.
         return (_TYPED * (n // len(_TYPED) + 1))[:n]
+
+
+async def _burst_then_enter(
+    conn: GatewayConnection, text: bytes, interval_s: float, timeout_s: float
+) -> tuple[list[KeySample], Timed[int] | None]:
+    """The burst's keystrokes, then (if every key was echoed) Enter until the prompt; loop thread."""
+    samples = await conn.type_burst(text, interval_s, timeout_s)
+    if not samples or not samples[-1].outcome.ok:
+        return samples, None
+    # Enter: the typed "echo ..." line runs and the prompt comes back.
+    return samples, await conn.run_line(b"", timeout_s)
 
 
 def _payload(size: int) -> bytes:
