@@ -365,7 +365,7 @@ class RDPSession(BridgedSession[RDPDesktop]):
             if outcome.ok:
                 # every milestone is timed from the connect's start: the value is that duration
                 start = time.time() - (time.perf_counter() - desk.t0)
-                outcome = Timed(start, float(outcome.value), outcome.value, None)
+                outcome = Timed(start, float(outcome.value or 0.0), outcome.value, None)
             elif name == "connect" and isinstance(outcome.error, TimeoutError) and desk.conn is not None:
                 outcome = Timed(outcome.start_time, outcome.duration_ms, None, _throttled_or_timeout(desk))
             if record:

@@ -159,10 +159,10 @@ def warm() -> None:
 def apply() -> None:
     """Install the module-level fixes (2, 8 and 9); idempotent. The others live in the subclass."""
     if not isinstance(_conn.asn1tools, _CachingASN1):
-        _conn.asn1tools = _CachingASN1()  # type: ignore[assignment]
+        _conn.asn1tools = _CachingASN1()
     if not isinstance(_uniconn.ssl, _OneContextSSL):
-        _uniconn.ssl = _OneContextSSL()  # type: ignore[assignment]
-    TS_CAPS_SET.from_buffer = staticmethod(_tolerant_caps_from_buffer)  # type: ignore[method-assign]
+        _uniconn.ssl = _OneContextSSL()
+    TS_CAPS_SET.from_buffer = staticmethod(_tolerant_caps_from_buffer)
 
 
 # --- fix 3: share data header lengths --------------------------------------------------------------------
@@ -206,9 +206,10 @@ class FixedRDPConnection(RDPConnection):
         apply()
         super().__init__(*args, **kwargs)
         self.ext_out_queue: asyncio.Queue[Any] = _FrameQueue(self, OUT_QUEUE_SIZE)  # fix 7
-        if self.bulk_decompressor is not None:  # fix 6
+        shipped: BulkDecompressor | None = getattr(self, "bulk_decompressor", None)
+        if shipped is not None:  # fix 6
             self.bulk_decompressor = _TolerantDecompressor(
-                self.bulk_decompressor.max_compression_type, self.iosettings.fastpath_max_request_size
+                shipped.max_compression_type, self.iosettings.fastpath_max_request_size
             )
         self._finalize_sent = 0  # client finalization PDUs already sent early, to drop from aardwolf's
         #: screen-update payload bytes received (fast and slow path, after bulk decompression)
@@ -242,7 +243,7 @@ class FixedRDPConnection(RDPConnection):
                 raise ConnectionError(f"user channel join refused: {kind}")
         except Exception as exc:
             return None, exc
-        return await super()._RDPConnection__join_channels()  # type: ignore[misc]
+        return await super()._RDPConnection__join_channels()
 
     # --- fixes 3, 4, 5 -----------------------------------------------------------------------------------
 
@@ -307,7 +308,7 @@ class FixedRDPConnection(RDPConnection):
         """aardwolf's connect; then slow-path PDUs go to :meth:`_slow_path` instead of an unread queue."""
         ok, err = await super().connect(auth_only)
         if err is None and not auth_only:
-            mcs = self._RDPConnection__joined_channels["MCS"]  # type: ignore[attr-defined]
+            mcs = self._RDPConnection__joined_channels["MCS"]
             # the server's finalization PDUs, read by nobody: taken out first, since _slow_path
             # puts PDUs other than bitmaps back (bounded)
             pending = [mcs.out_queue.get_nowait()[0] for _ in range(mcs.out_queue.qsize())]
@@ -319,7 +320,7 @@ class FixedRDPConnection(RDPConnection):
     async def _RDPConnection__process_fastpath(self, fpdu: Any) -> None:
         """aardwolf's fast-path handling, counting the update bytes."""
         self.update_bytes += sum(len(u.updateData or b"") for u in fpdu.fpOutputUpdates)
-        await super()._RDPConnection__process_fastpath(fpdu)  # type: ignore[misc]
+        await super()._RDPConnection__process_fastpath(fpdu)
 
     async def _slow_path(self, data: bytes | None) -> None:
         """A slow-path PDU after logon: bitmap updates decoded onto the desktop, everything else dropped."""
@@ -333,7 +334,7 @@ class FixedRDPConnection(RDPConnection):
         body = data[offset + SHARE_DATA_HEADER :]
         if hdr.pduType2 != PDUTYPE2.UPDATE or int.from_bytes(body[:2], "little") != UPDATETYPE_BITMAP:
             # other PDUs (e.g. the answer to terminate()'s Shutdown Request) for aardwolf, a few at most
-            mcs = self._RDPConnection__joined_channels["MCS"]  # type: ignore[attr-defined]
+            mcs = self._RDPConnection__joined_channels["MCS"]
             if mcs.out_queue.qsize() < MCS_QUEUE_SIZE:
                 mcs.out_queue.put_nowait((data, None))
             return
@@ -342,7 +343,7 @@ class FixedRDPConnection(RDPConnection):
 
     def _slow_path_offset(self) -> bool:
         # an empty 4-byte security header precedes the share PDU when encryptionLevel is 1 (see connect())
-        pdu = self._RDPConnection__server_connect_pdu  # type: ignore[attr-defined]
+        pdu = self._RDPConnection__server_connect_pdu
         return bool(pdu[_conn.TS_UD_TYPE.SC_SECURITY].encryptionLevel == 1)
 
     async def _paint(self, rect: Any) -> None:
@@ -372,14 +373,14 @@ class FixedRDPConnection(RDPConnection):
         if image.size != (res.width, res.height):
             image = image.crop((0, 0, res.width, res.height))
         res.data = image if self.iosettings.video_out_format == VIDEO_FORMAT.PIL else image.tobytes()
-        buffer = self._RDPConnection__desktop_buffer  # type: ignore[attr-defined]
+        buffer = self._RDPConnection__desktop_buffer
         if buffer is not None:
             buffer.paste(image, [res.x, res.y, res.x + res.width, res.y + res.height])
         self.desktop_buffer_has_data = True
         await self.ext_out_queue.put(res)
 
 
-class _FrameQueue(asyncio.Queue):  # type: ignore[type-arg]
+class _FrameQueue(asyncio.Queue):
     """``ext_out_queue``, bounded, counting the bitmap rectangles put into it (fast and slow path)."""
 
     def __init__(self, conn: FixedRDPConnection, maxsize: int) -> None:
