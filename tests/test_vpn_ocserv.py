@@ -143,6 +143,7 @@ def test_a_wrong_password_is_a_classified_auth_failure(production: Ocserv, tmp_p
     assert all("not-the-password" not in str(s["exception"]) for s in failed)
 
 
+@pytest.mark.load
 def test_production_defaults_throttle_as_classified_failures(production: Ocserv, tmp_path: Path) -> None:
     """Nine users on three accounts: Debian's max-same-clients = 2 refuses the third session of each,
     and that refusal (``401 Cookie is not acceptable`` at CONNECT) is ``throttled``."""

@@ -41,6 +41,8 @@ LOCUST = str(Path(sys.executable).with_name("locust"))
 GATELOAD = str(Path(sys.executable).with_name("gateload"))
 USERS = 20
 HOLD_S = 30
+# Locust for tens of seconds and 20 tunnels at once: the load tier (pytest -m "not load" skips it)
+pytestmark = pytest.mark.load
 VPN_OPS = {"tls", "logon", "tunnel_up", "keepalive", "ping"}
 
 
