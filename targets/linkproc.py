@@ -44,10 +44,7 @@ async def _serve(args: argparse.Namespace) -> dict[str, LinkStats]:
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, done.set)
-    # stdin closing (the parent's stop, or its death) ends the child.
-    threading.Thread(
-        target=lambda: (sys.stdin.buffer.read(), loop.call_soon_threadsafe(done.set)), daemon=True
-    ).start()
+    threading.Thread(target=_wait_for_stdin_eof, args=(loop, done), daemon=True).start()
     await done.wait()
     for proxy in proxies.values():
         await proxy.stop()
