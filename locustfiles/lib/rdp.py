@@ -168,7 +168,8 @@ class RDPDesktop:
         io.video_out_format = VIDEO_FORMAT.RAW
         io.clipboard_use_pyperclip = False
         # credentials through the factory's URL parser, never printed (the URL is not kept)
-        factory = RDPConnectionFactory.from_url(f"rdp+plain://{self.host}:{self.port}", io)
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal in a URL
+        factory = RDPConnectionFactory.from_url(f"rdp+plain://{host}:{self.port}", io)
         target, cred = factory.get_target(), factory.get_credential()
         target.timeout = self.timeout_s
         cred.username, cred.secret, cred.domain = self.username, self._password, None
