@@ -393,9 +393,11 @@ class OpenVPNClient:
     async def _until(self, state: str) -> None:
         """Wait for ``>STATE:...,state``; a failure (or the process's end) first raises its class."""
         while True:
-            self._raise_if_lost()
+            # the state first: when it and a failure arrive in one read (TLS done, then AUTH_FAILED),
+            # this step did complete and the failure belongs to the next one
             if any(s == state for _, s, _ in self.states):
                 return
+            self._raise_if_lost()
             self._changed.clear()
             await self._changed.wait()
 
