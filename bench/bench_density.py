@@ -239,7 +239,8 @@ def client_main(args: argparse.Namespace) -> int:
         t1, cpu1 = time.time(), os.times()
         step = _step_figures(cols, t0, t1, paced, aggregates, think_s, runner.user_count, health, np)
         busy = cpu1.user + cpu1.system - cpu0.user - cpu0.system
-        step.update(users=users, running=runner.user_count, cpu_warnings=cpu["warnings"] - warnings0,
+        step.update(users=users, running=runner.user_count, logged_on=_logged_on(runner),
+                    cpu_warnings=cpu["warnings"] - warnings0,
                     locust_cpu_percent=max(cpu["reported"][reported0:], default=float("nan")),
                     client_cpu_util=busy / (t1 - t0))  # fmt: skip
         stopped_by = _limit_crossed(step)
@@ -403,7 +404,7 @@ def run(s: Settings, only: list[str]) -> dict[str, Any]:
             f"{x['users']}: late p50/p99 {x['late_p50_ms']:.2f}/{x['late_p99_ms']:.2f} ms, short "
             f"{x['paced_shortfall']:.1%}, Little {x['little_ratio']:.2f}, CPU {x['client_cpu_util']:.0%}"
             f" (Locust {x['locust_cpu_percent']:.0f}%, {x['cpu_warnings']} warnings), "
-            f"{x['paced_per_s']:.0f} paced/s, {x['failures']} failed"
+            f"{x['paced_per_s']:.0f} paced/s, {x['logged_on']} logged on, {x['failures']} failed"
             for x in o.steps
         )
         peer = "/".join(f"{u:.0%}" for u in o.peer_cpu_util) or "?"
