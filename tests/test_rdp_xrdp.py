@@ -164,6 +164,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     yield {"dir": run_dir, "sessions": sessions, "passwords": passwords, "log": done.stdout + done.stderr}
 
 
+@pytest.mark.load
 def test_ten_users_hold_desktops_30s_with_no_failures(held: dict[str, Any]) -> None:
     """The issue's done-when: 10 RDP users against relaxed xrdp hold desktops 30 s with 0 failures,
     every operation of the catalogue in samples.parquet, the paced keys with their intended starts."""
@@ -195,6 +196,7 @@ def test_ten_users_hold_desktops_30s_with_no_failures(held: dict[str, Any]) -> N
     print(summary(df))  # the figures the report quotes (pytest -s)
 
 
+@pytest.mark.load
 def test_gateload_report_shows_the_rdp_rows(held: dict[str, Any], tmp_path: Path) -> None:
     """``gateload report`` of the run reads the operations from the catalogue: the paced key latency
     from its intended start, nothing RDP-specific in the analysis."""
@@ -246,6 +248,7 @@ def test_a_wrong_password_is_auth_failed(tmp_path: Path) -> None:
     assert not ok_samples(run, "desktop_ready") and run.user_errors == []
 
 
+@pytest.mark.load
 def test_production_defaults_more_users_than_pending_connections_are_classified(tmp_path: Path) -> None:
     """Debian's shipped xrdp listens with a backlog of 2; 12 users at once: whatever fails is a
     classified failure the catalogue declares, never a crash, and the desktops that came up work."""
