@@ -354,7 +354,7 @@ class Bridge:
             coro.close()
             raise RuntimeError("Bridge.run called from the loop thread; await the coroutine instead")
         hub = gevent.get_hub()
-        waiter = Waiter(hub)
+        waiter: Waiter[Any] = Waiter(hub)
         # An async watcher is the hub's thread-safe doorbell; while started it also keeps the hub
         # from concluding that nothing can wake it (LoopExit). Started before the coroutine is handed
         # over, because a send() to a watcher not yet started is lost.

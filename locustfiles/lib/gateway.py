@@ -117,10 +117,10 @@ class SSHSession(BridgedSession[GatewayConnection]):
 
         ``record=False`` (a reconnect) fires no connect/shell samples: the caller fires ``reconnect``.
         """
-        self._begin(GatewayConnection(connect_spec(self.profile, username, password)))
-        outcome = self.bridge.call_timed(self.conn.connect())
+        conn = self._begin(GatewayConnection(connect_spec(self.profile, username, password)))
+        outcome = self.bridge.call_timed(conn.connect())
         # The banner names the backend even when it then refuses the connection.
-        self.server = self.conn.client.server
+        self.server = conn.client.server
         if outcome.ok and self.server is None:
             self.server = self._backend_from_env()
         if record:
@@ -128,7 +128,7 @@ class SSHSession(BridgedSession[GatewayConnection]):
         if not outcome.ok:
             self.abort()
             return _as_error(outcome.error)
-        shell = self.bridge.call_timed(self.conn.open_shell(), self.profile.workload.timeout_s)
+        shell = self.bridge.call_timed(conn.open_shell(), self.profile.workload.timeout_s)
         if record:
             self._fire(SSH, "shell", shell)
         if not shell.ok:
@@ -241,7 +241,7 @@ class SSHSession(BridgedSession[GatewayConnection]):
         gw = self.profile.gateway
         op = self._require().tunnel_http(gw.tunnel_target, gw.tunnel_path)
         outcome = self.bridge.call_timed(op, self.profile.workload.timeout_s)
-        status, length, server = outcome.value if outcome.ok else (0, 0, None)
+        status, length, server = outcome.value if outcome.value is not None else (0, 0, None)
         if outcome.ok and status >= 400:
             outcome = Timed(outcome.start_time, outcome.duration_ms, None, HttpStatusError(status))
         return self._after(TUNNEL, "http", outcome, length=length, server=server)

@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from gevent.monkey import get_original
@@ -95,7 +95,7 @@ def connect_spec(
     """How to reach and verify the profile's gateway as ``username`` (the users' and the probe's way)."""
     gw = profile.gateway
     trusted = (load_key(str(profile.resolve(gw.host_key)), False),) if gw.host_key else ()
-    client_keys = ()
+    client_keys: tuple[Any, ...] = ()
     if password is None and profile.credentials.ssh_key:
         client_keys = (load_key(str(profile.resolve(profile.credentials.ssh_key)), True),)
     return ConnectSpec(
@@ -206,7 +206,8 @@ class GatewayConnection:
     async def backend_from_env(self) -> str | None:
         """The backend id from ``env`` (``GATELOAD_SERVER``), for gateways without the auth banner."""
         result = await self._conn().run("env", check=False, encoding=None)
-        for line in bytes(result.stdout or b"").splitlines():
+        out = result.stdout or b""
+        for line in (out.encode() if isinstance(out, str) else bytes(out)).splitlines():
             if line.startswith(b"GATELOAD_SERVER="):
                 return line.split(b"=", 1)[1].strip().decode(errors="replace") or None
         return None
@@ -408,7 +409,10 @@ class GatewayConnection:
         return self.shell
 
 
-_RealSocket = get_original("socket", "socket")  # the loop thread needs no gevent socket
+if TYPE_CHECKING:
+    _RealSocket = socket.socket
+else:
+    _RealSocket = get_original("socket", "socket")  # the loop thread needs no gevent socket
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
 SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", SO_TIMESTAMPNS)
 _TIMESPEC = struct.Struct("@qq")
@@ -425,6 +429,9 @@ class StampedSocket(_RealSocket):
     """
 
     __slots__ = ("_ancillary", "_rx_time", "first_tx")
+    first_tx: float
+    _rx_time: float
+    _ancillary: list[tuple[int, int, bytes]] | None
 
     def send(self, data: Any, flags: int = 0) -> int:
         if not self.first_tx:
