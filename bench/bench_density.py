@@ -69,12 +69,17 @@ class Settings:
     hold_s: float  # measured seconds per step, after its users are all running
     settle_s: float  # seconds after the ramp before measuring (logons, first bursts)
     warmup_s: float  # more settling before the first step only (the process's first flushes, collections)
+    min_paced: int  # a step is held longer (up to 3 x hold_s) until this many paced operations are in it
 
 
 FULL = Settings(
-    steps=(10, 50, 100, 200, 300, 400, 600, 800, 1000, 1200), hold_s=12.0, settle_s=4.0, warmup_s=10.0
+    steps=(10, 50, 100, 200, 300, 400, 600, 800, 1000, 1200),
+    hold_s=12.0,
+    settle_s=4.0,
+    warmup_s=10.0,
+    min_paced=1000,
 )
-SMOKE = Settings(steps=(8, 16), hold_s=4.0, settle_s=1.0, warmup_s=1.0)
+SMOKE = Settings(steps=(8, 16), hold_s=4.0, settle_s=1.0, warmup_s=1.0, min_paced=0)
 
 
 # --- subjects: (user class, profile, peer) ----------------------------------------------------------
@@ -246,6 +251,9 @@ def client_main(args: argparse.Namespace) -> int:
         warnings0, reported0 = cpu["warnings"], len(cpu["reported"])
         t0, cpu0 = time.time(), os.times()
         gevent.sleep(args.hold_s)
+        # p99 over at least min_paced samples (the 10th highest of 1,000), bounded: 3 x hold_s
+        while time.time() < t0 + 3 * args.hold_s and _paced_since(cols, t0, paced) < args.min_paced:
+            gevent.sleep(1.0)
         t1, cpu1 = time.time(), os.times()
         step = _step_figures(cols, t0, t1, paced, aggregates, think_s, runner.user_count, health, np)
         busy = cpu1.user + cpu1.system - cpu0.user - cpu0.system
@@ -262,6 +270,17 @@ def client_main(args: argparse.Namespace) -> int:
     result = recorder.finish()
     print(RESULT + json.dumps({"done": True, "rows": result.rows, "problems": result.problems}), flush=True)
     return 0
+
+
+def _paced_since(cols: dict[str, list[Any]], t0: float, paced: dict[str, float]) -> int:
+    """Paced operations recorded that started at or after ``t0`` (newest rows last: read from the end)."""
+    n = 0
+    keys, starts = cols["key"], cols["t"]
+    for i in range(len(starts) - 1, -1, -1):
+        if starts[i] < t0 - 60.0:  # rows arrive out of start order by at most an operation's time
+            break
+        n += starts[i] >= t0 and keys[i] in paced
+    return n
 
 
 def _logged_on(runner: Any) -> int:
@@ -357,9 +376,10 @@ def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool) -> Outc
         cmd = [sys.executable, __file__, "client", "--user-class", subject.user_class,
                "--profile", str(peer.profile), "--steps", ",".join(map(str, s.steps)),
                "--hold-s", str(s.hold_s), "--settle-s", str(s.settle_s), "--warmup-s", str(s.warmup_s),
+               "--min-paced", str(s.min_paced),
                "--results-dir", str(sub / "results" / "density" / "run"),
                "--core", str(CLIENT_CORE if pinned else -1)]  # fmt: skip
-        budget = len(s.steps) * (s.hold_s + s.settle_s + 30) + s.warmup_s + max(s.steps) / SPAWN_RATE + 60
+        budget = len(s.steps) * (3 * s.hold_s + s.settle_s + 30) + s.warmup_s + max(s.steps) / SPAWN_RATE + 60
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             out, _ = proc.communicate(timeout=budget)
@@ -411,7 +431,8 @@ def run(s: Settings, only: list[str]) -> dict[str, Any]:
         figures[f"{o.subject}_little_ratio"] = at["little_ratio"]
         figures[f"{o.subject}_cpu_warnings"] = sum(x["cpu_warnings"] for x in o.steps)
         steps = ", ".join(
-            f"{x['users']}: late p50/p99 {x['late_p50_ms']:.2f}/{x['late_p99_ms']:.2f} ms, short "
+            f"{x['users']}: {x['paced_ops']} paced in {x['seconds']:.0f} s, late p50/p99 "
+            f"{x['late_p50_ms']:.2f}/{x['late_p99_ms']:.2f} ms, short "
             f"{x['paced_shortfall']:.1%}, Little {x['little_ratio']:.2f}, CPU {x['client_cpu_util']:.0%}"
             f" (Locust {x['locust_cpu_percent']:.0f}%, {x['cpu_warnings']} warnings), "
             f"{x['paced_per_s']:.0f} paced/s, {x['logged_on']} logged on, {x['failures']} failed"
@@ -443,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-s", type=float, required=True)
     p.add_argument("--settle-s", type=float, required=True)
     p.add_argument("--warmup-s", type=float, default=0.0)
+    p.add_argument("--min-paced", type=int, default=0)
     p.add_argument("--results-dir", required=True)
     p.add_argument("--core", type=int, default=-1)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run; nothing appended")
