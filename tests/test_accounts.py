@@ -267,6 +267,7 @@ def _assert_distinct_accounts(before: dict[str, Any], after: dict[str, Any], sam
     assert len(users) == USERS and samples["worker"].nunique() == 2
 
 
+@pytest.mark.load
 def test_two_processes_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
     # Sessions of up to 200 activities 0.2-0.4 s apart: a user whose first (random length) session is
     # short logs off and on once, then holds its login past the run's end, so at some moment during
@@ -292,6 +293,7 @@ def test_two_processes_give_every_user_its_own_account(reference_farm: Callable[
     _assert_distinct_accounts(before, _farm_logins(profile), samples)
 
 
+@pytest.mark.load
 def test_the_farm_counters_catch_users_sharing_an_account(reference_farm: Callable[..., Path]) -> None:
     """The control: 12 users on 6 accounts at 2 per account, on a one-login farm, are refused and counted."""
     profile = reference_farm("reference-before", **{**ONE_LOGIN, "farm__accounts": USERS // 2})
@@ -312,6 +314,7 @@ def test_the_farm_counters_catch_users_sharing_an_account(reference_farm: Callab
     assert set(failed["name"]) <= {"connect", "reconnect"}
 
 
+@pytest.mark.load
 def test_master_and_two_workers_give_every_user_its_own_account(reference_farm: Callable[..., Path]) -> None:
     profile = reference_farm("reference-before", **ONE_LOGIN, farm__static_credentials=True)
     before = _farm_logins(profile)

@@ -63,6 +63,7 @@ def _smoke(*args: str, timeout: float = 150) -> str:
 
 
 @pytest.mark.parametrize("script", sorted(FIGURES))
+@pytest.mark.load
 def test_benchmark_smoke_prints_its_figures(script: str) -> None:
     before = _results_state()
     output = _smoke(str(BENCH / script), "--smoke")

@@ -210,6 +210,7 @@ def test_headless_run_writes_a_complete_folder(users_file: Path, tmp_path: Path)
     assert "[gateload] run before/r1 completed" in out.stdout
 
 
+@pytest.mark.load
 def test_processes_2_records_every_sample_once(users_file: Path, tmp_path: Path) -> None:
     out = run_locust(
         users_file,
@@ -238,6 +239,7 @@ def test_processes_2_records_every_sample_once(users_file: Path, tmp_path: Path)
     assert (steady["user_count"] == 4).all()  # the whole test's users, not one process's
 
 
+@pytest.mark.load
 def test_master_and_two_workers_on_loopback(users_file: Path, tmp_path: Path) -> None:
     port = free_port()
     master_only = ["--profile", "targets/profiles/reference-before.toml"]  # the workers get none
@@ -264,6 +266,7 @@ def test_master_and_two_workers_on_loopback(users_file: Path, tmp_path: Path) ->
     assert set(df["server"].astype(str)) == {"reference-before.toml"}  # the master's --profile reached them
 
 
+@pytest.mark.load
 def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Path) -> None:
     out = run_locust(
         users_file,
@@ -415,6 +418,7 @@ def test_an_existing_run_is_never_overwritten(users_file: Path, tmp_path: Path) 
 # --- shapes -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.load
 def test_shape_none_is_a_plain_locust_run(users_file: Path, tmp_path: Path) -> None:
     common = ["--headless", "-u", "2", "-r", "2", "-t", "2s", "--results-dir", str(tmp_path), "FiringUser"]
     plain = run_locust(users_file, *common, "--label", "plain")
@@ -433,6 +437,7 @@ def test_shape_none_is_a_plain_locust_run(users_file: Path, tmp_path: Path) -> N
         assert [(s["users"], s["spawn_rate"]) for s in meta["steps"]] == [(2, 2.0)]
 
 
+@pytest.mark.load
 def test_step_shape_headless_with_two_processes(users_file: Path, tmp_path: Path) -> None:
     out = run_locust(
         users_file,

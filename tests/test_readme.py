@@ -247,6 +247,7 @@ def commands_where(predicate: Callable[[Command], bool]) -> list[Command]:
     return found
 
 
+@pytest.mark.load
 def test_the_readme_campaign_runs_with_short_steps(tmp_path: Path) -> None:
     [campaign] = commands_where(lambda c: c.program == "gateload" and c.argv[1:2] == ("campaign",))
     argv = set_option(list(campaign.argv), ("--replicates",), "1")
@@ -263,6 +264,7 @@ def test_the_readme_campaign_runs_with_short_steps(tmp_path: Path) -> None:
     assert (folder / "after" / "after-1" / "meta.json").is_file()
 
 
+@pytest.mark.load
 def test_the_readme_headless_ci_block_runs(reference_farm: Any, tmp_path: Path) -> None:
     [headless] = commands_where(lambda c: c.program == "locust" and "--headless" in c.argv)
     block = [c for c in readme_commands() if c.block == headless.block]

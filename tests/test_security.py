@@ -123,6 +123,7 @@ def processes_2() -> list[str]:
     return ["--processes", "2", *master]
 
 
+@pytest.mark.load
 def test_no_secret_in_logs_results_or_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
