@@ -194,10 +194,6 @@ def client_main(args: argparse.Namespace) -> int:
     from targets.profile import load_profile
 
     raise_nofile()
-    # pyarrow imports pandas when the recorder writes its first batch, in the writer thread, holding
-    # the GIL for a quarter of a second (seen here as 250 ms late keystrokes in the first step): a
-    # one-off at the start of every run, not the steady load a step measures. Done before the ramp.
-    import pandas  # noqa: F401
 
     module, _, name = args.user_class.partition(":")
     user_class = getattr(importlib.import_module(module), name)
