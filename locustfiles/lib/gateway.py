@@ -117,7 +117,9 @@ class SSHSession(BridgedSession[GatewayConnection]):
 
         ``record=False`` (a reconnect) fires no connect/shell samples: the caller fires ``reconnect``.
         """
-        conn = self._begin(GatewayConnection(connect_spec(self.profile, username, password)))
+        conn = self._begin(
+            GatewayConnection(connect_spec(self.profile, username, password, source=self.source))
+        )
         outcome = self.bridge.call_timed(conn.connect())
         # The banner names the backend even when it then refuses the connection.
         self.server = conn.client.server

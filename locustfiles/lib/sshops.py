@@ -77,6 +77,7 @@ class ConnectSpec:
     # (``first_prompt`` regex or a quiet period), then set a unique one per connection.
     prompt: bytes = b""
     first_prompt: str = DEFAULT_FIRST_PROMPT
+    source: str | None = None  # the local address to connect from (``gateway.source_addresses``)
 
 
 _keys: dict[tuple[str, bool], Any] = {}
@@ -90,7 +91,11 @@ def load_key(path: str, private: bool) -> Any:
 
 
 def connect_spec(
-    profile: Profile, username: str, password: str | None, timeout_s: float | None = None
+    profile: Profile,
+    username: str,
+    password: str | None,
+    timeout_s: float | None = None,
+    source: str | None = None,
 ) -> ConnectSpec:
     """How to reach and verify the profile's gateway as ``username`` (the users' and the probe's way)."""
     gw = profile.gateway
@@ -112,6 +117,7 @@ def connect_spec(
         prompt=gw.prompt.encode(),
         first_prompt=gw.first_prompt,
         timeout_s=profile.workload.timeout_s if timeout_s is None else timeout_s,
+        source=source,
     )
 
 
@@ -180,7 +186,7 @@ class GatewayConnection:
             known_hosts: Any = None  # explicit opt-out in the profile
         else:
             known_hosts = (list(spec.trusted_host_keys), [], [])
-        self.sock = await open_stamped_socket(spec.host, spec.port, spec.timeout_s)
+        self.sock = await open_stamped_socket(spec.host, spec.port, spec.timeout_s, spec.source)
         with _reset_before_handshake():
             self.conn = await self._handshake(known_hosts)
         return self.client.server
@@ -555,8 +561,11 @@ def _reset_before_handshake() -> Iterator[None]:
         raise ConnectionResetError(errno.ECONNRESET, "reset before the SSH handshake") from exc
 
 
-async def open_stamped_socket(host: str, port: int, timeout_s: float) -> StampedSocket:
-    """A connected TCP socket with kernel receive timestamps on (when the system has them)."""
+async def open_stamped_socket(
+    host: str, port: int, timeout_s: float, source: str | None = None
+) -> StampedSocket:
+    """A connected TCP socket with kernel receive timestamps on (when the system has them), from the
+    local address ``source`` when given (an ephemeral port)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     error: BaseException = OSError(f"no address for {host}")
@@ -566,6 +575,8 @@ async def open_stamped_socket(host: str, port: int, timeout_s: float) -> Stamped
         sock._ancillary = None
         try:
             sock.setblocking(False)
+            if source:
+                sock.bind((source, 0))
             with contextlib.suppress(OSError):  # no kernel stamps: operations are timed around them
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             await asyncio.wait_for(loop.sock_connect(sock, address), timeout_s)
