@@ -45,6 +45,7 @@ BENCHES = (
     Bench("analysis", "bench_analysis.py", 300),
     Bench("endurance", "bench_endurance.py", 1200),
     Bench("density", "bench_density.py", 900),
+    Bench("openvpn", "bench_openvpn.py", 600),
 )
 
 
