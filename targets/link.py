@@ -149,6 +149,12 @@ class LinkStats:
     upstream_failures: int = 0  # connections the target refused
     bytes_up: int = 0
     bytes_down: int = 0
+    releases: int = 0  # chunks (and EOFs) the delay line released
+    late_s: float = 0.0  # summed: how much later than its release time each one was written
+
+    def mean_late_ms(self) -> float:
+        """How late the delay line released a chunk on average (a timer is late, never early)."""
+        return 1000.0 * self.late_s / self.releases if self.releases else 0.0
 
 
 _EOF = b""
@@ -288,7 +294,7 @@ class LinkProxy:
         """Read, timestamp and queue chunks; a second task delivers them at their release time."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
         loop = asyncio.get_running_loop()
-        sender = loop.create_task(_deliver(queue, writer))
+        sender = loop.create_task(_deliver(queue, writer, self.stats))
         try:
             while True:
                 data = await reader.read(line.chunk_size())
@@ -316,7 +322,9 @@ class _ConnState:
     doomed: bool = False
 
 
-async def _deliver(queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter) -> None:
+async def _deliver(
+    queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter, stats: LinkStats
+) -> None:
     """Write each chunk when its release time comes; EOF becomes a half-close (FIN), also delayed."""
     loop = asyncio.get_running_loop()
     while True:
@@ -326,6 +334,8 @@ async def _deliver(queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.St
         wait = release - loop.time() - TIMER_HALF_TICK_S
         if wait > 0:
             await asyncio.sleep(wait)
+        stats.releases += 1
+        stats.late_s += max(0.0, loop.time() - release)
         if data is _EOF or not data:
             if writer.can_write_eof():
                 writer.write_eof()
