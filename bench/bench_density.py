@@ -1,15 +1,17 @@
 """Density: how many active homeoffice sessions one generator core drives at human pace (issue 15).
 
-Each subject, a (user class, profile, peer) entry of :data:`SUBJECTS`, runs in ONE Locust process
+Each subject, a (name, user class, peer) entry of :data:`SUBJECTS`, runs in ONE Locust process
 (Locust's local runner, the real user class, bridge and recorder) pinned to one core with
 ``os.sched_setaffinity``; its peer runs on the other core. Users are ramped in steps (fixed hold per
 step, a maximum session count) until a limit is crossed:
 
-- **timing error** of the paced operations (keystrokes: the profile's 150 ms typing pace), measured as
-  bench_timing does against a zero-delay peer: how late each paced operation started against its
+- **timing error** of the paced operations (keystrokes, VPN keepalives, RDP keys: the profile's 150 ms
+  typing pace), measured as bench_timing does: how late each paced operation started against its
   intended start (``t_start - t_intended``): p50 <= 1 ms, p99 <= 5 ms;
 - **paced shortfall**: the catalogue's paced operations, achieved vs planned rate per user
-  (``analysis.health.paced_rate``), <= 10 % (``analysis.health.PACED_TOLERANCE``).
+  (``analysis.health.paced_rate``), <= 10 % (``analysis.health.PACED_TOLERANCE``);
+- **sessions**: no failed operation in the step, and at least 90 % of its users logged on (a real
+  server that refuses or cannot start sessions).
 
 The figure is sessions per core at the limit: the largest step within every limit, for each user
 class, with the limit that stopped the ramp. Recorded with each step: Locust's CPU warnings (its
@@ -17,19 +19,37 @@ class, with the limit that stopped the ramp. Recorded with each step: Locust's C
 share, and Little's law (``analysis.health.little_check``: ``X (R + Z) / N``, 1 when the users spent
 their time in operations and declared think time and nowhere else).
 
-The peer is the reference farm in its **relaxed zero-service variant** (``reference-zero``: the
-reference-before profile's workload, accounts and documents, every service time ~0, room for every
-session): portal with tickets, SSH shell, screen updates, SFTP and tunnels answer at once, so what is
-measured is the generator. The workload is the profile's own human pace: typing 150 ms per key in
-12-key bursts, screen updates, SFTP, tunnels, exec, think 1-3 s.
+For the SSH subjects (``gatewayuser``, ``homeofficeuser``) the peer is the reference farm in its
+**relaxed zero-service variant** (``reference-zero``: the reference-before profile's workload, accounts
+and documents, every service time ~0, room for every session): portal with tickets, SSH shell, screen
+updates, SFTP and tunnels answer at once, so what is measured is the generator. The workload is the
+profile's own human pace: typing 150 ms per key in 12-key bursts, screen updates, SFTP, tunnels, exec,
+think 1-3 s.
 
-Adding a protocol user is one entry in :data:`SUBJECTS` (the SSL-VPN user against ocserv is next):
-its user class, a profile builder and a peer (a context manager that yields the profile path and the
-peer's process ids).
+The protocol subjects run GatewayUser against real servers, relaxed, at the same workload (the mix cut
+to what the protocol serves), and need root and the Debian packages (a missing one skips the subject
+with a one-line note; under ``CI=true`` it is an error):
 
-    .venv/bin/python bench/bench_density.py            # full (7 minutes at most; less when a limit stops it)
-    .venv/bin/python bench/bench_density.py --smoke    # seconds, nothing appended to RESULTS.md
-    .venv/bin/python bench/bench_density.py --only GatewayUser
+- ``vpn``: ``protocol = "vpn"`` against ocserv (:mod:`targets.local.ocserv`, relaxed: no anti-abuse
+  limits), one account and one 127.0.0.x (``gateway.source_addresses``) per user; the paced operation
+  is ``VPN keepalive`` (a DPD round trip through the tunnel per "keystroke"), with pings (``tunnel``);
+- ``rdp``: ``protocol = "rdp"`` against xrdp (:mod:`targets.local.xrdp`, relaxed: sesman's session
+  cap raised), one stock account per user; the paced operation is ``RDP key`` (a key press until the
+  screen update it causes). Every session starts an Xorg and an xterm on the server's core, so the
+  server, not the generator, may be the limit; the ramp is capped at :data:`RDP_CAP` sessions and
+  ramps at 2 logons/s (xrdp's listen backlog of 2).
+
+Each step records the peer's share of its core; the limit that stopped a ramp is named
+``generator`` or ``server`` (:func:`limit_side`), ``cap`` (the subject's own maximum reached) or
+``none``.
+
+Adding a protocol user is one entry in :data:`SUBJECTS`: its user class and a peer (a context manager
+that yields the profile path and the peer's process ids), with its own steps and logon pace if the
+server needs them.
+
+    .venv/bin/python bench/bench_density.py            # full (~7 minutes per subject at most)
+    .venv/bin/python bench/bench_density.py --smoke    # seconds (~55 s for all four), nothing recorded
+    .venv/bin/python bench/bench_density.py --only vpn,rdp      # (or --subjects)
 """
 
 from __future__ import annotations
