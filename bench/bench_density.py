@@ -346,7 +346,7 @@ def client_main(args: argparse.Namespace) -> int:
         cols["key"].append(f"{request_type} {name}")
         cols["ok"].append(exception is None)
 
-    cpu = {"warnings": 0, "reported": []}
+    cpu: dict[str, Any] = {"warnings": 0, "reported": []}
     env = Environment(user_classes=[user_class])
     runner = env.create_local_runner()
     env.events.request.add_listener(on_request)
