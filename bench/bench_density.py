@@ -59,6 +59,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -613,14 +614,17 @@ def run(s: Settings, only: list[str], smoke: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gateload-bench-density-"))
     subjects = [x for x in SUBJECTS if not only or x.name in only]
     outcomes = []
-    for x in subjects:
-        try:
-            outcomes.append(run_subject(x, s, work, pinned, smoke))
-        except Skipped as exc:
-            if in_ci():
-                raise Skipped(f"{x.name}: CI must provide its server: {exc}") from None
-            print(f"{x.name}: skipped ({exc})", flush=True)
-            outcomes.append(Outcome(x.name, limit="skipped", skipped=str(exc)))
+    try:
+        for x in subjects:
+            try:
+                outcomes.append(run_subject(x, s, work, pinned, smoke))
+            except Skipped as exc:
+                if in_ci():
+                    raise Skipped(f"{x.name}: CI must provide its server: {exc}") from None
+                print(f"{x.name}: skipped ({exc})", flush=True)
+                outcomes.append(Outcome(x.name, limit="skipped", skipped=str(exc)))
+    finally:  # the peers' state holds accounts' passwords (credentials.csv); the notes keep the figures
+        shutil.rmtree(work, ignore_errors=True)
     figures: dict[str, Any] = {}
     notes = []
     for o in outcomes:
