@@ -531,6 +531,9 @@ def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool, smoke: 
     except MissingTool as exc:
         raise Skipped(str(exc)) from None
     try:
+        from targets.profile import load_profile
+
+        interval_ms = load_profile(peer.profile).workload.typing_interval_ms  # the pace (gone with the peer)
         # every 1 s: a VPN peer is one process per tunnel, walked each time
         with CpuSampler(step_s=1.0) as sampler:
             if pinned:
@@ -576,9 +579,6 @@ def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool, smoke: 
     outcome.sessions_per_core = within[-1]["users"] if within else 0
     last = outcome.steps[-1]
     if last["stopped_by"]:
-        from targets.profile import load_profile
-
-        interval_ms = load_profile(peer.profile).workload.typing_interval_ms
         outcome.limit = limit_side(last, interval_ms)
         outcome.stopped_by = f"{last['users']} sessions ({outcome.limit}): {last['stopped_by']}"
     elif subject.cap and max(steps) == max(subject.steps):  # the full ramp's top (a smoke run stops lower)
