@@ -44,7 +44,7 @@ BENCHES = (
     Bench("recorder", "bench_recorder.py", 300),
     Bench("analysis", "bench_analysis.py", 300),
     Bench("endurance", "bench_endurance.py", 1200),
-    Bench("density", "bench_density.py", 900),
+    Bench("density", "bench_density.py", 1800),
     Bench("openvpn", "bench_openvpn.py", 600),
 )
 

@@ -391,7 +391,10 @@ def test_a_new_protocol_is_one_module_that_homeoffice_user_composes(
 
 
 def test_ssh_session_is_a_remote_session(fast_profile, tmp_path: Path) -> None:
-    profile = fast_profile()
+    # accounts of its own: the reference profile's credentials file exists only once a farm has run
+    accounts = tmp_path / "credentials.csv"
+    accounts.write_text("username,password\nu1,p1\n")
+    profile = fast_profile(credentials__file=str(accounts))
     env = environment(profile.path, GatewayUser).env
     session = SSHSession(env, target_for(env), 1)
     assert isinstance(session, remote.RemoteSession)
