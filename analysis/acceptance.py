@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.catalogue import LEGACY
+from gateload.analysis.catalogue import LEGACY
 from gateload.errors import InputError
 
 # Sample types are a protocol's own (its catalogue declares them): any capitalised word; these are

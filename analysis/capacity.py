@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.metrics import RunStats, StepStats
-from analysis.stats import Estimate
-from analysis.usl import UslFit, fit_usl_boot
+from gateload.analysis.metrics import RunStats, StepStats
+from gateload.analysis.stats import Estimate
+from gateload.analysis.usl import UslFit, fit_usl_boot
 from gateload.errors import InputError
 
 USL_BOOT_FITS = 200

@@ -13,7 +13,7 @@ An ``aggregate`` operation spans other operations (the SESSION rows): it gives s
 time but is never counted as an operation in throughput, error rate or server shares.
 
 The load generator writes the catalogue of a run's user classes into meta.json (key ``catalogue``);
-:attr:`analysis.runs.Run.catalogue` reads it back, and runs written before the key existed get
+:attr:`gateload.analysis.runs.Run.catalogue` reads it back, and runs written before the key existed get
 :data:`LEGACY`, the catalogue gateload's SSH users had then. This module must not import Locust.
 """
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from gateload.errors import InputError
 
 if TYPE_CHECKING:
-    from analysis.compare import Verdict
-    from analysis.runs import Run
+    from gateload.analysis.compare import Verdict
+    from gateload.analysis.runs import Run
 
 SIDES_HELP = (
     "Runs are grouped by label (meta.json 'label', else the name of the folder above the run); runs that "
@@ -130,7 +130,7 @@ def _check_boot(args: argparse.Namespace) -> None:
 
 
 def cmd_usl(args: argparse.Namespace) -> int:
-    from analysis.usl import fit_usl, read_usl_csv
+    from gateload.analysis.usl import fit_usl, read_usl_csv
 
     n, x = read_usl_csv(args.csv, args.n_col, args.x_col)
     fit = fit_usl(n, x)
@@ -150,7 +150,7 @@ def cmd_usl(args: argparse.Namespace) -> int:
 
 def split_sides(runs: list[Run], before: str | None, after: str | None) -> tuple[list[Run], list[Run]]:
     """Split loaded runs into (before, after) by label; see the module docstring."""
-    from analysis.runs import group_by_label
+    from gateload.analysis.runs import group_by_label
 
     groups = group_by_label(runs)
     labels = list(groups)
@@ -173,11 +173,11 @@ def split_sides(runs: list[Run], before: str | None, after: str | None) -> tuple
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare_runs
-    from analysis.runs import load_runs
+    from gateload.analysis.compare import compare_runs
+    from gateload.analysis.runs import load_runs
 
     _check_boot(args)
-    from analysis.acceptance import load_acceptance
+    from gateload.analysis.acceptance import load_acceptance
 
     acc = load_acceptance(args.acceptance)  # fail fast on a bad file, before reading runs
     runs = load_runs(args.runs, allow_incomplete=args.allow_incomplete)
@@ -188,9 +188,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from analysis.acceptance import load_acceptance
-    from analysis.compare import check_runs
-    from analysis.runs import load_runs
+    from gateload.analysis.acceptance import load_acceptance
+    from gateload.analysis.compare import check_runs
+    from gateload.analysis.runs import load_runs
 
     _check_boot(args)
     acc = load_acceptance(args.acceptance)
@@ -207,9 +207,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.acceptance import Acceptance, load_acceptance
-    from analysis.compare import report_runs
-    from analysis.runs import load_runs
+    from gateload.analysis.acceptance import Acceptance, load_acceptance
+    from gateload.analysis.compare import report_runs
+    from gateload.analysis.runs import load_runs
 
     _check_boot(args)
     acc = load_acceptance(args.acceptance) if args.acceptance else Acceptance()
@@ -222,7 +222,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _print(verdict: Verdict, out: Path | None) -> None:
-    from analysis.report import fmt
+    from gateload.analysis.report import fmt
 
     print(f"{verdict.kind}: {verdict.verdict}")
     for c in verdict.criteria:

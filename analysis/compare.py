@@ -4,11 +4,12 @@
 read runs, analyse them, judge them and write the reports; :func:`report_runs` gives a check's metrics
 with no verdict (``gateload report``). The work is split by job:
 
-- :mod:`analysis.verdict`    the verdict model (Criterion, Verdict) and its rules (PASS/FAIL/INCONCLUSIVE)
-- :mod:`analysis.estimates`  per-run composite estimates (peaks, error rates, server shares)
-- :mod:`analysis.criteria`   an acceptance file's criteria evaluated on analysed runs
-- :mod:`analysis.tables`     the JSON-ready metric tables of a verdict
-- :mod:`analysis.report`     the report files
+- :mod:`gateload.analysis.verdict`    the verdict model (Criterion, Verdict) and its rules
+                                      (PASS/FAIL/INCONCLUSIVE)
+- :mod:`gateload.analysis.estimates`  per-run composite estimates (peaks, error rates, server shares)
+- :mod:`gateload.analysis.criteria`   an acceptance file's criteria evaluated on analysed runs
+- :mod:`gateload.analysis.tables`     the JSON-ready metric tables of a verdict
+- :mod:`gateload.analysis.report`     the report files
 
 The names tests and callers use from here (the verdict constants, ``Verdict``, ``evaluate_compare``,
 ``evaluate_check``, ``share_of_even``...) are re-exported.
@@ -20,14 +21,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.acceptance import Acceptance, load_acceptance
-from analysis.criteria import evaluate_check, evaluate_compare
-from analysis.estimates import peak, ref_steps, share_of_even
-from analysis.metrics import RunStats, analyze_run
-from analysis.report import write_reports
-from analysis.runs import Run, load_runs
-from analysis.stats import DEFAULT_BOOT
-from analysis.verdict import EXIT_CODES, FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict
+from gateload.analysis.acceptance import Acceptance, load_acceptance
+from gateload.analysis.criteria import evaluate_check, evaluate_compare
+from gateload.analysis.estimates import peak, ref_steps, share_of_even
+from gateload.analysis.metrics import RunStats, analyze_run
+from gateload.analysis.report import write_reports
+from gateload.analysis.runs import Run, load_runs
+from gateload.analysis.stats import DEFAULT_BOOT
+from gateload.analysis.verdict import EXIT_CODES, FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict
 
 __all__ = [
     "EXIT_CODES",

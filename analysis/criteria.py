@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from analysis.acceptance import Acceptance
-from analysis.estimates import (
+from gateload.analysis.acceptance import Acceptance
+from gateload.analysis.estimates import (
     change_label,
     error_rate,
     latency_estimates,
@@ -25,10 +25,10 @@ from analysis.estimates import (
     share_of_even,
     unsaturated,
 )
-from analysis.faults import fault_metrics, fault_warnings
-from analysis.metrics import RunStats, StepStats, clip_rate
-from analysis.stats import Estimate, interval_method, pooled, ratio
-from analysis.tables import (
+from gateload.analysis.faults import fault_metrics, fault_warnings
+from gateload.analysis.metrics import RunStats, StepStats, clip_rate
+from gateload.analysis.stats import Estimate, interval_method, pooled, ratio
+from gateload.analysis.tables import (
     errors_by_class,
     est_json,
     health_table,
@@ -39,7 +39,17 @@ from analysis.tables import (
     step_rows,
     usl_table,
 )
-from analysis.verdict import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict, criterion, missing, overall
+from gateload.analysis.verdict import (
+    FAIL,
+    INCONCLUSIVE,
+    NONE,
+    PASS,
+    Criterion,
+    Verdict,
+    criterion,
+    missing,
+    overall,
+)
 
 # ----------------------------------------------------------------------------------------- compare
 

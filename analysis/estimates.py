@@ -1,8 +1,8 @@
 """Per-run composite estimates the criteria are built from: peaks, error rates, server shares, the
 reference-load steps, latency estimates and criterion.rs-style change labels.
 
-Each takes analysed runs (``metrics.RunStats``) and returns an :class:`~analysis.stats.Estimate` whose
-bootstrap replicates are carried along, so a ratio or a pooled value gets an honest interval.
+Each takes analysed runs (``metrics.RunStats``) and returns an :class:`~gateload.analysis.stats.Estimate`
+whose bootstrap replicates are carried along, so a ratio or a pooled value gets an honest interval.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import capacity
-from analysis.acceptance import Acceptance
-from analysis.metrics import RunStats, StepStats, clip_rate
-from analysis.stats import Estimate, from_boot, ratio
+from gateload.analysis import capacity
+from gateload.analysis.acceptance import Acceptance
+from gateload.analysis.metrics import RunStats, StepStats, clip_rate
+from gateload.analysis.stats import Estimate, from_boot, ratio
 
 
 def peak(rs: RunStats, attr: str = "throughput") -> tuple[Estimate, StepStats | None]:

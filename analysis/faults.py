@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.runs import Run
+from gateload.analysis.runs import Run
 
 UNKNOWN = "unknown"  # the group of samples that name no server
 

@@ -1,14 +1,14 @@
 """Per run and per load step: throughput, percentiles, errors, servers, paced operations, with intervals.
 
-:func:`analyze_run` cuts each step to its steady window (:mod:`analysis.steady`), splits the window into
-time blocks and draws one circular-block-bootstrap weight matrix for it; every statistic of the step
+:func:`analyze_run` cuts each step to its steady window (:mod:`gateload.analysis.steady`), splits the window
+into time blocks and draws one circular-block-bootstrap weight matrix for it; every statistic of the step
 (throughput, error rate, shares, percentiles of every operation) gets its replicates from that matrix.
 
 Conventions: throughput counts *successful* non-SESSION operations per second (a fast 503 is not
 throughput); latency percentiles are over successful operations, failures are counted per error class;
 SESSION rows are aggregates, so they give sessions/s and logon time but are never counted as operations.
-"SESSION" stands for every aggregate the run's operations catalogue declares (:mod:`analysis.catalogue`),
-and the logon time is that of its ``logon`` operation.
+"SESSION" stands for every aggregate the run's operations catalogue declares
+(:mod:`gateload.analysis.catalogue`), and the logon time is that of its ``logon`` operation.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from analysis import health
-from analysis.runs import Run
-from analysis.stats import (
+from gateload.analysis import health
+from gateload.analysis.runs import Run
+from gateload.analysis.stats import (
     DEFAULT_BOOT,
     LOG_GAMMA,
     MIN_CI_SAMPLES,
@@ -38,9 +38,10 @@ from analysis.stats import (
     from_boot,
     single_threaded_blas,
 )
-from analysis.steady import Window, steady_windows
+from gateload.analysis.steady import Window, steady_windows
 
-ALL = "ALL"  # every non-aggregate operation together (aggregates: SESSION rows; see analysis.catalogue)
+ALL = "ALL"  # every non-aggregate operation together (aggregates: SESSION rows; see
+# gateload.analysis.catalogue)
 BLOCK_S = 0.5  # target time-block width; the bootstrap resamples runs of blocks
 MIN_BLOCKS = 10
 MIN_BLOCK_S = 1.0

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-from analysis.capacity import fit_runs, logon_p95
-from analysis.metrics import RunStats, StepStats
-from analysis.stats import Estimate
+from gateload.analysis.capacity import fit_runs, logon_p95
+from gateload.analysis.metrics import RunStats, StepStats
+from gateload.analysis.stats import Estimate
 
 COLORS = {"before": "#7f7f7f", "after": "#1f77b4", "run": "#1f77b4"}
 

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from analysis import faults, plots
-from analysis.catalogue import LEGACY, Catalogue
-from analysis.estimates import ref_steps
-from analysis.verdict import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict
+from gateload.analysis import faults, plots
+from gateload.analysis.catalogue import LEGACY, Catalogue
+from gateload.analysis.estimates import ref_steps
+from gateload.analysis.verdict import FAIL, INCONCLUSIVE, NONE, PASS, Criterion, Verdict
 from gateload.errors import InputError
 
 FILES = ("report.html", "summary.md", "junit.xml", "verdict.json")

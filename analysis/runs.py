@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis.catalogue import LEGACY, Catalogue, catalogue_of
+from gateload.analysis.catalogue import LEGACY, Catalogue, catalogue_of
 
 # Step and Samples (the arrays a run is read into) live in samples.py, below steady.py: re-exported here
-from analysis.samples import Samples as Samples
-from analysis.samples import Step as Step
-from analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
+from gateload.analysis.samples import Samples as Samples
+from gateload.analysis.samples import Step as Step
+from gateload.analysis.schema import META_FILE, SAMPLES_DIR, SCHEMA_VERSION, part_files
 from gateload.errors import InputError
 
 if TYPE_CHECKING:  # pandas is imported on first use: the numpy core and the CLI do not need it
@@ -115,8 +115,8 @@ class Run:
         Columns (times in seconds since the run origin, like the steps): ``time``, ``timestamp`` (UTC),
         ``step`` (index of the meta.json step the sample started in; <NA> outside every step),
         ``warmup`` (True where the analysis cuts the sample as ramp/warm-up: the cut of
-        :func:`analysis.steady.steady_windows`, which :func:`analysis.metrics.analyze_run` uses),
-        ``op`` (``"<type> <name>"``), ``type``, ``name``, ``duration_ms``, ``from_intended_ms``,
+        :func:`gateload.analysis.steady.steady_windows`, which :func:`gateload.analysis.metrics.analyze_run`
+        uses), ``op`` (``"<type> <name>"``), ``type``, ``name``, ``duration_ms``, ``from_intended_ms``,
         ``t_intended``, ``success``, ``error``, ``server``, ``user``, ``user_count`` and, from the run's
         catalogue, ``paced``, ``is_aggregate`` (its ``aggregate``: a plain ``aggregate`` column would hide
         behind ``DataFrame.aggregate``) and ``role``. ``df[~df.warmup].groupby("step")`` holds
@@ -131,7 +131,7 @@ class Run:
         ``users``, ``ramp_s``, ``warmup_s``, ``steady`` and ``reached_users``; indexed by ``step``."""
         import pandas as pd
 
-        from analysis.steady import steady_windows
+        from gateload.analysis.steady import steady_windows
 
         rows = [
             {
@@ -405,11 +405,11 @@ def _step_codes(run: Run) -> np.ndarray:
 def _warmup(run: Run, step: np.ndarray) -> np.ndarray:
     """True where analyze_run leaves a sample of a step out as ramp/warm-up.
 
-    The cut is :func:`analysis.steady.steady_windows` itself. Operations count from a step's steady
+    The cut is :func:`gateload.analysis.steady.steady_windows` itself. Operations count from a step's steady
     start; aggregates (SESSION rows) over the whole step, ramp included (metrics._session_ops); a step
     the analysis drops (no sample in its steady part) is cut whole.
     """
-    from analysis.steady import steady_windows
+    from gateload.analysis.steady import steady_windows
 
     s = run.samples
     windows = {w.index: w for w in steady_windows(run)}
@@ -424,7 +424,7 @@ def _warmup(run: Run, step: np.ndarray) -> np.ndarray:
 
 def _roles(run: Run) -> list[str]:
     """Per op code: the analysis roles the catalogue gives it ("logon", "echo", ...), "+"-joined."""
-    from analysis.catalogue import ROLES
+    from gateload.analysis.catalogue import ROLES
 
     holders = {role: run.catalogue.role(role) for role in ROLES}
     return ["+".join(r for r in ROLES if holders[r] == op) for op in run.samples.ops]
@@ -433,7 +433,7 @@ def _roles(run: Run) -> list[str]:
 def _samples_frame(run: Run) -> pd.DataFrame:
     import pandas as pd
 
-    from analysis.health import corrected_latency
+    from gateload.analysis.health import corrected_latency
 
     s = run.samples
     step = _step_codes(run)

@@ -59,7 +59,7 @@ class Samples:
 
 
 class RunData(Protocol):
-    """What the analysis reads of a run: ``analysis.runs.Run`` is one."""
+    """What the analysis reads of a run: ``gateload.analysis.runs.Run`` is one."""
 
     @property
     def path(self) -> Path: ...

@@ -117,8 +117,8 @@ def part_files(run_dir: Path) -> list[Path]:
 def read_samples(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
     """All finished samples of a run as one Arrow table (part files concatenated, dictionaries unified).
 
-    A corrupt part raises the underlying Arrow/OS error; :func:`analysis.runs.load_run` turns that into a
-    one-line message naming the part.
+    A corrupt part raises the underlying Arrow/OS error; :func:`gateload.analysis.runs.load_run` turns that
+    into a one-line message naming the part.
     """
     cols = list(columns) if columns is not None else list(SAMPLE_COLUMNS)
     tables = [pq.read_table(p, columns=cols) for p in part_files(run_dir)]

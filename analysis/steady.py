@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.samples import RunData
+from gateload.analysis.samples import RunData
 from gateload.errors import InputError
 
 BATCH = 5  # MSER-5

@@ -16,7 +16,8 @@ Operation names are the spec's, and meta.json carries the spec's ``catalogue`` (
 written before the key), so a protocol other than SSH runs through the analysis unchanged.
 
 The stationary distribution is known in closed form: see :func:`truth_quantile`, :func:`truth_throughput`.
-Runs are written through :func:`analysis.schema.write_part` / :func:`analysis.schema.write_meta`.
+Runs are written through :func:`gateload.analysis.schema.write_part` /
+:func:`gateload.analysis.schema.write_meta`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import pyarrow as pa
 from scipy.signal import lfilter
 from scipy.special import ndtri
 
-from analysis.catalogue import LEGACY, Catalogue
-from analysis.runs import Run, run_from_table
-from analysis.schema import SAMPLE_SCHEMA, write_meta, write_part
+from gateload.analysis.catalogue import LEGACY, Catalogue
+from gateload.analysis.runs import Run, run_from_table
+from gateload.analysis.schema import SAMPLE_SCHEMA, write_meta, write_part
 
 DT = 0.05  # arrival grid (s)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from analysis import capacity
-from analysis.acceptance import Acceptance
-from analysis.estimates import change_label, latency_estimates
-from analysis.metrics import ALL, RunStats, StepStats
-from analysis.stats import Estimate, pooled, ratio
+from gateload.analysis import capacity
+from gateload.analysis.acceptance import Acceptance
+from gateload.analysis.estimates import change_label, latency_estimates
+from gateload.analysis.metrics import ALL, RunStats, StepStats
+from gateload.analysis.stats import Estimate, pooled, ratio
 
 
 def num(x: float | None) -> float | None:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.acceptance import Acceptance
-from analysis.metrics import RunStats
-from analysis.stats import MIN_REPLICATES, Estimate
-from analysis.tables import num
+from gateload.analysis.acceptance import Acceptance
+from gateload.analysis.metrics import RunStats
+from gateload.analysis.stats import MIN_REPLICATES, Estimate
+from gateload.analysis.tables import num
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 NONE = "none"  # a report's verdict: it describes runs and judges nothing (verdict.json "verdict": "none")

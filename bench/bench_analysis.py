@@ -94,7 +94,7 @@ def run_child(*args: str) -> dict:
 
 
 def make_runs(root: Path, samples: int) -> tuple[Path, Path]:
-    from analysis.synthetic import SynthSpec, spec_for_samples, write_run
+    from gateload.analysis.synthetic import SynthSpec, spec_for_samples, write_run
 
     old = tuple(f"old-{i:02d}" for i in range(1, 5))
     new = tuple(f"new-{i:02d}" for i in range(1, 9))

@@ -9,14 +9,14 @@ step, a maximum session count) until a limit is crossed:
   typing pace), measured as bench_timing does: how late each paced operation started against its
   intended start (``t_start - t_intended``): p50 <= 1 ms, p99 <= 5 ms;
 - **paced shortfall**: the catalogue's paced operations, achieved vs planned rate per user
-  (``analysis.health.paced_rate``), <= 10 % (``analysis.health.PACED_TOLERANCE``);
+  (``gateload.analysis.health.paced_rate``), <= 10 % (``gateload.analysis.health.PACED_TOLERANCE``);
 - **sessions**: no failed operation in the step, and at least 90 % of its users logged on (a real
   server that refuses or cannot start sessions).
 
 The figure is sessions per core at the limit: the largest step within every limit, for each user
 class, with the limit that stopped the ramp. Recorded with each step: Locust's CPU warnings (its
 "CPU usage above 90%" log, ``events.cpu_warning``) and the CPU it reported, the process's own CPU
-share, and Little's law (``analysis.health.little_check``: ``X (R + Z) / N``, 1 when the users spent
+share, and Little's law (``gateload.analysis.health.little_check``: ``X (R + Z) / N``, 1 when the users spent
 their time in operations and declared think time and nowhere else).
 
 For the SSH subjects (``gatewayuser``, ``homeofficeuser``) the peer is the reference farm in its
@@ -30,10 +30,10 @@ The protocol subjects run GatewayUser against real servers, relaxed, at the same
 to what the protocol serves), and need root and the Debian packages (a missing one skips the subject
 with a one-line note; under ``CI=true`` it is an error):
 
-- ``vpn``: ``protocol = "vpn"`` against ocserv (:mod:`targets.local.ocserv`, relaxed: no anti-abuse
+- ``vpn``: ``protocol = "vpn"`` against ocserv (:mod:`gateload.targets.local.ocserv`, relaxed: no anti-abuse
   limits), one account and one 127.0.0.x (``gateway.source_addresses``) per user; the paced operation
   is ``VPN keepalive`` (a DPD round trip through the tunnel per "keystroke"), with pings (``tunnel``);
-- ``rdp``: ``protocol = "rdp"`` against xrdp (:mod:`targets.local.xrdp`, relaxed: sesman's session
+- ``rdp``: ``protocol = "rdp"`` against xrdp (:mod:`gateload.targets.local.xrdp`, relaxed: sesman's session
   cap raised), one stock account per user; the paced operation is ``RDP key`` (a key press until the
   screen update it causes). Every session starts an Xorg and an xterm on the server's core, so the
   server, not the generator, may be the limit; the ramp is capped at :data:`RDP_CAP` sessions and
@@ -164,7 +164,7 @@ def zero_farm_profile(work: Path, max_users: int) -> Path:
 @contextlib.contextmanager
 def zero_farm(work: Path, max_users: int) -> Iterator[Peer]:
     """The relaxed zero-service reference farm in its own process."""
-    from targets.reference.harness import FarmProcess
+    from gateload.targets.reference.harness import FarmProcess
 
     with FarmProcess(zero_farm_profile(work, max_users), state_dir=work / "farm-state") as farm:
         yield Peer(farm.profile_path, (farm.pid,))
@@ -176,7 +176,7 @@ def protocol_profile(work: Path, name: str, credentials: Path, **gateway: Any) -
     bursts, think 1-3 s; the mix cut to what the protocol serves) and that server's accounts."""
     import dataclasses
 
-    from targets.profile import dump_profile, load_profile
+    from gateload.targets.profile import dump_profile, load_profile
 
     base = load_profile(ROOT / "targets" / "profiles" / "local-real.toml")
     workload = load_profile(SOURCE_PROFILE).workload
@@ -200,7 +200,7 @@ def source_range(users: int) -> str:
 @contextlib.contextmanager
 def ocserv_peer(work: Path, max_users: int) -> Iterator[Peer]:
     """A relaxed ocserv (Debian's settings, anti-abuse limits off), one account and one 127.0.0.x per user."""
-    from targets.local.ocserv import Ocserv
+    from gateload.targets.local.ocserv import Ocserv
 
     vpn = Ocserv(work / "ocserv", accounts=max_users, relaxed=True)  # MissingTool: no binary or root
     with vpn:
@@ -215,7 +215,7 @@ def ocserv_peer(work: Path, max_users: int) -> Iterator[Peer]:
 @contextlib.contextmanager
 def xrdp_peer(work: Path, max_users: int) -> Iterator[Peer]:
     """A relaxed xrdp (sesman's session cap raised), one stock account (one Xorg session) per user."""
-    from targets.local.xrdp import Xrdp
+    from gateload.targets.local.xrdp import Xrdp
 
     server = Xrdp(work / "xrdp", accounts=max_users, relaxed=True)  # MissingTool: no binary or root
     with server:
@@ -246,11 +246,11 @@ def pids_with_arg(text: str) -> tuple[int, ...]:
 RDP_CAP = 40
 
 SUBJECTS: tuple[Subject, ...] = (
-    Subject("gatewayuser", "locustfiles.lib.remoteuser:GatewayUser", zero_farm),
-    Subject("homeofficeuser", "locustfiles.lib.session:HomeofficeUser", zero_farm),
+    Subject("gatewayuser", "gateload.locustfiles.lib.remoteuser:GatewayUser", zero_farm),
+    Subject("homeofficeuser", "gateload.locustfiles.lib.session:HomeofficeUser", zero_farm),
     Subject(
         "vpn",
-        "locustfiles.lib.remoteuser:GatewayUser",
+        "gateload.locustfiles.lib.remoteuser:GatewayUser",
         ocserv_peer,
         spawn_rate=20.0,
         logon_s=0.2,
@@ -258,7 +258,7 @@ SUBJECTS: tuple[Subject, ...] = (
     ),
     Subject(
         "rdp",
-        "locustfiles.lib.remoteuser:GatewayUser",
+        "gateload.locustfiles.lib.remoteuser:GatewayUser",
         xrdp_peer,
         spawn_rate=2.0,
         logon_s=1.5,
@@ -313,9 +313,9 @@ def client_main(args: argparse.Namespace) -> int:
     from bench_ssh import raise_nofile
     from locust.env import Environment
 
-    from analysis import health
-    from locustfiles.lib.recorder import Recorder
-    from targets.profile import load_profile
+    from gateload.analysis import health
+    from gateload.locustfiles.lib.recorder import Recorder
+    from gateload.targets.profile import load_profile
 
     raise_nofile()
 
@@ -450,7 +450,7 @@ def _step_figures(cols: dict[str, list[Any]], t0: float, t1: float, paced: dict[
 
 def _limit_crossed(step: dict[str, Any]) -> str:
     """The limits this step crossed, as text ('' when within every limit)."""
-    from analysis.health import PACED_TOLERANCE
+    from gateload.analysis.health import PACED_TOLERANCE
 
     crossed = []
     if step["paced_ops"] == 0:
@@ -519,7 +519,7 @@ def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool, smoke: 
     """One subject's ramp against its own peer (fresh for each subject)."""
     from bench_ssh import CpuSampler
 
-    from targets.local.process import MissingTool
+    from gateload.targets.local.process import MissingTool
 
     outcome = Outcome(subject.name)
     steps = subject.steps_for(s, smoke)
@@ -531,7 +531,7 @@ def run_subject(subject: Subject, s: Settings, work: Path, pinned: bool, smoke: 
     except MissingTool as exc:
         raise Skipped(str(exc)) from None
     try:
-        from targets.profile import load_profile
+        from gateload.targets.profile import load_profile
 
         interval_ms = load_profile(peer.profile).workload.typing_interval_ms  # the pace (gone with the peer)
         # every 1 s: a VPN peer is one process per tunnel, walked each time

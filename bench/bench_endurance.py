@@ -85,7 +85,7 @@ def rows_on_disk(run_dir: Path) -> int:
     """Samples in the run's finished part files."""
     import pyarrow.parquet as pq
 
-    from analysis.schema import part_files
+    from gateload.analysis.schema import part_files
 
     return sum(pq.read_metadata(p).num_rows for p in part_files(run_dir))
 
@@ -102,7 +102,7 @@ def slope_mb_per_min(t: list[float], y: list[float]) -> float:
 
 def run(args: argparse.Namespace, work: Path) -> tuple[Series, dict, float]:
     """Farm + Locust for ``args.minutes``, sampling RSS; (series, meta.json, measurement start)."""
-    from targets.reference.harness import FarmProcess
+    from gateload.targets.reference.harness import FarmProcess
 
     run_s = max(5, round(args.warmup + args.minutes * 60))
     series = Series()

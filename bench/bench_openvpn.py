@@ -45,10 +45,10 @@ if str(ROOT) not in sys.path:
 
 from bench_ssh import load_average, raise_nofile, report  # noqa: E402
 
-from locustfiles.lib.aiobridge import timed  # noqa: E402
-from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec, kill_all  # noqa: E402
-from targets.local.openvpn import OpenVPNServer  # noqa: E402
-from targets.local.process import MissingTool  # noqa: E402
+from gateload.locustfiles.lib.aiobridge import timed  # noqa: E402
+from gateload.locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec, kill_all  # noqa: E402
+from gateload.targets.local.openvpn import OpenVPNServer  # noqa: E402
+from gateload.targets.local.process import MissingTool  # noqa: E402
 
 #: A first answer later than this means the initial packet went unanswered and was sent again (the
 #: client retransmits its hard reset after 2 s; on loopback the answer otherwise takes milliseconds

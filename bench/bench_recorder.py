@@ -1,8 +1,8 @@
 """Benchmark 5, the sample recorder: samples/s sustained through the real Recorder, without slowing users.
 
 In one process (gevent, as under Locust), ``GREENLETS`` greenlets fire ``events.request`` as fast as
-they can with the same arguments our users fire (``locustfiles.lib.runtime.fire``: start time, response
-time, context with user id, server, intended start, error class), yielding every ``YIELD_EVERY``
+they can with the same arguments our users fire (``gateload.locustfiles.lib.runtime.fire``: start time,
+response time, context with user id, server, intended start, error class), yielding every ``YIELD_EVERY``
 fires. Two Locust environments, each with a local runner (so Locust's own stats listener is there in
 both):
 
@@ -79,7 +79,7 @@ def _environment(with_recorder: bool) -> tuple[Any, Any]:
     from locust import User
     from locust.env import Environment
 
-    from locustfiles.lib.recorder import Recorder
+    from gateload.locustfiles.lib.recorder import Recorder
 
     class Idle(User):  # Environment wants a user class; none is ever started
         abstract = False

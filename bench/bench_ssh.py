@@ -617,8 +617,8 @@ WORKLOAD = {
 
 def read_samples(results_dir: Path) -> Any:
     """All raw samples of the single run under ``results_dir`` as a pandas DataFrame."""
-    from analysis.schema import SAMPLES_DIR
-    from analysis.schema import read_samples as read
+    from gateload.analysis.schema import SAMPLES_DIR
+    from gateload.analysis.schema import read_samples as read
 
     runs = [p.parent for p in results_dir.rglob(SAMPLES_DIR)]
     if len(runs) != 1:

@@ -79,10 +79,10 @@ def client_main(args: argparse.Namespace) -> int:
     from locust import User, task
     from locust.env import Environment
 
-    from locustfiles.lib.gateway import SSHSession
-    from locustfiles.lib.recorder import Recorder
-    from locustfiles.lib.runtime import Target, load_accounts
-    from targets.profile import load_profile
+    from gateload.locustfiles.lib.gateway import SSHSession
+    from gateload.locustfiles.lib.recorder import Recorder
+    from gateload.locustfiles.lib.runtime import Target, load_accounts
+    from gateload.targets.profile import load_profile
 
     raise_nofile()
     targets = []

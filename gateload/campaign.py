@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gateload.errors import InputError
 from gateload.locustrun import LocustRun, plan_of
-from targets.profile import Profile, is_loopback, load_profile
+from gateload.targets.profile import Profile, is_loopback, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "targets" / "profiles"
@@ -104,7 +104,7 @@ def _run_campaign_command(args: argparse.Namespace) -> int:
         raise InputError(f"--processes is {args.processes}; give 1 or more")
     if not args.acceptance.is_file():
         raise InputError(f"{args.acceptance}: acceptance file not found; pass --acceptance FILE")
-    from analysis.acceptance import load_acceptance
+    from gateload.analysis.acceptance import load_acceptance
 
     load_acceptance(args.acceptance)  # a malformed file fails now, not after every run
     profiles = {"before": load_profile(args.before), "after": load_profile(args.after)}
@@ -165,7 +165,7 @@ def _target(profile_path: Path, profile: Profile, out: Path) -> Iterator[Path]:
     if profile.farm is None:
         yield profile_path
         return
-    from targets.reference.harness import FarmProcess, FarmStartError
+    from gateload.targets.reference.harness import FarmProcess, FarmStartError
 
     farm = FarmProcess(profile_path, free_ports=True)
     try:
@@ -183,8 +183,8 @@ def _target(profile_path: Path, profile: Profile, out: Path) -> Iterator[Path]:
 
 def finish(run_dirs: dict[str, list[Path]], args: argparse.Namespace) -> int:
     """Compare, write the report, and point at it."""
-    from analysis.compare import compare_runs
-    from analysis.report import markdown
+    from gateload.analysis.compare import compare_runs
+    from gateload.analysis.report import markdown
 
     report_dir = args.out / "report"
     started = time.monotonic()

@@ -19,9 +19,9 @@ from gateload.errors import InputError
 # Modules are imported lazily so that `gateload serve` does not pay for pandas, and nothing here
 # imports Locust (it monkey-patches the interpreter; Locust runs as its own process).
 COMMAND_MODULES = (
-    "targets.reference.cli",  # serve
-    "targets.reference.faultcli",  # fault
-    "analysis.cli",  # usl, compare, check, report
+    "gateload.targets.reference.cli",  # serve
+    "gateload.targets.reference.faultcli",  # fault
+    "gateload.analysis.cli",  # usl, compare, check, report
     "gateload.campaign",  # campaign, demo
     "gateload.probe",  # probe, pin
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gateload.errors import InputError
-from locustfiles.lib.schedule import Plan, plan_from_args
+from gateload.locustfiles.lib.schedule import Plan, plan_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"

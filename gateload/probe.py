@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateload.errors import InputError
-from targets.profile import Profile, is_loopback, load_profile
+from gateload.targets.profile import Profile, is_loopback, load_profile
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 PROBE_COMMAND = "echo gateload-probe"
@@ -101,7 +101,7 @@ def _ms(t0: float) -> str:
 
 def _why(exc: BaseException) -> str:
     """A short, fixed description of an error (never a server's text, which may echo anything)."""
-    from locustfiles.lib.errors import classify
+    from gateload.locustfiles.lib.errors import classify
 
     words = {
         "refused": "connection refused",
@@ -160,7 +160,7 @@ def pin_command(args: argparse.Namespace) -> int:
 
 
 def _pin_hint(exc: BaseException) -> str:
-    from locustfiles.lib.errors import classify
+    from gateload.locustfiles.lib.errors import classify
 
     cls = classify(exc)
     if cls in ("refused", "timeout", "other"):
@@ -179,7 +179,7 @@ async def fetch_host_key(
     """
     import asyncssh
 
-    from locustfiles.lib.sshops import open_stamped_socket
+    from gateload.locustfiles.lib.sshops import open_stamped_socket
 
     if sock is None:
         sock = await open_stamped_socket(host, port, timeout_s)
@@ -246,7 +246,7 @@ class Probe:
         return f"start it or fix {keys}"
 
     def _load_account(self) -> None:
-        from locustfiles.lib.runtime import load_accounts
+        from gateload.locustfiles.lib.runtime import load_accounts
 
         try:
             accounts = load_accounts(self.profile.credentials_path)
@@ -332,7 +332,7 @@ class Probe:
 
     async def _portal_flow(self, sender: AiohttpSender) -> None:
         """The profile's logon flow, phase by phase (``targets/portalflow.py``, as the Locust users do)."""
-        from targets.portalflow import arun, make_flow
+        from gateload.targets.portalflow import arun, make_flow
 
         portal, account = self.profile.portal, self.account
         try:
@@ -409,7 +409,7 @@ class Probe:
 
     async def _gateway_tcp(self, where: str) -> bool:
         """The TCP connection; kept for the key exchange, so the probe connects twice in all (key, login)."""
-        from locustfiles.lib.sshops import open_stamped_socket
+        from gateload.locustfiles.lib.sshops import open_stamped_socket
 
         gw = self.profile.gateway
         t0 = time.perf_counter()
@@ -487,7 +487,7 @@ class Probe:
     async def _session(self, login: GatewayLogin) -> None:
         import asyncssh
 
-        from locustfiles.lib.sshops import GatewayConnection, connect_spec
+        from gateload.locustfiles.lib.sshops import GatewayConnection, connect_spec
 
         try:
             spec = connect_spec(self.profile, login.username, login.secret, self.timeout_s)
@@ -547,7 +547,7 @@ class Probe:
 
     async def _screen(self, conn: Any) -> None:
         """``gateway.screen_command`` in the shell, as the screen activity runs it (small sizes)."""
-        from locustfiles.lib.sshops import screen_line
+        from gateload.locustfiles.lib.sshops import screen_line
 
         bursts, size = 2, 256
         command = self.profile.gateway.screen_command
@@ -652,8 +652,8 @@ class AiohttpSender:
     async def __call__(self, request: Any) -> Any:
         from multidict import CIMultiDict
 
-        from locustfiles.lib.errors import classify
-        from targets.portalflow import Response
+        from gateload.locustfiles.lib.errors import classify
+        from gateload.targets.portalflow import Response
 
         self.requests += 1
         self.last = request.name

@@ -10,7 +10,7 @@ of the command line to run only those.
 
 gateload's options, on the command line, in the web UI, as ``LOCUST_<OPTION>`` environment variables
 and in ``locust.conf`` (Locust's ``--help`` is printed before the locustfile loads, so it does not list
-them: ``python -m locustfiles.lib.options`` does): ``--shape none|step|workday|arrivals`` with
+them: ``python -m gateload.locustfiles.lib.options`` does): ``--shape none|step|workday|arrivals`` with
 ``--step-users 10,20,40`` (or ``--step-start/--step-add/--step-count``), ``--step-hold``,
 ``--step-ramp``, ``--workday-minutes``, ``--arrival-rate``; ``--results-dir``, ``--label``,
 ``--run-id``, ``--allow-remote``, ``--users-per-account``. ``--profile`` (Locust's own option) names
@@ -27,10 +27,10 @@ from typing import Any
 
 from locust import events
 
-from locustfiles.lib import options, runfolder, webview
-from locustfiles.lib.portal import PortalUser
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.session import HomeofficeUser
+from gateload.locustfiles.lib import options, runfolder, webview
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.session import HomeofficeUser
 
 __all__ = ["GatewayUser", "HomeofficeUser", "PortalUser"]
 

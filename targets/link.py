@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from targets.profile import Link, Profile
+from gateload.targets.profile import Link, Profile
 
 CHUNK_MAX = 64 * 1024
 TIMER_HALF_TICK_S = 0.0005
@@ -518,7 +518,7 @@ class _Module:
 # --- the profile-level entry point ------------------------------------------------------------------
 
 Routes = dict[str, tuple[str, int]]  # name ("portal", "gateway") -> address
-LINK_PROCESS_MODULE = "targets.linkproc"  # the child's module, run by name: it imports this one
+LINK_PROCESS_MODULE = "gateload.targets.linkproc"  # the child's module, run by name: it imports this one
 STOP_TIMEOUT_S = 10.0
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -566,8 +566,8 @@ def serve_in_thread(
 def serve_in_process(
     routes: Routes, spec: LinkSpec, *, listen_host: str = "127.0.0.1", seed: int | None = None
 ) -> tuple[Routes, Callable[[], dict[str, LinkStats]]]:
-    """Proxies for ``routes`` in a child process (``targets.linkproc``): their addresses and a stop function
-    (returns their stats)."""
+    """Proxies for ``routes`` in a child process (``gateload.targets.linkproc``): their addresses and a stop
+    function (returns their stats)."""
     argv = [sys.executable, "-m", LINK_PROCESS_MODULE, "--spec", json.dumps(dataclasses.asdict(spec))]
     argv += ["--listen-host", listen_host]
     if seed is not None:

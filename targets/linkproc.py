@@ -1,11 +1,11 @@
-"""The link proxies' child process (``python -m targets.linkproc``), so their timers never wait for the
-load generator's GIL.
+"""The link proxies' child process (``python -m gateload.targets.linkproc``), so their timers never wait for
+the load generator's GIL.
 
-The parent side is ``targets.link.serve_in_process``: it starts this module, which binds one
-:class:`~targets.link.LinkProxy` per route on a free port, prints their addresses as one JSON line and
-serves until its stdin closes (the parent stopped it, or died: no orphan is left). On the way out it
+The parent side is ``gateload.targets.link.serve_in_process``: it starts this module, which binds one
+:class:`~gateload.targets.link.LinkProxy` per route on a free port, prints their addresses as one JSON line
+and serves until its stdin closes (the parent stopped it, or died: no orphan is left). On the way out it
 prints each proxy's counters as a second JSON line, which the stop function returns. Only this module
-imports ``targets.link``, never the other way round (the parent names the child by its module path).
+imports ``gateload.targets.link``, never the other way round (the parent names the child by its module path).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import signal
 import sys
 import threading
 
-from targets.link import LinkProxy, LinkSpec, LinkStats, raise_priority
+from gateload.targets.link import LinkProxy, LinkSpec, LinkStats, raise_priority
 
 # --- the child --------------------------------------------------------------------------------------
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m targets.linkproc", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m gateload.targets.linkproc", description=__doc__)
     p.add_argument("--spec", required=True, help="LinkSpec as JSON")
     p.add_argument("--route", action="append", default=[], metavar="NAME=HOST:PORT")
     p.add_argument("--listen-host", default="127.0.0.1")

@@ -452,7 +452,8 @@ class StepFailure(Exception):
 
 
 def status_error_class(status: int) -> str | None:
-    """An error status's class, as ``locustfiles.lib.errors.http_error_class`` names it (tested equal)."""
+    """An error status's class, as ``gateload.locustfiles.lib.errors.http_error_class`` names it (tested
+    equal)."""
     if status < 400:
         return None
     if status in (401, 403, 503):

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateload.errors import InputError
-from targets.portalflow import PortalFlow, absolute_flow_class, check_flow, load_flow_class
+from gateload.targets.portalflow import PortalFlow, absolute_flow_class, check_flow, load_flow_class
 
 CREDENTIALS_ENV = "GATELOAD_CREDENTIALS"
 # A shell's own first prompt: matched against the end of its output, escape sequences removed.

@@ -1,10 +1,10 @@
-"""Synthetic runs for the analysis tests (the truth of each is known: see analysis.synthetic)."""
+"""Synthetic runs for the analysis tests (the truth of each is known: see gateload.analysis.synthetic)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.synthetic import OpSpec, SynthSpec, write_run
+from gateload.analysis.synthetic import OpSpec, SynthSpec, write_run
 
 REF = 30  # users of the reference step
 REF_STEPS = ((10, 20.0), (30, 40.0), (60, 20.0))

@@ -14,7 +14,7 @@ Reference farms
     Never runs on the profiles' fixed ports, so concurrent test runs do not collide.
 
 ``reference_farm_process(path) -> FarmProcess``
-    The :class:`~targets.reference.harness.FarmProcess` behind a path returned by ``reference_farm``
+    The :class:`~gateload.targets.reference.harness.FarmProcess` behind a path returned by ``reference_farm``
     (its ``ready_line``, ``pid``, ``stderr_text()``).
 
 ``fast_profile(**overrides) -> Profile``  (function scope)
@@ -28,7 +28,7 @@ Keys
 ``ssh_keypair -> SSHKeyPair``  (session scope)
     A fresh Ed25519 client key pair on disk: ``.private_path`` (mode 0600) and ``.public_line``
     (one OpenSSH ``authorized_keys`` line). Add it to a farm with
-    ``targets.reference.state.add_authorized_key(state_dir, pair.public_line)``.
+    ``gateload.targets.reference.state.add_authorized_key(state_dir, pair.public_line)``.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from targets.profile import Profile, load_profile
-from targets.reference.farm import with_free_ports
-from targets.reference.harness import FarmProcess, write_profile_variant
+from gateload.targets.profile import Profile, load_profile
+from gateload.targets.reference.farm import with_free_ports
+from gateload.targets.reference.harness import FarmProcess, write_profile_variant
 
 # A test run started as a script's background job (`cmd &`, nohup, some CI runners) inherits SIGINT
 # *ignored*, and so would every Locust it starts: the Ctrl-C tests' runs would go on to their end (exit 0).

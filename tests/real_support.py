@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from targets.local.farm import LocalRealFarm
-from targets.local.process import MissingTool
-from targets.profile import Workload
+from gateload.targets.local.farm import LocalRealFarm
+from gateload.targets.local.process import MissingTool
+from gateload.targets.profile import Workload
 
 T = TypeVar("T")
 

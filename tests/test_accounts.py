@@ -24,16 +24,16 @@ from locust.runners import WorkerRunner
 from real_support import private_dir
 from users_support import FAST
 
-from analysis.schema import SAMPLES_DIR
+from gateload.analysis.schema import SAMPLES_DIR
 from gateload.errors import InputError
-from locustfiles.lib import runfolder, runtime
-from locustfiles.lib.accounts import AccountLeases, Partition, accounts_needed, check_accounts
-from locustfiles.lib.errors import classify
-from targets.local.process import free_port
-from targets.profile import Profile, load_profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.logins import AccountLogins
-from targets.reference.state import add_authorized_key
+from gateload.locustfiles.lib import runfolder, runtime
+from gateload.locustfiles.lib.accounts import AccountLeases, Partition, accounts_needed, check_accounts
+from gateload.locustfiles.lib.errors import classify
+from gateload.targets.local.process import free_port
+from gateload.targets.profile import Profile, load_profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.logins import AccountLogins
+from gateload.targets.reference.state import add_authorized_key
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
@@ -435,7 +435,7 @@ def test_the_web_ui_refuses_a_start_with_too_few_accounts(reference_farm: Callab
 @pytest.mark.parametrize("profile_name", ["reference-before", "reference-after"])
 def test_the_reference_profiles_have_accounts_for_the_demo(profile_name: str) -> None:
     from gateload.campaign import DEMO_SHAPES
-    from locustfiles.lib.schedule import plan_from_args
+    from gateload.locustfiles.lib.schedule import plan_from_args
 
     farm = load_profile(REPO / "targets" / "profiles" / f"{profile_name}.toml").farm
     assert farm is not None and farm.max_sessions_per_account == 0  # existing profiles: no limit

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from analysis_fixtures import SMALL, before_after, write_toml
 
-from analysis.compare import compare_runs
-from analysis.schema import META_FILE, SAMPLES_DIR, part_files
-from analysis.synthetic import write_run
+from gateload.analysis.compare import compare_runs
+from gateload.analysis.schema import META_FILE, SAMPLES_DIR, part_files
+from gateload.analysis.synthetic import write_run
 from gateload.cli import main
 
 BOOT = ["--bootstrap", "200"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from analysis_fixtures import NEW, OLD, REF, REF_STEPS, SMALL, before_after
 
-from analysis import capacity
-from analysis.acceptance import Acceptance
-from analysis.compare import FAIL, INCONCLUSIVE, PASS, compare_runs, evaluate_check, evaluate_compare
-from analysis.metrics import RunStats, analyze_run
-from analysis.runs import load_run
-from analysis.synthetic import (
+from gateload.analysis import capacity
+from gateload.analysis.acceptance import Acceptance
+from gateload.analysis.compare import FAIL, INCONCLUSIVE, PASS, compare_runs, evaluate_check, evaluate_compare
+from gateload.analysis.metrics import RunStats, analyze_run
+from gateload.analysis.runs import load_run
+from gateload.analysis.synthetic import (
     OpSpec,
     SynthSpec,
     build_run,
@@ -180,7 +180,7 @@ def test_a_starved_new_server_fails_its_share() -> None:
 
 
 def test_incomplete_run_is_refused_unless_allowed_and_never_passes(tmp_path: Path) -> None:
-    from analysis.synthetic import write_run
+    from gateload.analysis.synthetic import write_run
 
     run_dir = write_run(SMALL.with_(status="interrupted"), tmp_path)
     with pytest.raises(InputError, match="incomplete"):

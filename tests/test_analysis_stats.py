@@ -9,8 +9,8 @@ import pytest
 from analysis_fixtures import COVERAGE, SMALL
 from scipy.signal import lfilter
 
-from analysis.metrics import analyze_run
-from analysis.stats import (
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.stats import (
     Estimate,
     block_hist,
     block_weights,
@@ -21,8 +21,8 @@ from analysis.stats import (
     pooled,
     ratio,
 )
-from analysis.steady import mser, steady_windows
-from analysis.synthetic import build_run, truth_quantile, truth_throughput
+from gateload.analysis.steady import mser, steady_windows
+from gateload.analysis.synthetic import build_run, truth_quantile, truth_throughput
 
 
 def ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import capacity
-from analysis.metrics import analyze_run
-from analysis.synthetic import SynthSpec, build_run, truth_throughput
-from analysis.usl import fit_usl, usl_x
+from gateload.analysis import capacity
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.synthetic import SynthSpec, build_run, truth_throughput
+from gateload.analysis.usl import fit_usl, usl_x
 from gateload.cli import main
 
 DATA = Path(__file__).parent / "data" / "specsdm91.csv"

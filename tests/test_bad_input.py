@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.synthetic import SynthSpec, write_run
+from gateload.analysis.synthetic import SynthSpec, write_run
 from gateload.cli import main as gateload_main
 
 ROOT = Path(__file__).resolve().parent.parent

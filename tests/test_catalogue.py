@@ -25,22 +25,22 @@ from locust.event import Events
 from test_recorder import meta_of, parsed
 from users_support import FAST, environment, wait_until
 
-from analysis.acceptance import Acceptance, parse_acceptance
-from analysis.catalogue import LEGACY, Catalogue, Operation
-from analysis.compare import check_runs
-from analysis.metrics import analyze_run
-from analysis.runs import load_run
-from analysis.synthetic import DEFAULT_MIX, SynthSpec, write_run
+from gateload.analysis.acceptance import Acceptance, parse_acceptance
+from gateload.analysis.catalogue import LEGACY, Catalogue, Operation
+from gateload.analysis.compare import check_runs
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.runs import load_run
+from gateload.analysis.synthetic import DEFAULT_MIX, SynthSpec, write_run
 from gateload.errors import InputError
-from locustfiles.lib import options, remote, runfolder
-from locustfiles.lib.catalogues import run_catalogue
-from locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, SSHSession
-from locustfiles.lib.portal import PortalUser
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.runtime import target_for
-from locustfiles.lib.session import HomeofficeUser
-from targets.profile import load_profile
-from targets.reference.harness import write_profile_variant
+from gateload.locustfiles.lib import options, remote, runfolder
+from gateload.locustfiles.lib.catalogues import run_catalogue
+from gateload.locustfiles.lib.gateway import SSH_ACTIVITIES, SSH_CATALOGUE, SSHSession
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.runtime import target_for
+from gateload.locustfiles.lib.session import HomeofficeUser
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.harness import write_profile_variant
 
 BOOT = 200
 
@@ -270,9 +270,9 @@ FAKE_MODULE = '''
 """A fake SSL-VPN protocol module: what issue 13 adds for ocserv, in miniature."""
 import time
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
-from locustfiles.lib.runtime import fire
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.runtime import fire
 
 CATALOGUE = Catalogue(
     ("fakevpn",),

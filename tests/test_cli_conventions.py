@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from analysis_fixtures import SMALL, write_toml
 
-from analysis.synthetic import write_run
 from gateload import cli
+from gateload.analysis.synthetic import write_run
 from gateload.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,8 +135,8 @@ def test_a_tiny_error_rate_interval_stays_within_0_and_1() -> None:
     """A rare failure makes most bootstrap replicates 0: the linear-scale t interval reached below 0."""
     import numpy as np
 
-    from analysis.metrics import _ratio
-    from analysis.stats import block_weights
+    from gateload.analysis.metrics import _ratio
+    from gateload.analysis.stats import block_weights
 
     rng = np.random.default_rng(7)
     n_blocks = 40
@@ -155,7 +155,7 @@ def test_a_tiny_error_rate_interval_stays_within_0_and_1() -> None:
 
 def test_run_error_rates_in_the_report_stay_within_0_and_1(tmp_path: Path) -> None:
     """End to end: a run with a rare error rate, and 3 replicates (between-run t interval) of it."""
-    from analysis.compare import check_runs
+    from gateload.analysis.compare import check_runs
 
     base = SMALL.with_(error_rate=0.0004)
     runs = [write_run(base.with_(run_id=f"r{k}", seed=k), tmp_path) for k in range(3)]

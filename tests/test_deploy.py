@@ -19,8 +19,8 @@ import pytest
 import yaml
 from needs import import_or_fail
 
-from locustfiles.lib import options
-from targets.profile import load_profile
+from gateload.locustfiles.lib import options
+from gateload.targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -23,8 +23,8 @@ import pytest
 from real_support import private_dir
 from users_support import FAST
 
-from analysis.schema import SAMPLES_DIR
-from targets.local.process import free_port
+from gateload.analysis.schema import SAMPLES_DIR
+from gateload.targets.local.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).parent / "locust")

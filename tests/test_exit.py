@@ -28,7 +28,7 @@ import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first)
 from needs import seeded_rng
 
-from locustfiles.lib.aiobridge import get_bridge
+from gateload.locustfiles.lib.aiobridge import get_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -51,7 +51,7 @@ import asyncio, logging, os, sys, time
 import gevent
 from gevent.monkey import get_original
 from locust.log import setup_logging
-from locustfiles.lib.aiobridge import get_bridge
+from gateload.locustfiles.lib.aiobridge import get_bridge
 
 setup_logging("INFO", logfile=os.devnull)  # Locust's handlers
 last, records = [time.monotonic()], [0]

@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
-from targets.profile import Farm, ServerGroup, ServiceTimes
-from targets.reference.capacity import Cluster, SimServer, make_sampler
-from targets.reference.tickets import TicketBook
+from gateload.targets.profile import Farm, ServerGroup, ServiceTimes
+from gateload.targets.reference.capacity import Cluster, SimServer, make_sampler
+from gateload.targets.reference.tickets import TicketBook
 
 ROUND_S = 0.05  # one service time in the parallel-slots test
 CLOCK_S = 0.001  # asyncio may fire a timer up to its clock resolution early; 1 ms covers it with room

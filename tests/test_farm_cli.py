@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from needs import skip_or_fail
 
-from targets.profile import load_profile
-from targets.reference.harness import PROFILES_DIR, FarmProcess, write_profile_variant
-from targets.reference.state import add_authorized_key, read_credentials
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.harness import PROFILES_DIR, FarmProcess, write_profile_variant
+from gateload.targets.reference.state import add_authorized_key, read_credentials
 
 BEFORE = PROFILES_DIR / "reference-before.toml"
 READY = re.compile(
@@ -64,7 +64,11 @@ def _import_time_s() -> float:
     """Wall time of a fresh interpreter importing what ``gateload serve`` imports (the machine as it is)."""
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, "-c", "import gateload.cli, targets.reference.cli, targets.reference.farm"],
+        [
+            sys.executable,
+            "-c",
+            "import gateload.cli, gateload.targets.reference.cli, gateload.targets.reference.farm",
+        ],
         check=True,
         timeout=60,
     )

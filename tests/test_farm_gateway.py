@@ -13,10 +13,10 @@ import aiohttp
 import asyncssh
 import pytest
 
-from targets.profile import Profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.harness import portal_ticket
-from targets.reference.state import Account, add_authorized_key
+from gateload.targets.profile import Profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.harness import portal_ticket
+from gateload.targets.reference.state import Account, add_authorized_key
 
 Scenario = Callable[[ReferenceFarm], Awaitable[Any]]
 

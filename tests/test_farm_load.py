@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from needs import seeded_rng
 
-from targets.profile import load_profile
-from targets.reference.harness import FarmProcess, write_profile_variant
-from targets.reference.loadgen import LoadResult, closed_loop, portal_page_clients
-from targets.reference.state import read_credentials
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.harness import FarmProcess, write_profile_variant
+from gateload.targets.reference.loadgen import LoadResult, closed_loop, portal_page_clients
+from gateload.targets.reference.state import read_credentials
 
 PAGE_MS = 40.0  # mean service time of a portal page in these tests (exponential)
 SECONDS = 3.0  # per measurement unless said; every loop also stops after MAX_OPS

@@ -11,10 +11,10 @@ import aiohttp
 import pyotp
 import pytest
 
-from targets.profile import Profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.harness import portal_login
-from targets.reference.state import Account
+from gateload.targets.profile import Profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.harness import portal_login
+from gateload.targets.reference.state import Account
 
 HEADER = "X-Gateload-Server"
 

@@ -6,7 +6,7 @@ Two layers:
 - per fault kind, a short headless ``locust`` run of ``HomeofficeUser`` against a farm subprocess with
   the fault injected through the admin endpoint: the run completes, the failures carry the right
   error class and server, users recover after the fault window (successes on that server again), and
-  ``analysis.faults`` finds a window on that server overlapping the injected one.
+  ``gateload.analysis.faults`` finds a window on that server overlapping the injected one.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import asyncssh
 import pandas as pd
 import pytest
 
-from analysis.faults import FaultWindow, detect_faults, overlaps
-from analysis.runs import load_run
-from targets.profile import Profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.faults import FaultClient
-from targets.reference.harness import FarmProcess, portal_login, portal_ticket, write_profile_variant
+from gateload.analysis.faults import FaultWindow, detect_faults, overlaps
+from gateload.analysis.runs import load_run
+from gateload.targets.profile import Profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.faults import FaultClient
+from gateload.targets.reference.harness import FarmProcess, portal_login, portal_ticket, write_profile_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -86,7 +86,7 @@ def _jar() -> aiohttp.CookieJar:
 
 def _inject(farm: ReferenceFarm, kind: str, duration_s: float, **params: Any) -> dict[str, Any]:
     """Inject a fault in process, as the admin endpoint does."""
-    from targets.reference.faults import parse_fault
+    from gateload.targets.reference.faults import parse_fault
 
     assert farm.context is not None and farm.context.faults is not None
     spec = parse_fault({"kind": kind, "duration_s": duration_s, **params}, farm.effective_profile.server_ids)
@@ -294,7 +294,7 @@ def test_portal_failures_wrapped_by_the_http_client_keep_their_class(
     """FastHttpSession (geventhttpclient, max_retries 0) raises RetriesExceeded around the real error."""
     from geventhttpclient.useragent import RetriesExceeded
 
-    from locustfiles.lib.errors import classify, safe_error
+    from gateload.locustfiles.lib.errors import classify, safe_error
 
     wrapped = RetriesExceeded("http://127.0.0.1:1/login?next=x", 0, original=original)
     assert classify(wrapped) == expected
@@ -302,7 +302,7 @@ def test_portal_failures_wrapped_by_the_http_client_keep_their_class(
 
 
 def test_report_shows_fault_windows_and_quiet_runs_have_none(tmp_path: Path) -> None:
-    from analysis.synthetic import SynthSpec, write_run
+    from gateload.analysis.synthetic import SynthSpec, write_run
     from gateload.cli import main
 
     spec = SynthSpec(steps=((10, 30.0), (20, 30.0)), ramp_s=2.0, usl=(30.0, 0.03, 0.001), paced_rate=0.5)

@@ -24,11 +24,11 @@ TOP_LEVEL = ("gateload", "analysis", "targets", "locustfiles")
 
 #: Pairs that once imported each other, and the one direction each keeps: (importer, imported).
 ONCE_CYCLIC = (
-    ("analysis.compare", "analysis.report"),
-    ("locustfiles.lib.options", "locustfiles.lib.schedule"),
-    ("targets.linkproc", "targets.link"),
-    ("targets.reference.faults", "targets.reference.capacity"),
-    ("analysis.runs", "analysis.steady"),
+    ("gateload.analysis.compare", "gateload.analysis.report"),
+    ("gateload.locustfiles.lib.options", "gateload.locustfiles.lib.schedule"),
+    ("gateload.targets.linkproc", "gateload.targets.link"),
+    ("gateload.targets.reference.faults", "gateload.targets.reference.capacity"),
+    ("gateload.analysis.runs", "gateload.analysis.steady"),
 )
 
 
@@ -208,10 +208,10 @@ def test_the_walk_covers_the_project_and_its_function_level_imports() -> None:
         targets = {e.target for e in graph[a]}
         assert b in targets, f"{a} no longer imports {b}: the walk lost an edge"
         assert a not in {e.target for e in graph[b]}, f"{b} imports {a} again"
-    # a function-level import is seen: analysis.cli imports its commands' modules inside functions
-    cli = _named(modules, "analysis.cli")
-    lazy = [e for e in graph[cli] if e.target == _named(modules, "analysis.compare")]
-    assert lazy, "analysis.cli's function-level import of analysis.compare was not seen"
+    # a function-level import is seen: gateload.analysis.cli imports its commands' modules inside functions
+    cli = _named(modules, "gateload.analysis.cli")
+    lazy = [e for e in graph[cli] if e.target == _named(modules, "gateload.analysis.compare")]
+    assert lazy, "gateload.analysis.cli's function-level import of gateload.analysis.compare was not seen"
 
 
 # --- the checker itself: each kind of import closes a cycle it reports ------------------------------

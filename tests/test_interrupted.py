@@ -26,8 +26,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.runs import load_run
-from analysis.schema import part_files
+from gateload.analysis.runs import load_run
+from gateload.analysis.schema import part_files
 from gateload.cli import main as gateload_main
 
 ROOT = Path(__file__).resolve().parent.parent

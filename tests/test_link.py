@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from needs import wakeup_lateness_ms
 
-from targets.link import PRESETS, DelayLine, LinkProxy, LinkSpec, LinkThread, link_profile, link_spec
-from targets.profile import Link, load_profile
+from gateload.targets.link import PRESETS, DelayLine, LinkProxy, LinkSpec, LinkThread, link_profile, link_spec
+from gateload.targets.profile import Link, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 # The bar: the added delay shows in the measured latency within 2 ms (plus, above it, the

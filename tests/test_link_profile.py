@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from targets.profile import Link, dump_profile, load_profile
+from gateload.targets.profile import Link, dump_profile, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_WAY_MS = 15.0

@@ -21,11 +21,11 @@ from needs import wakeup_lateness_ms
 from real_support import FAST_WORKLOAD, running_farm
 from users_support import Run, run_users
 
-from locustfiles.lib.portal import PortalUser
-from locustfiles.lib.remoteuser import GatewayUser
-from targets.link import LinkedProfile, link_profile
-from targets.local.farm import DOCUMENTS, LocalRealFarm
-from targets.profile import Link, dump_profile, load_profile
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.targets.link import LinkedProfile, link_profile
+from gateload.targets.local.farm import DOCUMENTS, LocalRealFarm
+from gateload.targets.profile import Link, dump_profile, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DELAY_MS = 10.0
@@ -129,7 +129,7 @@ def test_link_thread_keeps_time_under_gevent_monkey_patching() -> None:
         from gevent import monkey; monkey.patch_all()
         import socket, statistics, time, gevent
         from gevent.server import StreamServer
-        from targets.link import LinkProxy, LinkSpec, LinkThread
+        from gateload.targets.link import LinkProxy, LinkSpec, LinkThread
 
         def echo(sock, _addr):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

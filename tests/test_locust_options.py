@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from locustfiles.lib import options
-from locustfiles.lib.schedule import parse_timespan
+from gateload.locustfiles.lib import options
+from gateload.locustfiles.lib.schedule import parse_timespan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -27,9 +27,9 @@ DESTS = [flag[2:].replace("-", "_") for flag in FLAGS]
 KEYS = [*DESTS, "num_users", "run_time"]
 PARSE = f"""
 import json, sys
-import locustfiles.homeoffice  # registers gateload's options, as loading the locustfile does
+import gateload.locustfiles.homeoffice  # registers gateload's options, as loading the locustfile does
 from locust.argument_parser import get_parser
-from locustfiles.lib.options import plain_parser
+from gateload.locustfiles.lib.options import plain_parser
 parsed = get_parser().parse_args(sys.argv[1:])
 plain, _unknown = plain_parser().parse_known_args(sys.argv[1:])  # the campaign's pre-flight reading
 print(json.dumps({{
@@ -82,7 +82,7 @@ def test_env_var_names_mirror_locusts_own() -> None:
 
 def test_help_lists_every_gateload_option_in_its_group() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "locustfiles.lib.options"],
+        [sys.executable, "-m", "gateload.locustfiles.lib.options"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -98,9 +98,9 @@ def test_help_lists_every_gateload_option_in_its_group() -> None:
 
 
 def test_locust_help_is_printed_before_the_locustfile_loads() -> None:
-    """Why ``python -m locustfiles.lib.options`` exists: if this starts failing, Locust lists locustfile
-    options in ``locust -f ... --help`` (locust#2917), and the notes in options.py, homeoffice.py and the
-    README can say so instead."""
+    """Why ``python -m gateload.locustfiles.lib.options`` exists: if this starts failing, Locust lists
+    locustfile options in ``locust -f ... --help`` (locust#2917), and the notes in options.py, homeoffice.py
+    and the README can say so instead."""
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--help"],
         cwd=ROOT,

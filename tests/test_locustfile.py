@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis.schema import META_KEYS, part_files
+from gateload.analysis.schema import META_KEYS, part_files
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -31,7 +31,7 @@ import time
 import gevent
 from locust import User, constant, task
 
-from locustfiles.lib.arrivals import next_arrival
+from gateload.locustfiles.lib.arrivals import next_arrival
 
 
 class FiringUser(User):
@@ -552,7 +552,7 @@ def test_web_ui_shows_the_users_and_each_start_is_a_new_run(users_file: Path, tm
 def test_target_command_against_the_reference_farm(
     reference_farm: Callable[..., Path], tmp_path: Path
 ) -> None:
-    from targets.profile import load_profile
+    from gateload.targets.profile import load_profile
 
     profile_path = reference_farm("reference-before")
     profile = load_profile(profile_path)

@@ -6,7 +6,7 @@ import time
 
 from locust.stats import RequestStats
 
-from locustfiles.lib import memtrim
+from gateload.locustfiles.lib import memtrim
 
 
 def _ten_minutes_of_requests(stats: RequestStats, now: int) -> None:

@@ -1,8 +1,8 @@
 """The ``openvpn`` protocol against a real OpenVPN server (issue 13, part 3).
 
 The server is Debian's openvpn in server mode, started by the tests as root from Debian's sample
-server.conf (:class:`targets.local.openvpn.OpenVPNServer`): the "relaxed" variant for the load test, the
-sample's defaults ("production defaults": one session per account) for the throttling test. Locust's
+server.conf (:class:`gateload.targets.local.openvpn.OpenVPNServer`): the "relaxed" variant for the load test,
+the sample's defaults ("production defaults": one session per account) for the throttling test. Locust's
 GatewayUser drives one client process per user through a profile with ``[gateway] protocol = "openvpn"``.
 Every test checks that no client process outlives it.
 """
@@ -29,19 +29,19 @@ from real_support import private_dir, run_async, start_or_skip
 from test_recorder import meta_of, parsed
 from users_support import FAST, Run, environment, wait_until
 
-from analysis.runs import load_run
+from gateload.analysis.runs import load_run
 from gateload.cli import main as gateload_main
-from locustfiles.lib import openvpnops, remote, runfolder
-from locustfiles.lib.aiobridge import Timed, timed
-from locustfiles.lib.errors import classify
-from locustfiles.lib.openvpn import OPENVPN_CATALOGUE, OpenVPNSession
-from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.session import HomeofficeUser
-from targets.local.openvpn import OpenVPNServer, free_udp_port
-from targets.local.tlsca import make_test_ca
-from targets.portalflow import REFERENCE_FLOW, TicketSpec
-from targets.profile import Workload, dump_profile, load_profile
+from gateload.locustfiles.lib import openvpnops, remote, runfolder
+from gateload.locustfiles.lib.aiobridge import Timed, timed
+from gateload.locustfiles.lib.errors import classify
+from gateload.locustfiles.lib.openvpn import OPENVPN_CATALOGUE, OpenVPNSession
+from gateload.locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.session import HomeofficeUser
+from gateload.targets.local.openvpn import OpenVPNServer, free_udp_port
+from gateload.targets.local.tlsca import make_test_ca
+from gateload.targets.portalflow import REFERENCE_FLOW, TicketSpec
+from gateload.targets.profile import Workload, dump_profile, load_profile
 
 BASE_PROFILE = Path(__file__).resolve().parent.parent / "targets" / "profiles" / "local-real.toml"
 USERS = 20
@@ -207,7 +207,7 @@ def test_debians_openvpn_client_connects_to_the_test_server(relaxed: OpenVPNServ
 GENERATOR = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
-from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
+from gateload.locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
 host, port, user, ca = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 password = sys.stdin.readline().strip()
 async def main():

@@ -23,11 +23,11 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from users_support import FAST, Run, run_users
 
 from gateload.errors import InputError
-from locustfiles.lib.errors import http_error_class
-from locustfiles.lib.portal import PortalUser
-from locustfiles.lib.runtime import Account
-from locustfiles.lib.session import HomeofficeUser
-from targets.portalflow import (
+from gateload.locustfiles.lib.errors import http_error_class
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.locustfiles.lib.runtime import Account
+from gateload.locustfiles.lib.session import HomeofficeUser
+from gateload.targets.portalflow import (
     REFERENCE_FLOW,
     Extract,
     FlowStep,
@@ -46,7 +46,7 @@ from targets.portalflow import (
     status_error_class,
     truthy,
 )
-from targets.profile import dump_profile, load_profile
+from gateload.targets.profile import dump_profile, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "targets" / "profiles"
@@ -485,7 +485,7 @@ def test_bad_flows_are_refused_in_one_line_naming_key_and_fix(
 
 
 FLOW_CLASS = '''
-from targets.portalflow import Request, StepFailure, Ticket
+from gateload.targets.portalflow import Request, StepFailure, Ticket
 
 
 class TokenFlow:

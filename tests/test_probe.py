@@ -18,7 +18,7 @@ import asyncssh
 import pytest
 import tomli_w
 
-from targets.profile import load_profile
+from gateload.targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GATELOAD = [sys.executable, "-m", "gateload.cli"]
@@ -149,7 +149,7 @@ def test_one_connect_spec_for_probe_and_users(farm: Path) -> None:
     # The probe and the users share sshops.connect_spec (no Locust import): one way to pin and log on.
     import asyncssh
 
-    from locustfiles.lib.sshops import connect_spec
+    from gateload.locustfiles.lib.sshops import connect_spec
 
     profile = load_profile(farm)
     spec = connect_spec(profile, "user0001", "pw", 3.0)

@@ -8,8 +8,8 @@ import pytest
 import tomli_w
 
 from gateload.errors import InputError
-from targets.profile import CREDENTIALS_ENV, dump_profile, load_profile, profile_to_dict
-from targets.reference.harness import PROFILES_DIR
+from gateload.targets.profile import CREDENTIALS_ENV, dump_profile, load_profile, profile_to_dict
+from gateload.targets.reference.harness import PROFILES_DIR
 
 SHIPPED = sorted(PROFILES_DIR.glob("*.toml"))
 BEFORE = PROFILES_DIR / "reference-before.toml"

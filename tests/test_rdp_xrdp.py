@@ -1,9 +1,9 @@
 """The ``rdp`` protocol against a real xrdp on loopback (issue 13, part 2).
 
 xrdp is Debian's package with the xorgxrdp back end, started by the tests as root from copies of its
-shipped configs (:class:`targets.local.xrdp.Xrdp`): one Xorg session with an xterm per stock account.
+shipped configs (:class:`gateload.targets.local.xrdp.Xrdp`): one Xorg session with an xterm per stock account.
 Locust's GatewayUser speaks RDP through a profile with ``[gateway] protocol = "rdp"`` (aardwolf with
-the fixes of :mod:`locustfiles.lib.rdpfix`).
+the fixes of :mod:`gateload.locustfiles.lib.rdpfix`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import private_dir, run_async, start_or_skip
 from users_support import Run, environment, wait_until
 
-from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import timed
-from locustfiles.lib.errors import classify
-from locustfiles.lib.rdp import RDP, RDP_CATALOGUE, RDPDesktop, RDPSession
-from locustfiles.lib.remoteuser import GatewayUser
-from targets.local.process import free_port
-from targets.local.xrdp import Xrdp
-from targets.profile import Workload, dump_profile, load_profile
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.aiobridge import timed
+from gateload.locustfiles.lib.errors import classify
+from gateload.locustfiles.lib.rdp import RDP, RDP_CATALOGUE, RDPDesktop, RDPSession
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.targets.local.process import free_port
+from gateload.targets.local.xrdp import Xrdp
+from gateload.targets.profile import Workload, dump_profile, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))

@@ -1,4 +1,4 @@
-"""Each fix of :mod:`locustfiles.lib.rdpfix` alone, without a server (the logon they make possible is
+"""Each fix of :mod:`gateload.locustfiles.lib.rdpfix` alone, without a server (the logon they make possible is
 tested against a real xrdp in tests/test_rdp_xrdp.py)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aardwolf.protocol.T128.share import (
 from aardwolf.protocol.T128.synchronizepdu import TS_SYNCHRONIZE_PDU
 from real_support import run_async
 
-from locustfiles.lib import rdpfix
+from gateload.locustfiles.lib import rdpfix
 
 CHANNEL = 1003  # the MCS I/O channel xrdp gives
 INITIATOR = 1007

@@ -37,8 +37,8 @@ import locust.argument_parser
 import pytest
 
 from gateload.cli import PASSTHROUGH, build_parser
-from locustfiles.lib import options
-from targets.profile import load_profile
+from gateload.locustfiles.lib import options
+from gateload.targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -21,13 +21,13 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import run_async, running_farm
 from users_support import Run, run_users
 
-from locustfiles.lib.portal import PortalUser
-from targets.local.farm import LocalRealFarm
-from targets.local.haproxy import HTTP_BACKEND, SERVER_HEADER, STICKY_COOKIE
-from targets.local.tlsca import make_test_ca
-from targets.profile import load_profile
-from targets.reference.harness import portal_login
-from targets.reference.state import read_credentials
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.targets.local.farm import LocalRealFarm
+from gateload.targets.local.haproxy import HTTP_BACKEND, SERVER_HEADER, STICKY_COOKIE
+from gateload.targets.local.tlsca import make_test_ca
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.harness import portal_login
+from gateload.targets.reference.state import read_credentials
 
 USERS = 6
 

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from real_support import FAST_WORKLOAD, running_farm
 
-from analysis.compare import share_of_even
-from analysis.metrics import analyze_run
-from analysis.runs import load_run
-from analysis.schema import SAMPLES_DIR
-from targets.local.farm import LocalRealFarm
-from targets.local.haproxy import HTTP_BACKEND, TCP_BACKEND
+from gateload.analysis.compare import share_of_even
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.runs import load_run
+from gateload.analysis.schema import SAMPLES_DIR
+from gateload.targets.local.farm import LocalRealFarm
+from gateload.targets.local.haproxy import HTTP_BACKEND, TCP_BACKEND
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).parent / "locust")

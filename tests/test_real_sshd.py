@@ -22,12 +22,12 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import FAST_WORKLOAD, run_async, running_farm
 from users_support import run_users
 
-from locustfiles.lib.remoteuser import GatewayUser
-from targets.local.farm import DOCUMENTS, LocalRealFarm
-from targets.local.haproxy import TCP_BACKEND
-from targets.local.process import _descendants
-from targets.local.sshd import Sshd
-from targets.profile import load_profile
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.targets.local.farm import DOCUMENTS, LocalRealFarm
+from gateload.targets.local.haproxy import TCP_BACKEND
+from gateload.targets.local.process import _descendants
+from gateload.targets.local.sshd import Sshd
+from gateload.targets.profile import load_profile
 
 pytestmark = pytest.mark.sshd
 

@@ -25,10 +25,10 @@ from locust.env import Environment
 from locust.event import Events
 from locust.exception import StopUser
 
-from analysis.schema import META_KEYS, SAMPLE_SCHEMA, part_files
-from locustfiles.lib import options, runfolder, runinfo
-from locustfiles.lib.recorder import HOT_COLUMNS, process_name, to_table
-from targets.profile import load_profile
+from gateload.analysis.schema import META_KEYS, SAMPLE_SCHEMA, part_files
+from gateload.locustfiles.lib import options, runfolder, runinfo
+from gateload.locustfiles.lib.recorder import HOT_COLUMNS, process_name, to_table
+from gateload.targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "targets" / "profiles" / "reference-before.toml"
@@ -357,7 +357,7 @@ def test_a_row_cut_short_is_dropped_without_shifting_later_rows(run_env) -> None
 def test_master_counts_a_resent_batch_once(tmp_path: Path) -> None:
     from locust.rpc import Message
 
-    from locustfiles.lib.recorder import MSG_FINAL, MSG_SAMPLES, Recorder
+    from gateload.locustfiles.lib.recorder import MSG_FINAL, MSG_SAMPLES, Recorder
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -389,7 +389,7 @@ def test_master_counts_a_resent_batch_once(tmp_path: Path) -> None:
 
 
 def test_master_reports_a_worker_that_never_sent_its_count(tmp_path: Path) -> None:
-    from locustfiles.lib.recorder import Recorder
+    from gateload.locustfiles.lib.recorder import Recorder
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,11 +31,17 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateload.cli import main as gateload_main
-from targets.profile import GatewayTarget, PortalTarget, Profile, load_profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.faults import TOKEN_ENV, FaultClient, FaultController, admin_token, build_admin_app
-from targets.reference.harness import FarmProcess, portal_ticket, write_profile_variant
-from targets.reference.tickets import TEST_TICKET_LOG_ENV
+from gateload.targets.profile import GatewayTarget, PortalTarget, Profile, load_profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.faults import (
+    TOKEN_ENV,
+    FaultClient,
+    FaultController,
+    admin_token,
+    build_admin_app,
+)
+from gateload.targets.reference.harness import FarmProcess, portal_ticket, write_profile_variant
+from gateload.targets.reference.tickets import TEST_TICKET_LOG_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
@@ -288,7 +294,7 @@ def test_admin_token_from_the_environment_wins(tmp_path: Path, monkeypatch: pyte
 
 
 async def _guarded(peer: tuple[str, int], token: str) -> int:
-    from targets.reference.capacity import Cluster
+    from gateload.targets.reference.capacity import Cluster
 
     profile_farm = load_profile(ROOT / "targets" / "profiles" / "reference-before.toml").farm
     assert profile_farm is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from locustfiles.lib.session import HomeofficeUser
+from gateload.locustfiles.lib.session import HomeofficeUser
 
 
 def _user(n: int, seed: int) -> HomeofficeUser:

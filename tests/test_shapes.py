@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateload.errors import InputError
-from locustfiles.lib.arrivals import ArrivalSchedule, install, next_arrival
-from locustfiles.lib.options import plain_parser
-from locustfiles.lib.schedule import WORKDAY, build_plan, parse_timespan
+from gateload.locustfiles.lib.arrivals import ArrivalSchedule, install, next_arrival
+from gateload.locustfiles.lib.options import plain_parser
+from gateload.locustfiles.lib.schedule import WORKDAY, build_plan, parse_timespan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ def test_parse_timespan() -> None:
 def test_plan_from_args_reads_campaign_arguments_without_importing_locust() -> None:
     code = (
         "import sys\n"
-        "from locustfiles.lib.schedule import plan_from_args\n"
+        "from gateload.locustfiles.lib.schedule import plan_from_args\n"
         "p = plan_from_args(['--shape', 'step', '--step-users', '15,50,110', '--step-hold', '9',"
         " '--step-ramp', '3', '--processes', '2'])\n"
         "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'Locust was imported'\n"
@@ -193,7 +193,7 @@ def make_shape(*args: str):
     from locust.env import Environment
     from locust.event import Events
 
-    from locustfiles.lib.shapes import PlannedShape
+    from gateload.locustfiles.lib.shapes import PlannedShape
 
     env = Environment(events=Events(), parsed_options=opts(*args))
     runner = env.create_local_runner()

@@ -19,7 +19,7 @@ import asyncssh
 import pytest
 
 from gateload.errors import InputError
-from locustfiles.lib.sshops import (
+from gateload.locustfiles.lib.sshops import (
     FIRST_PROMPT_QUIET_S,
     SET_PROMPT,
     ConnectSpec,
@@ -29,9 +29,9 @@ from locustfiles.lib.sshops import (
     ends_with_prompt,
     visible,
 )
-from targets.profile import DEFAULT_FIRST_PROMPT, DEFAULT_SCREEN_COMMAND, Profile, load_profile
-from targets.reference.farm import ReferenceFarm
-from targets.reference.harness import write_profile_variant
+from gateload.targets.profile import DEFAULT_FIRST_PROMPT, DEFAULT_SCREEN_COMMAND, Profile, load_profile
+from gateload.targets.reference.farm import ReferenceFarm
+from gateload.targets.reference.harness import write_profile_variant
 
 BASH_PROMPT = b"\x1b[?2004h\x1b]0;gateload-bash@vm: ~\x07gateload-bash@vm:~$ "
 ZSH_PROMPT = (

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import psutil
 
-from locustfiles.lib.bridged import source_for
-from locustfiles.lib.sshops import GatewayConnection, connect_spec
-from targets.profile import Profile
-from targets.reference.farm import ReferenceFarm
+from gateload.locustfiles.lib.bridged import source_for
+from gateload.locustfiles.lib.sshops import GatewayConnection, connect_spec
+from gateload.targets.profile import Profile
+from gateload.targets.reference.farm import ReferenceFarm
 
 
 def test_each_user_connects_from_its_own_loopback_address(fast_profile: Callable[..., Profile]) -> None:

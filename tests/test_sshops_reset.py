@@ -10,8 +10,8 @@ import time
 import asyncssh
 import pytest
 
-from locustfiles.lib.errors import safe_error
-from locustfiles.lib.sshops import _reset_before_handshake
+from gateload.locustfiles.lib.errors import safe_error
+from gateload.locustfiles.lib.sshops import _reset_before_handshake
 
 
 def _reset_socket() -> socket.socket:

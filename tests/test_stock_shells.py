@@ -27,11 +27,11 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import private_dir, start_or_skip
 from users_support import Run, run_users
 
-from locustfiles.lib.remoteuser import GatewayUser
-from targets.local.process import Daemon, free_port, start_with_retry
-from targets.local.sshd import SECRET_DIR, STALE_UPLOAD_S, Sshd, SshKeys, ensure_test_user
-from targets.profile import load_profile
-from targets.reference.gateway import host_key_fingerprint
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.targets.local.process import Daemon, free_port, start_with_retry
+from gateload.targets.local.sshd import SECRET_DIR, STALE_UPLOAD_S, Sshd, SshKeys, ensure_test_user
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.gateway import host_key_fingerprint
 
 pytestmark = pytest.mark.sshd
 

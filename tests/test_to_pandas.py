@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from analysis_fixtures import SMALL
 
-from analysis.metrics import analyze_run
-from analysis.runs import Run, load_run
-from analysis.schema import META_FILE, read_samples
-from analysis.steady import steady_windows
-from analysis.synthetic import build_run, write_run
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.runs import Run, load_run
+from gateload.analysis.schema import META_FILE, read_samples
+from gateload.analysis.steady import steady_windows
+from gateload.analysis.synthetic import build_run, write_run
 from gateload.errors import InputError
 
 BOOT = 50  # point estimates do not depend on the bootstrap; keep it cheap

@@ -15,7 +15,7 @@ import users_support  # noqa: F401  (gevent monkey-patching first)
 from gevent.monkey import get_original
 from users_support import wait_until
 
-from locustfiles.lib.aiobridge import Timed, get_bridge
+from gateload.locustfiles.lib.aiobridge import Timed, get_bridge
 
 REPO = Path(__file__).resolve().parent.parent
 _real_sleep = get_original("time", "sleep")
@@ -124,7 +124,7 @@ def test_the_interpreter_exits_cleanly_with_work_still_pending(tmp_path: Path) -
             """
             import locust  # gevent patching, as under the locust command
             import asyncio, gevent
-            from locustfiles.lib.aiobridge import get_bridge
+            from gateload.locustfiles.lib.aiobridge import get_bridge
 
             bridge = get_bridge()
             bridge.submit(asyncio.sleep(3600))           # never finishes on its own

@@ -8,7 +8,7 @@ import time
 
 from users_support import FAST, environment, wait_until
 
-from locustfiles.lib.session import HomeofficeUser
+from gateload.locustfiles.lib.session import HomeofficeUser
 
 THINK_S = 4.0  # the user is idle this long between activities
 KEEPALIVE_S = 0.3  # asyncssh gives up after 4 unanswered keepalives: ~1.2 s

@@ -13,7 +13,7 @@ from asyncssh.constants import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
 )
 
-from locustfiles.lib.errors import (
+from gateload.locustfiles.lib.errors import (
     ERROR_CLASSES,
     HttpStatusError,
     OperationError,

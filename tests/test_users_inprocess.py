@@ -15,15 +15,15 @@ import asyncssh
 import pytest
 from users_support import FAST, Run, environment, run_users, wait_until
 
-from locustfiles.lib.aiobridge import get_bridge
-from locustfiles.lib.gateway import SSH_ACTIVITIES, SSHSession
-from locustfiles.lib.portal import PortalUser
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.runtime import target_for
-from locustfiles.lib.session import HomeofficeUser
-from targets.profile import ACTIVITIES, load_profile
-from targets.reference.harness import write_profile_variant
-from targets.reference.state import add_authorized_key
+from gateload.locustfiles.lib.aiobridge import get_bridge
+from gateload.locustfiles.lib.gateway import SSH_ACTIVITIES, SSHSession
+from gateload.locustfiles.lib.portal import PortalUser
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.runtime import target_for
+from gateload.locustfiles.lib.session import HomeofficeUser
+from gateload.targets.profile import ACTIVITIES, load_profile
+from gateload.targets.reference.harness import write_profile_variant
+from gateload.targets.reference.state import add_authorized_key
 
 EVEN_MIX = {a: 1.0 for a in ACTIVITIES}
 HTTP_NAMES = ["GET /login", "POST /login", "POST /mfa", "GET /api/apps", "POST /api/launch"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from users_support import FAST
 
-from targets.profile import ACTIVITIES
+from gateload.targets.profile import ACTIVITIES
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))

@@ -20,11 +20,11 @@ from pathlib import Path
 import gevent
 from users_support import FAST, environment
 
-from locustfiles.lib.gateway import SSHSession
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.runtime import target_for
-from targets.profile import load_profile
-from targets.reference.capacity import OP_MEANS
+from gateload.locustfiles.lib.gateway import SSHSession
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.runtime import target_for
+from gateload.targets.profile import load_profile
+from gateload.targets.reference.capacity import OP_MEANS
 
 INJECTED_MS = 20.0
 TOLERANCE_MS = 2.0  # the bar the bridge was built to (DESIGN.md: 7-20 ms off before)

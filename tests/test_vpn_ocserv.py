@@ -1,7 +1,7 @@
 """The ``vpn`` protocol (AnyConnect-compatible SSL-VPN) against a real ocserv on loopback (issue 13, part 1).
 
 ocserv is Debian's package, started by the tests as root from a private config
-(:class:`targets.local.ocserv.Ocserv`): Debian's shipped anti-abuse settings ("production defaults")
+(:class:`gateload.targets.local.ocserv.Ocserv`): Debian's shipped anti-abuse settings ("production defaults")
 here; the "relaxed" variant's load tests, the request through the tunnel and the homeoffice workday
 are in tests/test_vpn_tunnel.py. Locust's GatewayUser speaks the protocol through a profile with
 ``[gateway] protocol = "vpn"``.
@@ -21,16 +21,16 @@ from users_support import environment, wait_until
 from vpn_support import failures, ocserv, run_users, vpn_profile
 
 from gateload.errors import InputError
-from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import Timed, timed
-from locustfiles.lib.errors import classify
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.vpn import VPN_CATALOGUE, VPNSession
-from locustfiles.lib.vpnops import VPNConnection, VPNSpec, _status_error, checksum, echo_request
-from targets.local.ocserv import Ocserv
-from targets.local.process import free_port
-from targets.local.tlsca import make_test_ca
-from targets.profile import load_profile, source_addresses
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.aiobridge import Timed, timed
+from gateload.locustfiles.lib.errors import classify
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.vpn import VPN_CATALOGUE, VPNSession
+from gateload.locustfiles.lib.vpnops import VPNConnection, VPNSpec, _status_error, checksum, echo_request
+from gateload.targets.local.ocserv import Ocserv
+from gateload.targets.local.process import free_port
+from gateload.targets.local.tlsca import make_test_ca
+from gateload.targets.profile import load_profile, source_addresses
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,12 @@ from real_support import run_async
 from users_support import FAST
 from vpn_support import REPO, SPREAD, WORKLOAD, connections, failures, ocserv, run_users, vpn_profile
 
-from locustfiles.lib.aiobridge import timed
-from locustfiles.lib.remoteuser import GatewayUser
-from locustfiles.lib.vpnops import VPNConnection, VPNSpec
-from targets.local.ocserv import Ocserv
-from targets.portalflow import REFERENCE_FLOW, TicketSpec
-from targets.profile import dump_profile, load_profile
+from gateload.locustfiles.lib.aiobridge import timed
+from gateload.locustfiles.lib.remoteuser import GatewayUser
+from gateload.locustfiles.lib.vpnops import VPNConnection, VPNSpec
+from gateload.targets.local.ocserv import Ocserv
+from gateload.targets.portalflow import REFERENCE_FLOW, TicketSpec
+from gateload.targets.profile import dump_profile, load_profile
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
 GATELOAD = str(Path(sys.executable).with_name("gateload"))

@@ -20,10 +20,10 @@ import gevent
 import pytest
 from locust.env import Environment
 
-from locustfiles.lib import webview
-from locustfiles.lib.recorder import HOT_COLUMNS, Recorder
-from locustfiles.lib.webview import LiveView
-from targets.profile import load_profile
+from gateload.locustfiles.lib import webview
+from gateload.locustfiles.lib.recorder import HOT_COLUMNS, Recorder
+from gateload.locustfiles.lib.webview import LiveView
+from gateload.targets.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"

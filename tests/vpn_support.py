@@ -15,9 +15,9 @@ import users_support  # noqa: F401  (gevent monkey-patching first, as under the 
 from real_support import private_dir, start_or_skip
 from users_support import Run, environment, wait_until
 
-from targets.local.ocserv import Ocserv
-from targets.local.process import _descendants
-from targets.profile import Workload, dump_profile, load_profile
+from gateload.targets.local.ocserv import Ocserv
+from gateload.targets.local.process import _descendants
+from gateload.targets.profile import Workload, dump_profile, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_PROFILE = REPO / "targets" / "profiles" / "local-real.toml"

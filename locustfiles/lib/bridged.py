@@ -1,7 +1,7 @@
 """The greenlet side every bridged remote session shares (SSH, SSL-VPN, and next RDP and OpenVPN).
 
 A bridged session drives one connection object whose operations are coroutines run in the bridge's
-loop thread (:mod:`locustfiles.lib.aiobridge`) and timed there; the samples are fired here, from the
+loop thread (:mod:`gateload.locustfiles.lib.aiobridge`) and timed there; the samples are fired here, from the
 greenlet. :class:`BridgedSession` holds what is the same for every protocol: the connection and its
 bookkeeping (``broken``, a drop recorded at most once), ``close``/``abort``, the ``reconnect`` and
 ``drop`` samples, firing a sample, a logon made of timed steps, and :func:`paced_burst` for paced
@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from locustfiles.lib.aiobridge import Bridge, Timed, get_bridge, timed
-from locustfiles.lib.errors import OperationError, safe_error
-from locustfiles.lib.runtime import Target, fire
-from targets.profile import Profile, source_addresses
+from gateload.locustfiles.lib.aiobridge import Bridge, Timed, get_bridge, timed
+from gateload.locustfiles.lib.errors import OperationError, safe_error
+from gateload.locustfiles.lib.runtime import Target, fire
+from gateload.targets.profile import Profile, source_addresses
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ def source_for(profile: Profile, user_id: int) -> str | None:
 
 
 class BridgedSession(Generic[C]):
-    """A :class:`locustfiles.lib.remote.RemoteSession` over one bridged connection (greenlet side).
+    """A :class:`gateload.locustfiles.lib.remote.RemoteSession` over one bridged connection (greenlet side).
 
     Operations never raise for target failures: they fire a sample and return False (or the error).
     After a failure :attr:`usable` says whether the session can go on; if not, the user reconnects.

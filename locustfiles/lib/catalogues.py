@@ -2,10 +2,10 @@
 
 Each protocol declares its own operations next to its code (SSH: ``gateway.SSH_CATALOGUE``; the
 homeoffice session's rows: ``session.SESSION_CATALOGUE``). The portal's requests are the sample names
-of the profile's portal flow (``targets.portalflow.sample_names``), so they are built here from the
+of the profile's portal flow (``gateload.targets.portalflow.sample_names``), so they are built here from the
 profile. A user class says what it records with a classmethod ``operations(profile) -> Catalogue``;
 :func:`run_catalogue` merges those of a run's user classes. No Locust import here: the analysis' data
-model is :mod:`analysis.catalogue`.
+model is :mod:`gateload.analysis.catalogue`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from analysis.catalogue import Catalogue, Operation
-from targets.portalflow import sample_names
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.targets.portalflow import sample_names
 
 HTTP = "HTTP"
 _HTTP_ERRORS = (

@@ -3,7 +3,7 @@
 Operations run as coroutines in the bridge's loop thread (``sshops.py``), timed there; the samples
 are fired here, in the greenlet. The operations (type, name, what, paced, error classes, activities,
 roles) are declared once, in :data:`SSH_CATALOGUE`; this module registers the ``ssh`` protocol
-(:mod:`locustfiles.lib.remote`) that a profile's ``[gateway] protocol = "ssh"`` selects.
+(:mod:`gateload.locustfiles.lib.remote`) that a profile's ``[gateway] protocol = "ssh"`` selects.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import Timed
-from locustfiles.lib.bridged import BridgedSession
-from locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
-from locustfiles.lib.runtime import sample_context
-from locustfiles.lib.sshops import GatewayConnection, KeySample, connect_spec, screen_line
-from targets.profile import ACTIVITIES
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.aiobridge import Timed
+from gateload.locustfiles.lib.bridged import BridgedSession
+from gateload.locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
+from gateload.locustfiles.lib.runtime import sample_context
+from gateload.locustfiles.lib.sshops import GatewayConnection, KeySample, connect_spec, screen_line
+from gateload.targets.profile import ACTIVITIES
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
 _ERR = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
@@ -94,7 +94,7 @@ class SSHSession(BridgedSession[GatewayConnection]):
     """One gateway connection with its PTY shell, driven from a greenlet; every operation fires a sample.
 
     A remote.RemoteSession (HomeofficeUser drives it without knowing it is SSH) on the shared
-    :class:`~locustfiles.lib.bridged.BridgedSession` bookkeeping. Operations never raise for target
+    :class:`~gateload.locustfiles.lib.bridged.BridgedSession` bookkeeping. Operations never raise for target
     failures: they record them and return False. After a failure, :attr:`usable` says whether the
     connection can go on (``broken``: the shell is out of step); if not, the user reconnects.
     """

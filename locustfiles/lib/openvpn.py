@@ -1,10 +1,10 @@
 """The OpenVPN protocol ``openvpn``: ``OpenVPNSession`` (one employee's tunnel through Debian's client).
 
-A profile's ``[gateway] protocol = "openvpn"`` selects it (:mod:`locustfiles.lib.remote`);
+A profile's ``[gateway] protocol = "openvpn"`` selects it (:mod:`gateload.locustfiles.lib.remote`);
 ``gateway.host`` and ``gateway.port`` name the OpenVPN server (UDP, as Debian's sample server.conf
 ships; a TCP server would need a profile key for the transport, not there yet).
 Each session is one ``openvpn`` client process without a tun device, driven over its management
-interface (:mod:`locustfiles.lib.openvpnops`); the password goes over that socket only.
+interface (:mod:`gateload.locustfiles.lib.openvpnops`); the password goes over that socket only.
 
 A logon is these samples, timed in the loop thread as the client's notifications arrive:
 
@@ -36,13 +36,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import Timed
-from locustfiles.lib.bridged import BridgedSession
-from locustfiles.lib.errors import OperationError, classify
-from locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
-from targets.profile import Profile
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.aiobridge import Timed
+from gateload.locustfiles.lib.bridged import BridgedSession
+from gateload.locustfiles.lib.errors import OperationError, classify
+from gateload.locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
+from gateload.targets.profile import Profile
 
 OVPN = "OVPN"
 _NET = ("refused", "reset", "timeout", "tls_error", "other")

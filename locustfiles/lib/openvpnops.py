@@ -35,7 +35,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
-from locustfiles.lib.errors import OperationError
+from gateload.locustfiles.lib.errors import OperationError
 
 # gevent patches both to watch children from its hub; the loop thread has no hub of its own.
 _waitpid = get_original("os", "waitpid")

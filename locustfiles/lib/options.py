@@ -8,7 +8,7 @@ file (``step-users = 10,20``); the command line wins over the environment, which
 gateload reads it as the target profile path.
 
 Locust 2.47 prints ``--help`` before it loads the locustfile (locust#2917), so ``locust -f
-locustfiles/homeoffice.py --help`` cannot list them; ``python -m locustfiles.lib.options`` prints
+locustfiles/homeoffice.py --help`` cannot list them; ``python -m gateload.locustfiles.lib.options`` prints
 Locust's help with the "gateload options" group.
 
 The definitions and the Locust-free parser live in ``cmdline.py`` (re-exported here); this module checks
@@ -32,17 +32,17 @@ from typing import Any
 from gateload.errors import InputError
 
 # The definitions and the parser are re-exported (``X as X``): callers and tests know them as options.<name>.
-from locustfiles.lib.cmdline import _ARGUMENTS as _ARGUMENTS
-from locustfiles.lib.cmdline import GROUP as GROUP
-from locustfiles.lib.cmdline import LOCUST_CONFIG_FILES as LOCUST_CONFIG_FILES
-from locustfiles.lib.cmdline import OPTION_TYPES
-from locustfiles.lib.cmdline import PROFILE_HELP as PROFILE_HELP
-from locustfiles.lib.cmdline import SECRET_DESTS as SECRET_DESTS
-from locustfiles.lib.cmdline import add_arguments as add_arguments
-from locustfiles.lib.cmdline import env_var as env_var
-from locustfiles.lib.cmdline import plain_parser as plain_parser
-from locustfiles.lib.schedule import Plan, build_plan, parse_timespan
-from targets.profile import Profile, is_loopback, load_profile
+from gateload.locustfiles.lib.cmdline import _ARGUMENTS as _ARGUMENTS
+from gateload.locustfiles.lib.cmdline import GROUP as GROUP
+from gateload.locustfiles.lib.cmdline import LOCUST_CONFIG_FILES as LOCUST_CONFIG_FILES
+from gateload.locustfiles.lib.cmdline import OPTION_TYPES
+from gateload.locustfiles.lib.cmdline import PROFILE_HELP as PROFILE_HELP
+from gateload.locustfiles.lib.cmdline import SECRET_DESTS as SECRET_DESTS
+from gateload.locustfiles.lib.cmdline import add_arguments as add_arguments
+from gateload.locustfiles.lib.cmdline import env_var as env_var
+from gateload.locustfiles.lib.cmdline import plain_parser as plain_parser
+from gateload.locustfiles.lib.schedule import Plan, build_plan, parse_timespan
+from gateload.targets.profile import Profile, is_loopback, load_profile
 
 PROFILE_ENV = "GATELOAD_PROFILE"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -70,8 +70,8 @@ def resolve(options: Any, *, check_existing: bool = True) -> RunOptions:
     if profile is not None:
         check_loopback(profile, bool(getattr(options, "allow_remote", False)))
         # an unknown [gateway] protocol, or a mix it cannot serve, is a one-line error before any user starts
-        from locustfiles.lib.catalogues import portal_catalogue
-        from locustfiles.lib.remote import check_profile
+        from gateload.locustfiles.lib.catalogues import portal_catalogue
+        from gateload.locustfiles.lib.remote import check_profile
 
         check_profile(profile, portal_catalogue(profile).activities)
     label = _name("--label", getattr(options, "label", "run") or "run")

@@ -21,12 +21,22 @@ import gevent.ssl
 from locust import FastHttpUser, task
 from locust.contrib.fasthttp import FastHttpSession, insecure_ssl_context_factory
 
-from analysis.catalogue import Catalogue
-from locustfiles.lib.catalogues import portal_catalogue
-from locustfiles.lib.errors import OperationError, RecordedFailure, safe_error
-from locustfiles.lib.runtime import Account, Lease, Target, next_user_id, sample_context, target_for
-from targets.portalflow import Extract, Flow, Request, Response, StepFailure, Ticket, extract, make_flow, run
-from targets.profile import Profile
+from gateload.analysis.catalogue import Catalogue
+from gateload.locustfiles.lib.catalogues import portal_catalogue
+from gateload.locustfiles.lib.errors import OperationError, RecordedFailure, safe_error
+from gateload.locustfiles.lib.runtime import Account, Lease, Target, next_user_id, sample_context, target_for
+from gateload.targets.portalflow import (
+    Extract,
+    Flow,
+    Request,
+    Response,
+    StepFailure,
+    Ticket,
+    extract,
+    make_flow,
+    run,
+)
+from gateload.targets.profile import Profile
 
 __all__ = ["PortalClient", "PortalUser", "Ticket", "http_session", "parse_csrf", "ssl_context_factory"]
 

@@ -1,9 +1,9 @@
 """The remote-desktop protocol ``rdp``: ``RDPSession`` (one employee's desktop over RDP, greenlet side).
 
-A profile's ``[gateway] protocol = "rdp"`` selects it (:mod:`locustfiles.lib.remote`); ``gateway.host``
-and ``gateway.port`` name the RDP server (xrdp, or another that speaks TLS security). The client is
-PyPI ``aardwolf`` with the fixes of :mod:`locustfiles.lib.rdpfix`; it runs in the bridge's loop thread
-(:class:`RDPDesktop`), every operation is timed there and the samples are fired here.
+A profile's ``[gateway] protocol = "rdp"`` selects it (:mod:`gateload.locustfiles.lib.remote`);
+``gateway.host`` and ``gateway.port`` name the RDP server (xrdp, or another that speaks TLS security). The
+client is PyPI ``aardwolf`` with the fixes of :mod:`gateload.locustfiles.lib.rdpfix`; it runs in the bridge's
+loop thread (:class:`RDPDesktop`), every operation is timed there and the samples are fired here.
 
 A logon is three samples, all timed from the start of the TCP connect, the milestones a person sees:
 ``RDP connect`` (TCP, X.224, TLS, MCS, licensing and capability exchange done), ``RDP first_frame``
@@ -39,11 +39,11 @@ from aardwolf.commons.iosettings import RDPIOSettings
 from aardwolf.commons.queuedata.constants import MOUSEBUTTON, VIDEO_FORMAT
 from asyauth.common.constants import asyauthSecret
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import rdpfix, remote
-from locustfiles.lib.aiobridge import Timed
-from locustfiles.lib.bridged import BridgedSession, paced_burst
-from locustfiles.lib.errors import OperationError
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import rdpfix, remote
+from gateload.locustfiles.lib.aiobridge import Timed
+from gateload.locustfiles.lib.bridged import BridgedSession, paced_burst
+from gateload.locustfiles.lib.errors import OperationError
 
 RDP = "RDP"
 _NET = ("refused", "reset", "timeout", "tls_error", "throttled", "other")
@@ -338,8 +338,9 @@ def _transport(conn: Any) -> Any:
 class RDPSession(BridgedSession[RDPDesktop]):
     """One remote desktop, driven from a greenlet; every operation fires a sample.
 
-    A :class:`locustfiles.lib.remote.RemoteSession` on :class:`~locustfiles.lib.bridged.BridgedSession`:
-    operations never raise for target failures, they record them and return False (or the error).
+    A :class:`gateload.locustfiles.lib.remote.RemoteSession` on
+    :class:`~gateload.locustfiles.lib.bridged.BridgedSession`: operations never raise for target failures,
+    they record them and return False (or the error).
     """
 
     kind = RDP

@@ -1,4 +1,5 @@
-"""The sample recorder: every Locust request becomes one raw row of ``analysis.schema.SAMPLE_SCHEMA``.
+"""The sample recorder: every Locust request becomes one raw row of
+``gateload.analysis.schema.SAMPLE_SCHEMA``.
 
 Hot path: :meth:`Recorder.on_request` (a listener of ``events.request``) appends one value to each of a
 few column lists; nothing else. A flusher greenlet takes the lists whole every second (or as soon as
@@ -24,7 +25,7 @@ of column lists this process writes, after it is handed to the writer (the web U
 
 Row fields: ``t_start`` is the event's ``start_time`` (or ``context["start_time"]``, else now minus the
 response time); ``t_intended``, ``user_id``, ``server`` and ``error`` come from the request context
-(``error`` falls back to ``locustfiles.lib.errors.classify(exception)``, else "other");
+(``error`` falls back to ``gateload.locustfiles.lib.errors.classify(exception)``, else "other");
 ``worker`` is ``hostname:pid`` of the process that recorded the sample.
 
 ``user_count`` is the number of users running on the whole test: the runner's count on a local
@@ -51,7 +52,7 @@ import gevent
 from gevent.event import Event
 
 # to_table is re-exported: callers (tests, the web view) build tables from batches through the recorder
-from locustfiles.lib.samplewriter import HOT_COLUMNS, Chunk, PartWriter, to_table
+from gateload.locustfiles.lib.samplewriter import HOT_COLUMNS, Chunk, PartWriter, to_table
 
 __all__ = ["HOT_COLUMNS", "RecordResult", "Recorder", "process_name", "role_of", "to_table"]
 
@@ -162,7 +163,7 @@ class RecordResult:
 
 def _load_classify() -> Callable[[BaseException], str | None] | None:
     try:
-        from locustfiles.lib.errors import classify
+        from gateload.locustfiles.lib.errors import classify
     except ImportError:
         return None
     return classify

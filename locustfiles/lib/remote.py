@@ -3,12 +3,12 @@
 A user class that logs on through the portal (``HomeofficeUser``) composes a portal flow with one
 :class:`RemoteSession`: SSH today (``locustfiles/lib/gateway.py``), SSL-VPN, RDP or OpenVPN next. The
 profile's ``[gateway] protocol`` picks it. A protocol is one module that declares its operations
-catalogue (:class:`analysis.catalogue.Catalogue`) and registers a factory with :func:`register` when it
-is imported; :func:`protocol` imports ``locustfiles.lib.<name>`` (or the module named in
+catalogue (:class:`gateload.analysis.catalogue.Catalogue`) and registers a factory with :func:`register` when
+it is imported; :func:`protocol` imports ``gateload.locustfiles.lib.<name>`` (or the module named in
 :data:`MODULES`) the first time a profile asks for it, so adding a protocol touches no other file.
 
 A protocol whose client is asyncio (run in the bridge's loop thread) builds its session on
-:class:`locustfiles.lib.bridged.BridgedSession`, which holds the greenlet-side bookkeeping every
+:class:`gateload.locustfiles.lib.bridged.BridgedSession`, which holds the greenlet-side bookkeeping every
 such session shares (close/abort, drop and reconnect rows, firing samples, timed logon steps, paced
 bursts); this module stays the seam only.
 """
@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from analysis.catalogue import Catalogue
+from gateload.analysis.catalogue import Catalogue
 from gateload.errors import InputError
-from locustfiles.lib.errors import OperationError
+from gateload.locustfiles.lib.errors import OperationError
 
 #: Protocols whose module is not named after them.
-MODULES = {"ssh": "locustfiles.lib.gateway"}
+MODULES = {"ssh": "gateload.locustfiles.lib.gateway"}
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -114,7 +114,7 @@ def protocol(name: str) -> RemoteProtocol:
     An unknown name is an :class:`InputError` naming the profile key and the protocols known.
     """
     if name not in _registry:
-        module = MODULES.get(name, f"locustfiles.lib.{name}")
+        module = MODULES.get(name, f"gateload.locustfiles.lib.{name}")
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -2,8 +2,9 @@
 
 :class:`RemoteUser` (target, random stream, backoff, the account it holds, its session) is the base of
 ``GatewayUser`` (here: the gateway alone, static credentials) and ``HomeofficeUser`` (session.py: the
-portal first). The session comes from the profile's ``[gateway] protocol`` (:mod:`locustfiles.lib.remote`),
-so no user here knows SSH; the protocol modules (SSH: ``gateway.py``) know nothing of users.
+portal first). The session comes from the profile's ``[gateway] protocol``
+(:mod:`gateload.locustfiles.lib.remote`), so no user here knows SSH; the protocol modules (SSH:
+``gateway.py``) know nothing of users.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import gevent
 from locust import User, task
 from locust.user.task import LOCUST_STATE_STOPPING
 
-from analysis.catalogue import Catalogue
-from locustfiles.lib import remote
-from locustfiles.lib.runtime import Account, Lease, next_user_id, target_for
-from targets.profile import ACTIVITIES, Profile
+from gateload.analysis.catalogue import Catalogue
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.runtime import Account, Lease, next_user_id, target_for
+from gateload.targets.profile import ACTIVITIES, Profile
 
 
 def choose_activity(rng: random.Random, mix: dict[str, float], allowed: Sequence[str] = ACTIVITIES) -> str:
@@ -59,7 +60,7 @@ class RemoteUser(User):
     """Base of the users that hold one gateway session: target, random stream, backoff, ``remote``.
 
     The session comes from :meth:`new_session`: the profile's ``[gateway] protocol`` (SSH by default,
-    :mod:`locustfiles.lib.remote`); :meth:`operations` is the catalogue of what the user records
+    :mod:`gateload.locustfiles.lib.remote`); :meth:`operations` is the catalogue of what the user records
     (meta.json).
     """
 

@@ -31,14 +31,14 @@ import gevent
 from locust import stats as locust_stats
 from locust.html import get_html_report
 
-from analysis.schema import write_meta
+from gateload.analysis.schema import write_meta
 from gateload.errors import InputError
-from locustfiles.lib import arrivals, memtrim, options, runinfo
-from locustfiles.lib.accounts import check_accounts
-from locustfiles.lib.recorder import Recorder, RecordResult, role_of
-from locustfiles.lib.schedule import Phase, Plan
-from locustfiles.lib.shapes import PlannedShape
-from targets.profile import CREDENTIALS_ENV
+from gateload.locustfiles.lib import arrivals, memtrim, options, runinfo
+from gateload.locustfiles.lib.accounts import check_accounts
+from gateload.locustfiles.lib.recorder import Recorder, RecordResult, role_of
+from gateload.locustfiles.lib.schedule import Phase, Plan
+from gateload.locustfiles.lib.shapes import PlannedShape
+from gateload.targets.profile import CREDENTIALS_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ class RunController:
 
     def _require_profile(self, resolved: options.RunOptions, workers: int | None = None) -> None:
         needing = sorted(
-            u.__name__ for u in self.env.user_classes if u.__module__.startswith("locustfiles.lib")
+            u.__name__ for u in self.env.user_classes if u.__module__.startswith("gateload.locustfiles.lib")
         )
         if resolved.profile is not None:
             if needing:  # the users read the credentials file at spawn: a bad one must stop us here
-                from locustfiles.lib.runtime import load_accounts
+                from gateload.locustfiles.lib.runtime import load_accounts
 
                 path = resolved.profile.credentials_path
                 count = len(load_accounts(path))

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from analysis.catalogue import LEGACY, Catalogue
-from locustfiles.lib.catalogues import run_catalogue
-from locustfiles.lib.schedule import Plan
-from targets.profile import Profile, profile_to_dict
+from gateload.analysis.catalogue import LEGACY, Catalogue
+from gateload.locustfiles.lib.catalogues import run_catalogue
+from gateload.locustfiles.lib.schedule import Plan
+from gateload.targets.profile import Profile, profile_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("locust", "asyncssh", "aiohttp", "gevent", "pyarrow", "gateload")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from gateload.errors import InputError
-from locustfiles.lib.accounts import AccountLeases, Partition
-from locustfiles.lib.errors import classify, safe_error
-from targets.link import link_profile
-from targets.profile import Profile, load_profile
+from gateload.locustfiles.lib.accounts import AccountLeases, Partition
+from gateload.locustfiles.lib.errors import classify, safe_error
+from gateload.targets.link import link_profile
+from gateload.targets.profile import Profile, load_profile
 
 PROFILE_ENV = "GATELOAD_PROFILE"
 RUN_INFO = "gateload_run"  # runfolder.RUN_INFO: the run info (with worker slots) the master sends

@@ -1,8 +1,9 @@
 """Samples to disk: batches of column lists become Arrow tables, written as part files in a real OS thread.
 
 The recorder (``recorder.py``) fills the column lists named in :data:`HOT_COLUMNS` and hands whole
-batches to a :class:`PartWriter`; the writer thread builds the table in ``analysis.schema.SAMPLE_SCHEMA``
-and writes it with ``analysis.schema.write_part``, so greenlets never wait for the disk.
+batches to a :class:`PartWriter`; the writer thread builds the table in
+``gateload.analysis.schema.SAMPLE_SCHEMA`` and writes it with ``gateload.analysis.schema.write_part``, so
+greenlets never wait for the disk.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow as pa
 from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 
-from analysis.schema import SAMPLE_SCHEMA, write_part
+from gateload.analysis.schema import SAMPLE_SCHEMA, write_part
 
 logger = logging.getLogger(__name__)
 

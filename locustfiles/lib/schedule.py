@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateload.errors import InputError
-from locustfiles.lib.cmdline import SHAPES, plain_parser
+from gateload.locustfiles.lib.cmdline import SHAPES, plain_parser
 
 #: The compressed office day: (phase, real hours, share of the peak users, share of the phase spent
 #: ramping to it). 08:00-17:00; the logon storm is the steep first quarter hour.

@@ -6,7 +6,7 @@ time) -> a workday mix of activities with think time -> the session closes and `
 whole span is ``SESSION session``).
 
 The remote session is the protocol the profile's ``[gateway] protocol`` names
-(:mod:`locustfiles.lib.remote`); the activities drawn are those its catalogue and the portal serve.
+(:mod:`gateload.locustfiles.lib.remote`); the activities drawn are those its catalogue and the portal serve.
 
 Failures are recorded with their error class and the user recovers as a person would: a failed
 logon is retried after a growing pause, a dropped connection is reconnected with a new ticket
@@ -23,15 +23,15 @@ from typing import Any
 import gevent
 from locust import task
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
-from locustfiles.lib.arrivals import next_arrival
-from locustfiles.lib.catalogues import portal_catalogue
-from locustfiles.lib.errors import ERROR_CLASSES, OperationError, RecordedFailure
-from locustfiles.lib.portal import PortalClient
-from locustfiles.lib.remoteuser import RemoteUser, choose_activity, idle
-from locustfiles.lib.runtime import fire
-from targets.profile import ACTIVITIES, Profile
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.arrivals import next_arrival
+from gateload.locustfiles.lib.catalogues import portal_catalogue
+from gateload.locustfiles.lib.errors import ERROR_CLASSES, OperationError, RecordedFailure
+from gateload.locustfiles.lib.portal import PortalClient
+from gateload.locustfiles.lib.remoteuser import RemoteUser, choose_activity, idle
+from gateload.locustfiles.lib.runtime import fire
+from gateload.targets.profile import ACTIVITIES, Profile
 
 SESSION = "SESSION"
 # The session's own rows span the portal and the remote protocol, so any error class can end them.

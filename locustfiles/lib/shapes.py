@@ -1,4 +1,5 @@
-"""The Locust load shape that follows a :class:`~locustfiles.lib.schedule.Plan` (step, workday, arrivals).
+"""The Locust load shape that follows a :class:`~gateload.locustfiles.lib.schedule.Plan` (step, workday,
+arrivals).
 
 One class serves every gateload shape: the run controller installs an instance as
 ``environment.shape_class`` when ``--shape`` is not ``none`` (and removes it for ``none``, so a plain
@@ -21,7 +22,7 @@ import gevent
 from locust import LoadTestShape
 
 from gateload.errors import InputError
-from locustfiles.lib.schedule import Phase, Plan, build_plan
+from gateload.locustfiles.lib.schedule import Phase, Plan, build_plan
 
 logger = logging.getLogger(__name__)
 

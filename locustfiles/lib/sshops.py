@@ -1,7 +1,7 @@
 """The SSH operations of a gateway session, as asyncio coroutines that run in the bridge's loop thread.
 
 Each operation is timed inside its coroutine (``perf_counter`` in the loop thread) and returns
-:class:`~locustfiles.lib.aiobridge.Timed` outcomes; nothing here touches Locust or gevent, so the
+:class:`~gateload.locustfiles.lib.aiobridge.Timed` outcomes; nothing here touches Locust or gevent, so the
 greenlet side (``gateway.py``) fires the samples.
 
 Echo round trips (keystrokes, Enter until the prompt) are timed from the kernel's receive timestamp of
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from gevent.monkey import get_original
 
-from locustfiles.lib.aiobridge import Timed, timed
-from locustfiles.lib.errors import OperationError
-from targets.profile import DEFAULT_FIRST_PROMPT, Profile
+from gateload.locustfiles.lib.aiobridge import Timed, timed
+from gateload.locustfiles.lib.errors import OperationError
+from gateload.targets.profile import DEFAULT_FIRST_PROMPT, Profile
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
 PROMPT = b"gw$ "

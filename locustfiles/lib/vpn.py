@@ -1,11 +1,11 @@
 """The SSL-VPN protocol ``vpn``: ``VPNSession`` (one employee's AnyConnect-compatible tunnel, greenlet side).
 
-A profile's ``[gateway] protocol = "vpn"`` selects it (:mod:`locustfiles.lib.remote`); ``gateway.host``
-and ``gateway.port`` name the VPN server (ocserv or another AnyConnect-compatible one). The operations
-run as coroutines in the bridge's loop thread (:mod:`locustfiles.lib.vpnops`), timed there; the samples
-are fired here. A logon is three samples: ``VPN tls`` (TCP + TLS handshake, certificate verified),
-``VPN logon`` (the XML login form until the session cookie) and ``VPN tunnel_up`` (``CONNECT`` until
-the tunnel's address). Two activities are served:
+A profile's ``[gateway] protocol = "vpn"`` selects it (:mod:`gateload.locustfiles.lib.remote`);
+``gateway.host`` and ``gateway.port`` name the VPN server (ocserv or another AnyConnect-compatible one). The
+operations run as coroutines in the bridge's loop thread (:mod:`gateload.locustfiles.lib.vpnops`), timed
+there; the samples are fired here. A logon is three samples: ``VPN tls`` (TCP + TLS handshake, certificate
+verified), ``VPN logon`` (the XML login form until the session cookie) and ``VPN tunnel_up`` (``CONNECT``
+until the tunnel's address). Two activities are served:
 
 - ``typing``: a burst of ``workload.burst_keys`` DPD round trips through the tunnel at
   ``workload.typing_interval_ms`` (``VPN keepalive``, paced, with its intended start): what a person
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis.catalogue import Catalogue, Operation
-from locustfiles.lib import remote
-from locustfiles.lib.aiobridge import Timed
-from locustfiles.lib.bridged import BridgedSession, paced_burst, source_for
-from locustfiles.lib.errors import OperationError
-from locustfiles.lib.vpnops import VPNConnection, VPNSpec
-from targets.profile import Profile
+from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.locustfiles.lib import remote
+from gateload.locustfiles.lib.aiobridge import Timed
+from gateload.locustfiles.lib.bridged import BridgedSession, paced_burst, source_for
+from gateload.locustfiles.lib.errors import OperationError
+from gateload.locustfiles.lib.vpnops import VPNConnection, VPNSpec
+from gateload.targets.profile import Profile
 
 VPN = "VPN"
 _NET = ("refused", "reset", "timeout", "tls_error", "throttled", "other")
@@ -107,8 +107,8 @@ def spec_for(profile: Profile, username: str, password: str | None, user_id: int
 class VPNSession(BridgedSession[VPNConnection]):
     """One AnyConnect-compatible tunnel, driven from a greenlet; every operation fires a sample.
 
-    A :class:`locustfiles.lib.remote.RemoteSession` on the shared
-    :class:`~locustfiles.lib.bridged.BridgedSession`: operations never raise for target failures,
+    A :class:`gateload.locustfiles.lib.remote.RemoteSession` on the shared
+    :class:`~gateload.locustfiles.lib.bridged.BridgedSession`: operations never raise for target failures,
     they record them and return False (or the error).
     """
 

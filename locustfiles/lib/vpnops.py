@@ -22,8 +22,8 @@ client sees the TLS handshake end), and at the cap ocserv stops accepting until 
 it, so later connections wait in the kernel's queue (a TLS ``timeout`` when that outlasts
 ``timeout_s``). The first two are the error class ``throttled``; a wait stays a ``timeout``.
 
-Each operation is timed inside the loop by the caller (:func:`locustfiles.lib.aiobridge.timed`); nothing
-here touches Locust or gevent. No server text, cookie or password ever goes into an exception message.
+Each operation is timed inside the loop by the caller (:func:`gateload.locustfiles.lib.aiobridge.timed`);
+nothing here touches Locust or gevent. No server text, cookie or password ever goes into an exception message.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
-from locustfiles.lib.errors import HttpStatusError, OperationError, classify
+from gateload.locustfiles.lib.errors import HttpStatusError, OperationError, classify
 
 #: What the client says it is; ocserv treats AnyConnect-compatible clients alike (openconnect sends this).
 USER_AGENT = "Open AnyConnect VPN Agent v9.01"

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.catalogue import LEGACY, Catalogue
-from analysis.health import corrected_latency
-from analysis.stats import bucket_index, bucket_value
+from gateload.analysis.catalogue import LEGACY, Catalogue
+from gateload.analysis.health import corrected_latency
+from gateload.analysis.stats import bucket_index, bucket_value
 
 KEY = "gateload"
 TITLE = "gateload"
@@ -118,8 +118,8 @@ class LiveView:
     about once a second. A batch is aggregated with numpy into a ring of per-second slots (the last
     ``WINDOW_S`` seconds of completion time: exact nearest-rank percentiles of at most
     ``MAX_VALUES_PER_SLOT`` values per second and latency) and run-long log histograms (the buckets of
-    ``analysis.stats``: the same nearest rank, within 0.2 %), so memory stays bounded however long the
-    run. Percentiles are over successful samples, as in the analysis.
+    ``gateload.analysis.stats``: the same nearest rank, within 0.2 %), so memory stays bounded however long
+    the run. Percentiles are over successful samples, as in the analysis.
     """
 
     def __init__(
@@ -369,7 +369,7 @@ def attach(environment: Any, web_ui: Any, controller: Any) -> LiveView:
     """
     from flask import request
 
-    from locustfiles.lib import runinfo
+    from gateload.locustfiles.lib import runinfo
 
     def servers() -> Iterable[str]:
         run = getattr(controller, "run", None)

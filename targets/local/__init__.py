@@ -5,6 +5,6 @@ daemon in the foreground as a subprocess, waits until its port accepts connectio
 exit. Nothing is installed as a service and nothing is left running.
 """
 
-from targets.local.process import Daemon, MissingTool, free_port, require_binary, require_root
+from gateload.targets.local.process import Daemon, MissingTool, free_port, require_binary, require_root
 
 __all__ = ["Daemon", "MissingTool", "free_port", "require_binary", "require_root"]

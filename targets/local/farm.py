@@ -28,13 +28,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from targets.local.haproxy import Backend as LBBackend
-from targets.local.haproxy import HAProxy
-from targets.local.process import Daemon, free_port, start_with_retry
-from targets.local.sshd import Sshd, SshKeys
-from targets.local.stunnel import Stunnel
-from targets.local.tlsca import TestCA, make_test_ca
-from targets.profile import Profile, dump_profile, load_profile
+from gateload.targets.local.haproxy import Backend as LBBackend
+from gateload.targets.local.haproxy import HAProxy
+from gateload.targets.local.process import Daemon, free_port, start_with_retry
+from gateload.targets.local.sshd import Sshd, SshKeys
+from gateload.targets.local.stunnel import Stunnel
+from gateload.targets.local.tlsca import TestCA, make_test_ca
+from gateload.targets.profile import Profile, dump_profile, load_profile
 
 PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "local-real.toml"
 DOCUMENTS = {"memo.pdf": 65536}
@@ -150,7 +150,7 @@ class LocalRealFarm:
         return daemon.ports[0][1]
 
     def _start_portal_side(self) -> None:
-        from targets.reference.harness import FarmProcess, write_profile_variant
+        from gateload.targets.reference.harness import FarmProcess, write_profile_variant
 
         shared_state = self.state_dir / "portal-state"  # one set of accounts for every backend
         lb_backends = []
@@ -232,12 +232,14 @@ def _write_accounts(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m targets.local.farm``: run the local real farm until Ctrl-C (needs root)."""
+    """``python -m gateload.targets.local.farm``: run the local real farm until Ctrl-C (needs root)."""
     import argparse
     import signal
     import tempfile
 
-    p = argparse.ArgumentParser(prog="python -m targets.local.farm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m gateload.targets.local.farm", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temporary folder")
     p.add_argument("--portal-backends", type=int, default=3)
     p.add_argument("--gateways", type=int, default=2)

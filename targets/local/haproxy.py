@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from targets.local.process import Daemon, Launcher, free_port, require_binary
+from gateload.targets.local.process import Daemon, Launcher, free_port, require_binary
 
 STICKY_COOKIE = "SERVERID"
 HTTP_BACKEND = "portal_servers"  # haproxy proxy names, for counts()

@@ -2,7 +2,7 @@
 
 Configured from a private folder the way an administrator would: plain password auth from an
 ``ocpasswd`` file (accounts made with ``ocpasswd``), a certificate from a per-run test CA
-(:mod:`targets.local.tlsca`; clients verify it), TCP only on 127.0.0.1 (no UDP/DTLS), its own
+(:mod:`gateload.targets.local.tlsca`; clients verify it), TCP only on 127.0.0.1 (no UDP/DTLS), its own
 ``socket-file``, started as root with the workers run as Debian's ``ocserv`` account (``run-as-user``
 as the package ships it) and isolated (``isolate-workers``).
 
@@ -51,8 +51,15 @@ import stat
 import subprocess
 from pathlib import Path
 
-from targets.local.process import Daemon, Launcher, MissingTool, free_port, require_binary, require_root
-from targets.local.tlsca import TestCA, make_test_ca
+from gateload.targets.local.process import (
+    Daemon,
+    Launcher,
+    MissingTool,
+    free_port,
+    require_binary,
+    require_root,
+)
+from gateload.targets.local.tlsca import TestCA, make_test_ca
 
 #: Debian's shipped anti-abuse and timer settings (ocserv 1.1, /etc/ocserv/ocserv.conf).
 PRODUCTION_DEFAULTS = {

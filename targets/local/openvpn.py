@@ -7,7 +7,7 @@ Configured from a private folder the way an administrator would, starting from D
 ``duplicate-cn``, ``tls-auth``, ``user nobody``) stays at OpenVPN's built-in defaults. What a
 username/password deployment adds:
 
-- TLS with a per-run test CA (:mod:`targets.local.tlsca`, EC keys, so ``dh none``: ECDHE only);
+- TLS with a per-run test CA (:mod:`gateload.targets.local.tlsca`, EC keys, so ``dh none``: ECDHE only);
 - the password checked by an ``auth-user-pass-verify`` script (``via-file``: the password never goes
   into the environment or a command line) against a file of salted SHA-256 hashes;
 - no client certificates (``verify-client-cert none``) and ``username-as-common-name``, so OpenVPN's
@@ -48,8 +48,8 @@ import secrets
 import socket
 from pathlib import Path
 
-from targets.local.process import Daemon, Launcher, MissingTool, require_binary, require_root
-from targets.local.tlsca import TestCA, make_test_ca
+from gateload.targets.local.process import Daemon, Launcher, MissingTool, require_binary, require_root
+from gateload.targets.local.tlsca import TestCA, make_test_ca
 
 #: Debian's sample server.conf as shipped (what it leaves commented out is OpenVPN 2.6's default).
 PRODUCTION_DEFAULTS: dict[str, str | None] = {

@@ -34,7 +34,14 @@ from pathlib import Path
 
 import asyncssh
 
-from targets.local.process import Daemon, Launcher, MissingTool, free_port, require_binary, require_root
+from gateload.targets.local.process import (
+    Daemon,
+    Launcher,
+    MissingTool,
+    free_port,
+    require_binary,
+    require_root,
+)
 
 TEST_USER = "gateload-test"
 #: The stock test account for each login shell the tests use (TEST_USER is the /bin/sh one).

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targets.local.process import Daemon, Launcher, free_port, require_binary
-from targets.local.tlsca import TestCA
+from gateload.targets.local.process import Daemon, Launcher, free_port, require_binary
+from gateload.targets.local.tlsca import TestCA
 
 
 class Stunnel(Launcher):

@@ -47,7 +47,14 @@ import subprocess
 from pathlib import Path
 from typing import IO, Self
 
-from targets.local.process import Daemon, MissingTool, free_port, port_accepts, require_binary, require_root
+from gateload.targets.local.process import (
+    Daemon,
+    MissingTool,
+    free_port,
+    port_accepts,
+    require_binary,
+    require_root,
+)
 
 ETC = Path("/etc/xrdp")
 #: Keys changed for the relaxed variant (sesman.ini [Sessions]). 0 is not "unlimited" in sesman 0.9.21:
@@ -213,7 +220,7 @@ class Xrdp:
         """Display numbers of the Xorg servers below our sesman."""
         if not self._daemons or self._daemons[0].proc is None:
             return []
-        from targets.local.process import _descendants
+        from gateload.targets.local.process import _descendants
 
         found = []
         for pid in _descendants(self._daemons[0].proc.pid):

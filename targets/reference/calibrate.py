@@ -1,6 +1,6 @@
 """Calibrate the reference farm on this machine: saturation throughput and the farm's CPU cost.
 
-    python -m targets.reference.calibrate [--profile reference-before] [--seconds 5]
+    python -m gateload.targets.reference.calibrate [--profile reference-before] [--seconds 5]
 
 For each profile it starts ``gateload serve`` as a subprocess, drives it with a closed-loop asyncio
 load (no think time, several clients per server, so every worker stays busy) and prints:
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from targets.profile import Profile
-from targets.reference.harness import FarmProcess, resolve_profile, write_profile_variant
-from targets.reference.loadgen import closed_loop, keystroke_clients, portal_page_clients
-from targets.reference.state import read_credentials
+from gateload.targets.profile import Profile
+from gateload.targets.reference.harness import FarmProcess, resolve_profile, write_profile_variant
+from gateload.targets.reference.loadgen import closed_loop, keystroke_clients, portal_page_clients
+from gateload.targets.reference.state import read_credentials
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

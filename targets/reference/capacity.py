@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
-from targets.profile import Farm, ServerGroup, ServiceTimes
+from gateload.targets.profile import Farm, ServerGroup, ServiceTimes
 
 #: Operation name -> ServiceTimes field holding its mean (ms on a speed-1.0 server).
 OP_MEANS = {

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Load the profile, serve until a stop signal, exit 0."""
-    from targets.profile import load_profile
+    from gateload.targets.profile import load_profile
 
     profile = load_profile(args.profile)
     return asyncio.run(_serve(profile, args))
@@ -63,8 +63,8 @@ def ready_line(portal_url: str, gateway_host: str, gateway_port: int, servers: i
 
 
 async def _serve(profile: object, args: argparse.Namespace) -> int:
-    from targets.profile import dump_profile, is_loopback
-    from targets.reference.farm import ReferenceFarm, with_free_ports
+    from gateload.targets.profile import dump_profile, is_loopback
+    from gateload.targets.reference.farm import ReferenceFarm, with_free_ports
 
     if args.free_ports:
         profile = with_free_ports(profile)  # type: ignore[arg-type]

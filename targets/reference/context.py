@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from targets.profile import Profile
-from targets.reference.capacity import Cluster, SimServer
-from targets.reference.faults import FaultController
-from targets.reference.logins import AccountLogins
-from targets.reference.state import FarmState
-from targets.reference.tickets import TicketBook
+from gateload.targets.profile import Profile
+from gateload.targets.reference.capacity import Cluster, SimServer
+from gateload.targets.reference.faults import FaultController
+from gateload.targets.reference.logins import AccountLogins
+from gateload.targets.reference.state import FarmState
+from gateload.targets.reference.tickets import TicketBook
 
 #: Value of the server header for answers that no simulated backend gave (health, metrics, 404s).
 BALANCER_ID = "lb"

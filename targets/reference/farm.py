@@ -27,16 +27,16 @@ from aiohttp import web
 
 from gateload.errors import InputError
 from gateload.memory import RELEASE_EVERY_S, release_free_memory
-from targets.profile import Profile, is_loopback
-from targets.reference.capacity import Cluster
-from targets.reference.context import FarmContext
-from targets.reference.faults import FaultController, admin_token, build_admin_app
-from targets.reference.gateway import start_gateway
-from targets.reference.intranet import build_intranet_app
-from targets.reference.logins import AccountLogins
-from targets.reference.portal import Portal
-from targets.reference.state import FarmState, prepare_state
-from targets.reference.tickets import TicketBook
+from gateload.targets.profile import Profile, is_loopback
+from gateload.targets.reference.capacity import Cluster
+from gateload.targets.reference.context import FarmContext
+from gateload.targets.reference.faults import FaultController, admin_token, build_admin_app
+from gateload.targets.reference.gateway import start_gateway
+from gateload.targets.reference.intranet import build_intranet_app
+from gateload.targets.reference.logins import AccountLogins
+from gateload.targets.reference.portal import Portal
+from gateload.targets.reference.state import FarmState, prepare_state
+from gateload.targets.reference.tickets import TicketBook
 
 BACKLOG = 1024  # a ramping load test opens many connections at once
 SHUTDOWN_GRACE_S = 2.0

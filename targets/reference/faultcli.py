@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Do the action; one-line errors (exit 2) when the profile or the farm says no."""
-    from targets.profile import load_profile
-    from targets.reference.faults import FaultClient
+    from gateload.targets.profile import load_profile
+    from gateload.targets.reference.faults import FaultClient
 
     try:
         client = FaultClient.for_profile(load_profile(args.profile))

@@ -1,7 +1,7 @@
 """Fault injection for the reference farm: what breaks, on which server, when, and for how long.
 
 A load test is most needed when things break, so the farm can break on purpose. Kinds (profile
-schema :class:`targets.profile.Fault`):
+schema :class:`gateload.targets.profile.Fault`):
 
 =========  ===================================================================================
 reset      open SSH connections of the server(s) are reset (TCP RST) at the start, and again every
@@ -50,8 +50,8 @@ from typing import Any
 from aiohttp import web
 
 from gateload.errors import InputError
-from targets.profile import ALL_SERVERS, FAULT_KINDS, Fault, fault_problem
-from targets.reference.capacity import Cluster, ServerFaults, SimServer
+from gateload.targets.profile import ALL_SERVERS, FAULT_KINDS, Fault, fault_problem
+from gateload.targets.reference.capacity import Cluster, ServerFaults, SimServer
 
 TOKEN_ENV = "GATELOAD_ADMIN_TOKEN"
 TOKEN_FILE = "admin_token"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import asyncssh
 
-from targets.reference.capacity import SimServer
-from targets.reference.context import FarmContext
-from targets.reference.shell import EXIT, PROMPT, prompt_of, run_line
+from gateload.targets.reference.capacity import SimServer
+from gateload.targets.reference.context import FarmContext
+from gateload.targets.reference.shell import EXIT, PROMPT, prompt_of, run_line
 
 INTRANET_HOST = "intranet"
 # AES-GCM first and no chacha20: in asyncssh chacha20-poly1305 builds several cipher contexts per

@@ -28,9 +28,9 @@ from types import TracebackType
 from typing import Any
 
 from gateload.errors import InputError
-from targets.profile import Profile, load_profile, profile_to_dict
-from targets.reference.cli import READY_PREFIX
-from targets.reference.state import Account
+from gateload.targets.profile import Profile, load_profile, profile_to_dict
+from gateload.targets.reference.cli import READY_PREFIX
+from gateload.targets.reference.state import Account
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 _POLL_S = 0.02  # how often to look for the ready line while waiting (bounded by the timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from targets.reference.context import BALANCER_ID, FarmContext
+from gateload.targets.reference.context import BALANCER_ID, FarmContext
 
 PAGE = """<!doctype html>
 <html><head><title>Intranet</title></head><body>

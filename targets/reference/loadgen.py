@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import asyncssh
 
-from targets.reference.harness import portal_login, portal_ticket
-from targets.reference.state import Account
+from gateload.targets.reference.harness import portal_login, portal_ticket
+from gateload.targets.reference.state import Account
 
 Operation = Callable[[], Awaitable[bool]]
 

@@ -18,9 +18,9 @@ import time
 import pyotp
 from aiohttp import web
 
-from targets.reference.capacity import SimServer
-from targets.reference.context import BALANCER_ID, FarmContext
-from targets.reference.metrics import PROMETHEUS_CONTENT_TYPE, render_json, render_prometheus
+from gateload.targets.reference.capacity import SimServer
+from gateload.targets.reference.context import BALANCER_ID, FarmContext
+from gateload.targets.reference.metrics import PROMETHEUS_CONTENT_TYPE, render_json, render_prometheus
 
 COOKIE = "gl_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import lru_cache
 
-from targets.reference.capacity import SimServer
+from gateload.targets.reference.capacity import SimServer
 
 PROMPT = b"gw$ "
 EXIT = -1  # run_line's answer for `exit`

@@ -30,7 +30,7 @@ import asyncssh
 import pyotp
 
 from gateload.errors import InputError
-from targets.profile import Farm
+from gateload.targets.profile import Farm
 
 HOST_KEY = "ssh_host_key"
 CREDENTIALS = "credentials.csv"
