@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateload import paths
 from gateload.errors import InputError
 from gateload.locustrun import LocustRun, plan_of
 from gateload.targets.profile import Profile, is_loopback, load_profile
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ROOT / "targets" / "profiles"
-DEFAULT_ACCEPTANCE = ROOT / "targets" / "acceptance" / "reference.toml"
+PROFILES = paths.PROFILES
+DEFAULT_ACCEPTANCE = paths.ACCEPTANCE / "reference.toml"
 
 # Demo workloads: a staircase that takes the before farm past its knee and stays within what this
 # 2-core machine can generate. ~5 minutes in all by default, ~2 minutes with --quick.

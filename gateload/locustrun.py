@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from gateload import paths
 from gateload.errors import InputError
 from gateload.locustfiles.lib.schedule import Plan, plan_from_args
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "locustfiles" / "homeoffice.py"
+# The locustfile inside the package: a checkout's locustfiles/homeoffice.py, or the installed copy.
+LOCUSTFILE = paths.LOCUSTFILE
 PROGRESS_PREFIX = "[gateload]"
 # Seconds allowed beyond the planned duration for logon, shutdown and writing results.
 GRACE_S = 60.0
@@ -86,7 +87,8 @@ class LocustRun:
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
-                cwd=ROOT,
+                # The user's cwd, as for any Locust run: relative --profile and --results-dir paths and
+                # ./locust.conf mean what they meant to the campaign (results land under the user's cwd).
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             follower = _Follower(proc, log)

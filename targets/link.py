@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from gateload import paths
 from gateload.targets.profile import Link, Profile
 
 CHUNK_MAX = 64 * 1024
@@ -520,7 +521,6 @@ class _Module:
 Routes = dict[str, tuple[str, int]]  # name ("portal", "gateway") -> address
 LINK_PROCESS_MODULE = "gateload.targets.linkproc"  # the child's module, run by name: it imports this one
 STOP_TIMEOUT_S = 10.0
-_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -579,7 +579,7 @@ def serve_in_process(
     with os.fdopen(fd, "wb") as stderr:
         proc = subprocess.Popen(
             argv,
-            cwd=_REPO,
+            cwd=paths.IMPORT_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,

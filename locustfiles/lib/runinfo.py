@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from gateload import paths
 from gateload.analysis.catalogue import LEGACY, Catalogue
 from gateload.locustfiles.lib.catalogues import run_catalogue
 from gateload.locustfiles.lib.schedule import Plan
 from gateload.targets.profile import Profile, profile_to_dict
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.CHECKOUT  # None for an installed wheel: its git revision is not gateload's
 PACKAGES = ("locust", "asyncssh", "aiohttp", "gevent", "pyarrow", "gateload")
 MASK = "***"
 # Keys whose string values are never written: passwords, OTP secrets, tickets, tokens, cookies' values.
@@ -60,8 +61,10 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def git_revision(repo: Path = REPO) -> str | None:
+def git_revision(repo: Path | None = REPO) -> str | None:
     """``git rev-parse HEAD`` of the checkout the locustfile runs from, or None outside git."""
+    if repo is None:
+        return None
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
