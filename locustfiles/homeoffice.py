@@ -19,29 +19,14 @@ the target profile.
 Every start writes ``<results-dir>/<label>/<run-id>/`` (raw samples, meta.json, Locust's CSV and
 HTML report; see results/README.md). The web UI has a "gateload" tab with the run's sessions, logon
 time, keystroke echo and per-server shares (``locustfiles/lib/webview.py``).
+
+Your own locustfile: ``from gateload.users import HomeofficeUser`` (see :mod:`gateload.users`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from locust import events
-
-from gateload.locustfiles.lib import options, runfolder, webview
-from gateload.locustfiles.lib.portal import PortalUser
-from gateload.locustfiles.lib.remoteuser import GatewayUser
-from gateload.locustfiles.lib.session import HomeofficeUser
+# The classes and the option/recorder hooks live in the package (gateload.users, the public API), so a
+# user's own locustfile gets the same by importing them; this file stays for `locust -f` and the campaign.
+from gateload.users import GatewayUser, HomeofficeUser, PortalUser
 
 __all__ = ["GatewayUser", "HomeofficeUser", "PortalUser"]
-
-
-@events.init_command_line_parser.add_listener
-def _add_gateload_options(parser: Any, **_kw: Any) -> None:
-    options.add_arguments(parser)
-
-
-@events.init.add_listener
-def _attach_gateload(environment: Any, runner: Any = None, web_ui: Any = None, **_kw: Any) -> None:
-    controller = runfolder.attach(environment, web_ui)
-    if getattr(environment, "web_ui", None) is not None:  # local runner or master with the web UI
-        webview.attach(environment, environment.web_ui, controller)

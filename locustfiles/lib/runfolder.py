@@ -132,8 +132,11 @@ class RunController:
             )
 
     def _require_profile(self, resolved: options.RunOptions, workers: int | None = None) -> None:
+        # gateload's user classes and a user's own subclasses of them (gateload.users) need a profile.
         needing = sorted(
-            u.__name__ for u in self.env.user_classes if u.__module__.startswith("gateload.locustfiles.lib")
+            u.__name__
+            for u in self.env.user_classes
+            if any(c.__module__.startswith("gateload.locustfiles.lib") for c in u.__mro__)
         )
         if resolved.profile is not None:
             if needing:  # the users read the credentials file at spawn: a bad one must stop us here
