@@ -10,6 +10,7 @@ repository, with PYTHONPATH cleared.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -122,9 +123,11 @@ def test_demo_quick_passes_from_any_folder(installed: Installed) -> None:
     proc = installed.run("gateload", "demo", "--quick", timeout=540)
     elapsed = time.monotonic() - started
     print(f"gateload demo --quick from an installed wheel: {elapsed:.0f} s")
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "PASS" in proc.stdout
-    # The results go to the user's folder, not into the installed package.
+    # The results go to the user's folder, not into the installed package (checked first: a verdict other
+    # than PASS on a starved machine still shows where they went).
     report = installed.cwd / "results" / "demo" / "report"
-    assert (report / "verdict.json").is_file(), sorted(p.name for p in installed.cwd.rglob("*"))[:20]
+    assert (report / "verdict.json").is_file(), f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert not any(installed.venv.rglob("meta.json"))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert json.loads((report / "verdict.json").read_text())["verdict"] == "PASS"
+    assert "PASS" in proc.stdout
