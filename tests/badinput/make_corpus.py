@@ -16,8 +16,8 @@ import pyarrow as pa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from analysis.schema import SAMPLE_SCHEMA, write_meta, write_part  # noqa: E402
-from analysis.synthetic import SynthSpec, build_table  # noqa: E402
+from gateload.analysis.schema import SAMPLE_SCHEMA, write_meta, write_part  # noqa: E402
+from gateload.analysis.synthetic import SynthSpec, build_table  # noqa: E402
 
 BASE = """[target]
 name = "bad-input"
