@@ -42,15 +42,14 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import csv
 import ipaddress
-import os
 import pwd
 import secrets
 import stat
 import subprocess
 from pathlib import Path
 
+from gateload.targets.local.accounts import new_accounts, read_accounts, write_credentials
 from gateload.targets.local.process import (
     Daemon,
     Launcher,
@@ -143,12 +142,11 @@ class Ocserv(Launcher):
         self.ca = make_test_ca(self.state_dir / "tls")
         with contextlib.suppress(FileNotFoundError):
             self.passwd.unlink()
-        if self.source_credentials is not None:
-            self.accounts = _read_accounts(self.source_credentials)
-        else:
-            self.accounts = [
-                (f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)
-            ]
+        self.accounts = (
+            read_accounts(self.source_credentials)
+            if self.source_credentials is not None
+            else new_accounts(USER_PREFIX, self.n_accounts)
+        )
         for name, password in self.accounts:
             # ocpasswd asks twice on its stdin; the password never appears on a command line.
             subprocess.run(
@@ -158,13 +156,7 @@ class Ocserv(Launcher):
                 check=True,
                 capture_output=True,
             )
-        with contextlib.suppress(FileNotFoundError):
-            self.credentials.unlink()
-        fd = os.open(self.credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["username", "password"])
-            writer.writerows(self.accounts)
+        write_credentials(self.credentials, self.accounts)
 
     def _make_daemon(self) -> Daemon:
         self.port = free_port(self.host)
@@ -202,15 +194,6 @@ class Ocserv(Launcher):
             "ping-leases = false",
         ]
         return "\n".join(lines) + "\n"
-
-
-def _read_accounts(path: Path) -> list[tuple[str, str]]:
-    """``(username, password)`` of every row of a ``username,password[,...]`` CSV with a header."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"username", "password"} <= set(rows[0]):
-        raise ValueError(f"{path}: needs a header username,password and at least one account")
-    return [(r["username"], r["password"]) for r in rows]
 
 
 def _make_traversable(folder: Path) -> None:

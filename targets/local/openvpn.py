@@ -40,14 +40,12 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import hashlib
-import os
 import secrets
 import socket
 from pathlib import Path
 
+from gateload.targets.local.accounts import new_accounts, read_accounts, write_credentials, write_private
 from gateload.targets.local.process import Daemon, Launcher, MissingTool, require_binary, require_root
 from gateload.targets.local.tlsca import TestCA, make_test_ca
 
@@ -148,24 +146,17 @@ class OpenVPNServer(Launcher):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
         self.ca = make_test_ca(self.state_dir / "tls")
-        if self.source_credentials is not None:
-            self.accounts = read_accounts(self.source_credentials)
-        else:
-            self.accounts = [
-                (f"{USER_PREFIX}{i:03d}", secrets.token_urlsafe(12)) for i in range(self.n_accounts)
-            ]
-        _write_private(self.passwd, "".join(hash_line(u, p) + "\n" for u, p in self.accounts))
+        self.accounts = (
+            read_accounts(self.source_credentials)
+            if self.source_credentials is not None
+            else new_accounts(USER_PREFIX, self.n_accounts)
+        )
+        write_private(self.passwd, "".join(hash_line(u, p) + "\n" for u, p in self.accounts))
         script = self.state_dir / "verify.sh"
-        _write_private(script, VERIFY_SCRIPT.format(passwd=_sh_quote(str(self.passwd))))
+        write_private(script, VERIFY_SCRIPT.format(passwd=_sh_quote(str(self.passwd))))
         script.chmod(0o700)
         (self.state_dir / "tmp").mkdir(mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.credentials.unlink()
-        fd = os.open(self.credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["username", "password"])
-            writer.writerows(self.accounts)
+        write_credentials(self.credentials, self.accounts)
 
     def _make_daemon(self) -> Daemon:
         self.port = free_udp_port(self.host)
@@ -232,23 +223,6 @@ class _UDPDaemon(Daemon):
                     raise RuntimeError(f"{self.name}: port in use: {tail}")
                 raise RuntimeError(f"{self.name} did not start: {tail}")
             time.sleep(0.02)
-
-
-def read_accounts(path: Path) -> list[tuple[str, str]]:
-    """``(username, password)`` of every row of a ``username,password[,...]`` CSV with a header."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"username", "password"} <= set(rows[0]):
-        raise ValueError(f"{path}: needs a header username,password and at least one account")
-    return [(r["username"], r["password"]) for r in rows]
-
-
-def _write_private(path: Path, text: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 def _sh_quote(text: str) -> str:
