@@ -44,6 +44,9 @@ class Operation:
     activities: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     aggregate: bool = False
+    #: a paced operation run in bursts whose samples are recorded together when the burst ends (so
+    #: operations started before a stop can be missing for a whole burst's span: analysis.steady)
+    burst: bool = False
 
     @property
     def key(self) -> str:
@@ -61,6 +64,7 @@ class Operation:
             "activities": list(self.activities),
             "roles": list(self.roles),
             "aggregate": self.aggregate,
+            "burst": self.burst,
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class Operation:
             paced=bool(data.get("paced", False)),
             rate_from=str(rate_from) if rate_from else None,
             aggregate=bool(data.get("aggregate", False)),
+            burst=bool(data.get("burst", False)),
             **lists,
         )
 
@@ -128,6 +133,11 @@ class Catalogue:
     @property
     def paced(self) -> tuple[Operation, ...]:
         return tuple(o for o in self.operations if o.paced)
+
+    @property
+    def bursts(self) -> frozenset[str]:
+        """Keys of the paced operations recorded a whole burst at a time."""
+        return frozenset(o.key for o in self.operations if o.paced and o.burst)
 
     @property
     def aggregates(self) -> frozenset[str]:

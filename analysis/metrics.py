@@ -224,8 +224,8 @@ def _n_blocks(duration: float) -> int:
 
 def _step(ctx: _Ctx, w: Window, rng: np.random.Generator) -> StepStats:
     s = ctx.run.samples
-    a, b = np.searchsorted(s.t, [w.steady_start, w.end])
-    span = w.end - w.steady_start
+    a, b = np.searchsorted(s.t, [w.steady_start, w.steady_end])
+    span = w.duration
     nb = _n_blocks(span)
     width = span / nb
     t = s.t[a:b]

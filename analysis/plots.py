@@ -174,7 +174,7 @@ def timeseries(rs: RunStats, title: str) -> str:
     for st in rs.steps:
         w = st.window
         ax.axvline(w.start, color="#555", lw=0.6, ls="--")
-        ax.axvspan(w.steady_start, w.end, color="#2ca02c" if w.steady else "#d62728", alpha=0.08)
+        ax.axvspan(w.steady_start, w.steady_end, color="#2ca02c" if w.steady else "#d62728", alpha=0.08)
         ax.text(w.start, 1.0, f" {w.users}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
     lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper left")

@@ -114,12 +114,13 @@ class Run:
 
         Columns (times in seconds since the run origin, like the steps): ``time``, ``timestamp`` (UTC),
         ``step`` (index of the meta.json step the sample started in; <NA> outside every step),
-        ``warmup`` (True where the analysis cuts the sample as ramp/warm-up: the cut of
+        ``cut`` (True where the analysis leaves the sample out: a step's ramp and warm-up, and in the
+        run's last step the seconds before the stop whose operations were still in flight; the cut of
         :func:`gateload.analysis.steady.steady_windows`, which :func:`gateload.analysis.metrics.analyze_run`
         uses), ``op`` (``"<type> <name>"``), ``type``, ``name``, ``duration_ms``, ``from_intended_ms``,
         ``t_intended``, ``success``, ``error``, ``server``, ``user``, ``user_count`` and, from the run's
         catalogue, ``paced``, ``is_aggregate`` (its ``aggregate``: a plain ``aggregate`` column would hide
-        behind ``DataFrame.aggregate``) and ``role``. ``df[~df.warmup].groupby("step")`` holds
+        behind ``DataFrame.aggregate``) and ``role``. ``df[~df.cut].groupby("step")`` holds
         exactly the samples each step's statistics are computed from (groupby drops the <NA> steps).
         A run in which no step settles raises the analysis's :class:`InputError`.
         """
@@ -127,8 +128,9 @@ class Run:
 
     def steps_to_pandas(self) -> pd.DataFrame:
         """The analysis's steady windows, one row per step it keeps: the step's ``start``/``end``,
-        ``steady_start`` (the end of the warm-up cut), ``steady_s`` (the span throughput is divided by),
-        ``users``, ``ramp_s``, ``warmup_s``, ``steady`` and ``reached_users``; indexed by ``step``."""
+        ``steady_start`` (the end of the warm-up cut), ``steady_end`` (the start of the stop cut, else
+        ``end``), ``steady_s`` (the span throughput is divided by), ``users``, ``ramp_s``, ``warmup_s``,
+        ``stop_cut_s``, ``steady`` and ``reached_users``; indexed by ``step``."""
         import pandas as pd
 
         from gateload.analysis.steady import steady_windows
@@ -140,9 +142,11 @@ class Run:
                 "start": w.start,
                 "end": w.end,
                 "steady_start": w.steady_start,
+                "steady_end": w.steady_end,
                 "steady_s": w.duration,
                 "ramp_s": w.ramp_s,
                 "warmup_s": w.warmup_s,
+                "stop_cut_s": w.stop_cut_s,
                 "steady": w.steady,
                 "reached_users": w.reached_users,
             }
@@ -402,12 +406,12 @@ def _step_codes(run: Run) -> np.ndarray:
     return np.where(inside, index[np.maximum(pos, 0)], -1)
 
 
-def _warmup(run: Run, step: np.ndarray) -> np.ndarray:
-    """True where analyze_run leaves a sample of a step out as ramp/warm-up.
+def _cut(run: Run, step: np.ndarray) -> np.ndarray:
+    """True where analyze_run leaves a sample of a step out: its ramp/warm-up, or the stop cut.
 
-    The cut is :func:`gateload.analysis.steady.steady_windows` itself. Operations count from a step's steady
-    start; aggregates (SESSION rows) over the whole step, ramp included (metrics._session_ops); a step
-    the analysis drops (no sample in its steady part) is cut whole.
+    The cut is :func:`gateload.analysis.steady.steady_windows` itself. Operations count from a step's
+    steady start to its steady end; aggregates (SESSION rows) over the whole step, ramp included
+    (metrics._session_ops); a step the analysis drops (no sample in its steady part) is cut whole.
     """
     from gateload.analysis.steady import steady_windows
 
@@ -418,7 +422,11 @@ def _warmup(run: Run, step: np.ndarray) -> np.ndarray:
     for index in np.unique(step[step >= 0]).tolist():
         rows = step == index
         w = windows.get(int(index))
-        cut[rows] = True if w is None else (s.t[rows] < w.steady_start) & ~aggregate[rows]
+        if w is None:
+            cut[rows] = True
+        else:
+            t = s.t[rows]
+            cut[rows] = ((t < w.steady_start) | (t >= w.steady_end)) & ~aggregate[rows]
     return cut
 
 
@@ -456,7 +464,7 @@ def _samples_frame(run: Run) -> pd.DataFrame:
             "time": s.t,
             "timestamp": timestamp,
             "step": pd.arrays.IntegerArray(np.maximum(step, 0), step < 0),
-            "warmup": _warmup(run, step),
+            "cut": _cut(run, step),
             "op": _categorical(s.op, s.ops),
             "type": _categorical(type_codes[s.op], type_labels),
             "name": _categorical(name_codes[s.op], name_labels),

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from gateload.analysis.catalogue import Catalogue
+
 
 @dataclass(frozen=True)
 class Step:
@@ -69,3 +71,6 @@ class RunData(Protocol):
 
     @property
     def steps(self) -> list[Step]: ...
+
+    @property
+    def catalogue(self) -> Catalogue: ...

@@ -8,6 +8,11 @@ queues filling). Both are cut before any statistic:
 2. the transient, by MSER-5 (White 1997) on the time-binned series of mean log latency and of
    throughput after the ramp; the larger of the two truncation points is cut.
 
+The run's last step also loses its end: a sample is recorded only when its operation (or the paced
+burst it belongs to) completes, so operations still in flight when the run stops are missing and the
+last seconds look slower than they were (a 2-3 s fall in throughput, measured on the demo). That step's
+window ends :func:`stop_horizon` before its end.
+
 MSER picks the truncation ``d`` that minimises the squared standard error of the remaining batch means.
 When that minimum lies in the second half of the series the step never settled: it is flagged
 ``steady = False`` (and only its second half is used). A run in which no step settles is refused.
@@ -28,11 +33,13 @@ BATCH = 5  # MSER-5
 MIN_BINS = 50
 MAX_BINS = 1000
 TARGET_BIN_S = 0.2
+STOP_QUANTILE = 95.0  # of the recording delay: the stop cut leaves ~5% of the late ones missing
+MAX_STOP_CUT = 0.5  # of the steady window: at least half of it is always kept
 
 
 @dataclass(frozen=True)
 class Window:
-    """The steady part ``[steady_start, end)`` of one step, seconds since the run origin."""
+    """The steady part ``[steady_start, steady_end)`` of one step, seconds since the run origin."""
 
     index: int
     users: int
@@ -43,10 +50,15 @@ class Window:
     warmup_s: float
     steady: bool
     reached_users: bool
+    steady_end: float  # ``end``, or earlier in the run's last step (the stop cut)
 
     @property
     def duration(self) -> float:
-        return self.end - self.steady_start
+        return self.steady_end - self.steady_start
+
+    @property
+    def stop_cut_s(self) -> float:
+        return self.end - self.steady_end
 
 
 def mser(
@@ -169,18 +181,22 @@ def steady_windows(run: RunData) -> list[Window]:
     for index, start, end, users, prev, rate, spawned in plan:
         ramp_end, reached = _ramp_end(run, start, end, users, prev, rate, spawned)
         cut, ok = _transient(run, ramp_end, end)
-        steady_start = ramp_end + cut if ok else ramp_end + (end - ramp_end) / 2.0
+        steady_start = min(ramp_end + cut if ok else ramp_end + (end - ramp_end) / 2.0, end)
+        steady_end = end
+        if index == plan[-1][0]:
+            steady_end = end - min(stop_horizon(run, steady_start, end), MAX_STOP_CUT * (end - steady_start))
         windows.append(
             Window(
                 index=index,
                 users=users,
                 start=start,
                 end=end,
-                steady_start=min(steady_start, end),
+                steady_start=steady_start,
                 ramp_s=ramp_end - start,
                 warmup_s=steady_start - ramp_end,
                 steady=ok,
                 reached_users=reached,
+                steady_end=steady_end,
             )
         )
     windows = [w for w in windows if w.duration > 0 and _count(run, w) > 0]
@@ -196,8 +212,42 @@ def steady_windows(run: RunData) -> list[Window]:
 
 
 def _count(run: RunData, w: Window) -> int:
-    a, b = np.searchsorted(run.samples.t, [w.steady_start, w.end])
+    a, b = np.searchsorted(run.samples.t, [w.steady_start, w.steady_end])
     return int(b - a)
+
+
+def stop_horizon(run: RunData, t0: float, t1: float) -> float:
+    """Seconds before a stop at ``t1`` in which samples are still missing: the 95th percentile, over
+    the operations started in ``[t0, t1)``, of the delay from an operation's start until it was recorded.
+
+    An operation is recorded when it completes; a paced one when its whole burst does (the protocol
+    hands a burst over at once: catalogue ``burst``), so its delay runs to the end of the burst's last
+    operation. Bursts are the runs of one user's operation whose intended starts follow at the pace.
+    """
+    s = run.samples
+    a, b = np.searchsorted(s.t, [t0, t1])
+    keep = ~s.op_is_session[s.op[a:b]]
+    t, end = s.t[a:b][keep], s.t[a:b][keep] + s.dur[a:b][keep] / 1000.0
+    if len(t) == 0:
+        return 0.0
+    recorded = end.copy()
+    op = s.op[a:b][keep]
+    codes = [c for c in (s.op_code(k) for k in run.catalogue.bursts) if c >= 0]
+    ti = s.t_intended[a:b][keep]
+    paced = np.flatnonzero(np.isin(op, codes) & np.isfinite(ti))
+    if len(paced) > 1:
+        user, bop = s.user[a:b][keep][paced], op[paced]
+        srt = np.lexsort((ti[paced], bop, user))
+        order = paced[srt]
+        gap = np.diff(ti[order])
+        pace = float(np.median(gap[gap > 0])) if np.any(gap > 0) else 0.0
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (np.diff(user[srt]) != 0) | (np.diff(bop[srt]) != 0) | (gap > 1.5 * pace)
+        burst = np.cumsum(new) - 1
+        last = np.full(int(burst[-1]) + 1, -np.inf)
+        np.maximum.at(last, burst, end[order])
+        recorded[order] = last[burst]
+    return float(np.percentile(recorded - t, STOP_QUANTILE))
 
 
 def describe(w: Window) -> str:

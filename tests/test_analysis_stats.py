@@ -1,15 +1,19 @@
-"""Statistics: histogram accuracy, block bootstrap, warm-up cut, and interval coverage by simulation."""
+"""Statistics: histograms, block bootstrap, warm-up and stop cuts, and interval coverage by simulation."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 from analysis_fixtures import COVERAGE, SMALL
 from scipy.signal import lfilter
 
+from gateload.analysis.catalogue import Catalogue, Operation
 from gateload.analysis.metrics import analyze_run
+from gateload.analysis.samples import Samples, Step
 from gateload.analysis.stats import (
     Estimate,
     block_hist,
@@ -131,3 +135,73 @@ def test_two_replicates_average_their_bootstraps() -> None:
     # averaging two independent runs shrinks the spread by about sqrt(2)
     half = (p.hi - p.lo) / 2
     assert half == pytest.approx(1.96 * math.sqrt(0.5) * 1.05, rel=0.2)
+
+
+@dataclass
+class _Typed:
+    """A run as the analysis reads it (analysis.samples.RunData), made of paced typing bursts."""
+
+    path: Path
+    samples: Samples
+    steps: list[Step]
+    catalogue: Catalogue
+
+
+def _typing_run(
+    burst: bool, stop: float = 60.0, recorded_by: float | None = None
+) -> tuple[_Typed, np.ndarray]:
+    """20 users typing bursts of 12 keys at 150 ms (10 ms each), 1-3 s apart, in two 30 s steps. A burst
+    is recorded only if it ended by ``recorded_by`` (the stop: in-flight bursts are lost, as in the
+    harness); returns the run and every key's start, recorded or not."""
+    rng = np.random.default_rng(7)
+    starts, intended, users = [], [], []
+    for u in range(20):
+        t = rng.uniform(0, 2)
+        while t < stop:
+            keys = t + 0.15 * np.arange(12)
+            keep = keys < stop
+            if recorded_by is None or keys[-1] + 0.01 <= recorded_by:
+                starts.append(keys[keep])
+                intended.append(keys[keep])
+                users.append(np.full(int(keep.sum()), u))
+            t = keys[-1] + 0.01 + rng.uniform(1, 3)
+    every = np.concatenate(starts)
+    order = np.argsort(every)
+    n = len(every)
+    samples = Samples(
+        t=every[order],
+        dur=np.full(n, 10.0),
+        t_intended=np.concatenate(intended)[order],
+        op=np.zeros(n, dtype=np.int32),
+        ops=["SSH keystroke"],
+        op_is_session=np.array([False]),
+        success=np.ones(n, dtype=bool),
+        error=np.full(n, -1, dtype=np.int32),
+        errors=[],
+        server=np.full(n, -1, dtype=np.int32),
+        servers=[],
+        user=np.concatenate(users)[order].astype(np.int64),
+        user_count=np.full(n, 20),
+    )
+    key = Operation("SSH", "keystroke", paced=True, burst=burst, rate_from="workload.typing_interval_ms")
+    steps = [Step(0, 0.0, 30.0, 20, 0.0), Step(1, 30.0, stop, 20, 0.0)]
+    return _Typed(Path("typed"), samples, steps, Catalogue(("ssh",), (key,))), every
+
+
+def test_the_last_step_loses_the_bursts_in_flight_at_the_stop() -> None:
+    """Bursts still running at the stop are never recorded: the last seconds of a real run look slower
+    than they were (the demo's last step lost 5% of its throughput to it). The stop cut removes them."""
+    run, _ = _typing_run(burst=True, recorded_by=60.0)
+    _, every = _typing_run(burst=True)  # the same keystrokes, none lost
+    first, last = steady_windows(run)
+    assert first.steady_end == first.end  # only the run's last step meets the stop
+    assert 1.5 <= last.stop_cut_s <= 2.0  # a burst lasts 1.66 s
+    t = run.samples.t
+    truth = np.sum((every >= last.steady_start) & (every < last.steady_end)) / last.duration
+    kept = np.sum((t >= last.steady_start) & (t < last.steady_end)) / last.duration
+    uncut = np.sum((t >= last.steady_start) & (t < last.end)) / (last.end - last.steady_start)
+    assert kept == pytest.approx(truth, rel=0.01)
+    assert uncut < 0.97 * truth  # what the window lost without the cut
+    # recorded one by one, a keystroke is missing only while it runs: the cut is its duration
+    single, _ = _typing_run(burst=False, recorded_by=60.0)
+    assert steady_windows(single)[-1].stop_cut_s == pytest.approx(0.01, abs=1e-6)

@@ -68,10 +68,10 @@ def test_steps_match_meta_json(run_dir: Path, df: pd.DataFrame) -> None:
     assert set(df.step.dropna().unique()) == {0, 1, 2}
 
 
-def test_warmup_rows_are_exactly_those_the_metrics_leave_out(run: Run, df: pd.DataFrame) -> None:
+def test_cut_rows_are_exactly_those_the_metrics_leave_out(run: Run, df: pd.DataFrame) -> None:
     stats = analyze_run(run, n_boot=BOOT)
-    kept = df[~df.warmup]
-    assert df.warmup.any() and kept.step.notna().all()  # the cut removes something, here only in steps
+    kept = df[~df.cut]
+    assert df.cut.any() and kept.step.notna().all()  # the cut removes something, here only in steps
     for st in stats.steps:
         step = kept[kept.step == st.window.index]
         counts = step.groupby("op", observed=True).size()
@@ -80,15 +80,18 @@ def test_warmup_rows_are_exactly_those_the_metrics_leave_out(run: Run, df: pd.Da
         assert int((~step.is_aggregate).sum()) == st.all.count
         # and operations lose their ramp and warm-up, aggregates (SESSION rows) keep the whole step
         window = df[df.step == st.window.index]
-        cut = window[window.warmup]
-        assert (cut.time < st.window.steady_start).all() and not cut.is_aggregate.any()
-        assert (window[~window.is_aggregate & ~window.warmup].time >= st.window.steady_start).all()
+        cut = window[window.cut]
+        assert ((cut.time < st.window.steady_start) | (cut.time >= st.window.steady_end)).all()
+        assert not cut.is_aggregate.any()
+        kept_ops = window[~window.is_aggregate & ~window.cut]
+        assert (kept_ops.time >= st.window.steady_start).all()
+        assert (kept_ops.time < st.window.steady_end).all()
 
 
 def test_a_groupby_reproduces_throughput_and_percentiles(run: Run, df: pd.DataFrame) -> None:
     stats = analyze_run(run, n_boot=BOOT)
     steps = run.steps_to_pandas()
-    ok = df[~df.warmup & df.success & ~df.is_aggregate]
+    ok = df[~df.cut & df.success & ~df.is_aggregate]
     throughput = ok.groupby("step").size() / steps.steady_s
     p95 = ok.groupby(["step", "op"], observed=True).duration_ms.quantile(0.95)
     p99_all = ok.groupby("step").duration_ms.quantile(0.99)
@@ -140,9 +143,9 @@ def test_samples_outside_the_schedule_have_no_step() -> None:
     run = build_run(SMALL.with_(extra_meta={"steps": steps}))
     df = run.to_pandas()
     outside = df[df.step.isna()]
-    assert len(outside) > 0 and (outside.time >= 40.0).all() and not outside.warmup.any()
+    assert len(outside) > 0 and (outside.time >= 40.0).all() and not outside.cut.any()
     stats = analyze_run(run, n_boot=BOOT)
-    kept = df[~df.warmup].groupby("step").size()  # groupby drops the <NA> step
+    kept = df[~df.cut].groupby("step").size()  # groupby drops the <NA> step
     assert list(kept.index) == [0, 1]
     for st in stats.steps:
         assert kept[st.window.index] == st.all.count + sum(
@@ -156,7 +159,7 @@ def test_run_without_a_schedule_is_one_step() -> None:
     assert (df.step == 0).all()
     stats = analyze_run(run, n_boot=BOOT)
     (st,) = stats.steps
-    assert int((~df.warmup & ~df.is_aggregate).sum()) == st.all.count
+    assert int((~df.cut & ~df.is_aggregate).sum()) == st.all.count
 
 
 def test_a_run_that_never_settles_is_a_one_line_error() -> None:

@@ -33,6 +33,7 @@ SSH_CATALOGUE = Catalogue(
             "keystroke",
             "one paced keystroke until its echo (t_intended = the plan)",
             paced=True,
+            burst=True,
             rate_from="workload.typing_interval_ms",
             errors=_ERR,
             activities=("typing",),

@@ -70,6 +70,7 @@ RDP_CATALOGUE = Catalogue(
             "key",
             "one paced key press until the screen update it causes (t_intended = the plan)",
             paced=True,
+            burst=True,
             rate_from="workload.typing_interval_ms",
             errors=_NET,
             activities=("typing",),

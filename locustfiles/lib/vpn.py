@@ -65,6 +65,7 @@ VPN_CATALOGUE = Catalogue(
             "keepalive",
             "one paced CSTP DPD request until its response (t_intended = the plan)",
             paced=True,
+            burst=True,
             rate_from="workload.typing_interval_ms",
             errors=_NET,
             activities=("typing",),
