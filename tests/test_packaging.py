@@ -117,17 +117,31 @@ def test_a_users_own_locustfile_uses_the_public_api(installed: Installed) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.load
 @pytest.mark.timeout(600)
-def test_demo_quick_passes_from_any_folder(installed: Installed) -> None:
+def test_demo_quick_passes_from_any_folder_with_the_gain_shown(installed: Installed) -> None:
+    """The README's main job, shortened, from an installed wheel (the one run of it in the suite: the
+    checkout runs the same code, and tests/test_readme.py runs the README's commands from it)."""
     started = time.monotonic()
     proc = installed.run("gateload", "demo", "--quick", timeout=540)
     elapsed = time.monotonic() - started
     print(f"gateload demo --quick from an installed wheel: {elapsed:.0f} s")
     # The results go to the user's folder, not into the installed package (checked first: a verdict other
     # than PASS on a starved machine still shows where they went).
-    report = installed.cwd / "results" / "demo" / "report"
+    out_dir = installed.cwd / "results" / "demo"
+    report = out_dir / "report"
     assert (report / "verdict.json").is_file(), f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert not any(installed.venv.rglob("meta.json"))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert json.loads((report / "verdict.json").read_text())["verdict"] == "PASS"
-    assert "PASS" in proc.stdout
+    for name in ("report.html", "summary.md", "junit.xml", "verdict.json"):
+        assert (report / name).stat().st_size > 0, name
+    verdict = json.loads((report / "verdict.json").read_text())
+    assert verdict["verdict"] == "PASS"
+    peak = verdict["metrics"]["peak_throughput"]
+    assert peak["after"] / peak["before"] >= 2 and peak["ratio"] >= 2
+    assert all(c["verdict"] == "PASS" for c in verdict["criteria"])
+    # the last lines point at the report
+    assert str(report / "report.html") in proc.stdout.strip().splitlines()[-2]
+    for label in ("before", "after"):
+        meta = json.loads((out_dir / label / f"{label}-1" / "meta.json").read_text())
+        assert meta["status"] == "completed" and len(meta["steps"]) == 2
