@@ -181,6 +181,12 @@ def analyze_run(
         w = st.window
         if not w.steady:
             warnings.append(f"step {w.index} ({w.users} users) has no steady state; its second half was used")
+        if w.stop_horizon_s > w.stop_cut_s + 1e-6:  # the cut was capped
+            warnings.append(
+                f"step {w.index} ({w.users} users): operations were in flight up to {w.stop_horizon_s:.1f} s "
+                f"before the run stopped, of a {w.end - w.steady_start:.0f} s window; only the last "
+                f"{w.stop_cut_s:.1f} s were cut, so its throughput is under-stated: hold the last step longer"
+            )
         if not w.reached_users:
             warnings.append(
                 f"step {w.index} never reached its {w.users} users (generator could not spawn them)"

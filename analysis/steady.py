@@ -11,7 +11,9 @@ queues filling). Both are cut before any statistic:
 The run's last step also loses its end: a sample is recorded only when its operation (or the paced
 burst it belongs to) completes, so operations still in flight when the run stops are missing and the
 last seconds look slower than they were (a 2-3 s fall in throughput, measured on the demo). That step's
-window ends :func:`stop_horizon` before its end.
+window ends :func:`stop_horizon` before its end, cutting at most a fifth of it: a saturated farm's bursts
+are in flight for 12 s and more, and cutting that much leaves only the step's transient start (the
+analysis warns instead, ``stop_horizon_s``).
 
 MSER picks the truncation ``d`` that minimises the squared standard error of the remaining batch means.
 When that minimum lies in the second half of the series the step never settled: it is flagged
@@ -34,7 +36,7 @@ MIN_BINS = 50
 MAX_BINS = 1000
 TARGET_BIN_S = 0.2
 STOP_QUANTILE = 95.0  # of the recording delay: the stop cut leaves ~5% of the late ones missing
-MAX_STOP_CUT = 0.5  # of the steady window: at least half of it is always kept
+MAX_STOP_CUT = 0.2  # of the steady window: a longer horizon is flagged (the window's start holds transients)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Window:
     steady: bool
     reached_users: bool
     steady_end: float  # ``end``, or earlier in the run's last step (the stop cut)
+    stop_horizon_s: float = 0.0  # the last step's: seconds before the stop with operations in flight
 
     @property
     def duration(self) -> float:
@@ -182,9 +185,10 @@ def steady_windows(run: RunData) -> list[Window]:
         ramp_end, reached = _ramp_end(run, start, end, users, prev, rate, spawned)
         cut, ok = _transient(run, ramp_end, end)
         steady_start = min(ramp_end + cut if ok else ramp_end + (end - ramp_end) / 2.0, end)
-        steady_end = end
+        steady_end, horizon = end, 0.0
         if index == plan[-1][0]:
-            steady_end = end - min(stop_horizon(run, steady_start, end), MAX_STOP_CUT * (end - steady_start))
+            horizon = stop_horizon(run, steady_start, end)
+            steady_end = end - min(horizon, MAX_STOP_CUT * (end - steady_start))
         windows.append(
             Window(
                 index=index,
@@ -197,6 +201,7 @@ def steady_windows(run: RunData) -> list[Window]:
                 steady=ok,
                 reached_users=reached,
                 steady_end=steady_end,
+                stop_horizon_s=horizon,
             )
         )
     windows = [w for w in windows if w.duration > 0 and _count(run, w) > 0]

@@ -205,3 +205,12 @@ def test_the_last_step_loses_the_bursts_in_flight_at_the_stop() -> None:
     # recorded one by one, a keystroke is missing only while it runs: the cut is its duration
     single, _ = _typing_run(burst=False, recorded_by=60.0)
     assert steady_windows(single)[-1].stop_cut_s == pytest.approx(0.01, abs=1e-6)
+
+
+def test_the_stop_cut_takes_at_most_a_fifth_of_the_window() -> None:
+    # a saturated farm's bursts are in flight for 12 s and more: cutting all of that would leave only the
+    # step's transient start, so the cut stops at a fifth and the horizon is kept for a warning
+    run, _ = _typing_run(burst=True, stop=34.0, recorded_by=34.0)
+    last = steady_windows(run)[-1]
+    assert last.stop_cut_s == pytest.approx(0.2 * (last.end - last.steady_start))
+    assert last.stop_horizon_s > last.stop_cut_s + 0.5
