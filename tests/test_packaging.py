@@ -140,8 +140,9 @@ def test_demo_quick_passes_from_any_folder_with_the_gain_shown(installed: Instal
     peak = verdict["metrics"]["peak_throughput"]
     assert peak["after"] / peak["before"] >= 2 and peak["ratio"] >= 2
     assert all(c["verdict"] == "PASS" for c in verdict["criteria"])
-    # the last lines point at the report
-    assert str(report / "report.html") in proc.stdout.strip().splitlines()[-2]
+    # the last lines point at the report (the default --out is relative to the user's folder)
+    shown = proc.stdout.strip().splitlines()[-2].split()[-1]
+    assert (installed.cwd / shown).resolve() == (report / "report.html").resolve(), shown
     for label in ("before", "after"):
         meta = json.loads((out_dir / label / f"{label}-1" / "meta.json").read_text())
         assert meta["status"] == "completed" and len(meta["steps"]) == 2
