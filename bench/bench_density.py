@@ -316,6 +316,7 @@ def client_main(args: argparse.Namespace) -> int:
     from locust.env import Environment
 
     from gateload.analysis import health
+    from gateload.locustfiles.lib import gcfreeze
     from gateload.locustfiles.lib.recorder import Recorder
     from gateload.targets.profile import load_profile
 
@@ -356,6 +357,7 @@ def client_main(args: argparse.Namespace) -> int:
     env.events.cpu_warning.add_listener(lambda **_kw: cpu.__setitem__("warnings", cpu["warnings"] + 1))
     env.events.usage_monitor.add_listener(lambda cpu_usage, **_kw: cpu["reported"].append(cpu_usage))
     recorder = Recorder(env)
+    gcfreeze.install(env)  # as every gateload Locust process has it (locustfiles/lib/runfolder.py)
     recorder.start("density", Path(args.results_dir))
     stopped_by = ""
     steps = [int(s) for s in args.steps.split(",")]

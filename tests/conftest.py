@@ -38,6 +38,7 @@ from __future__ import annotations
 # (patching after that is what gevent warns about), so every test sees the same interpreter.
 import locust  # noqa: F401
 
+import gc
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,3 +144,11 @@ def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> SSHKeyPair:
     public = key.export_public_key().decode().strip()
     (folder / "id_ed25519.pub").write_text(public + "\n")
     return SSHKeyPair(private, public)
+
+
+@pytest.fixture(autouse=True)
+def _collector_unfrozen() -> Iterator[None]:
+    """A Locust run inside the test process freezes the garbage collector's objects at every spawn
+    (locustfiles/lib/gcfreeze.py): each test ends with them unfrozen, as the next one expects."""
+    yield
+    gc.unfreeze()
