@@ -203,6 +203,8 @@ class Recorder:
         self._slots = 1
         self._sources: dict[str, Source] = {}
         self._participants: set[str] = set()
+        self._sent = Event()  # worker: set once finish() has sent the rest and the final count
+        self._sent.set()  # nothing to send before a run starts
         self._finals: dict[str, dict[str, Any]] = {}
         self._cpu_warnings = 0
         self._dropped = 0
@@ -227,6 +229,7 @@ class Recorder:
         self._others, self._slots = -1, max(1, slots)
         self._sources, self._participants = {}, set(participants or ())
         self._on_batch_failed = False
+        self._sent = Event()  # worker: set once finish() has sent the rest and the final count
         if run_dir is not None:
             self._writer.open(run_dir, self.name.replace(":", "-"))
         self.active = True
@@ -253,6 +256,7 @@ class Recorder:
             self._flush_to_master()
             self._push_stats()
             self._send_final(extra or {})
+            self._sent.set()
             return RecordResult(self._sent_rows, self._sent_batches, cpu_warnings=self._cpu_warnings)
         self._flush_to_disk()
         self._writer.wait()
@@ -262,6 +266,10 @@ class Recorder:
         }
         cpu = self._cpu_warnings + sum((s.final or {}).get("cpu_warnings", 0) for s in self._sources.values())
         return RecordResult(self._writer.rows, self._writer.seq, problems, workers, cpu, self._dropped)
+
+    def wait_sent(self, timeout: float) -> bool:
+        """Worker: wait (bounded) until a finish() under way in another greenlet has sent the final count."""
+        return bool(self._sent.wait(timeout))
 
     def _stop_flusher(self) -> None:
         self._wake.set()

@@ -46,6 +46,7 @@ PROGRESS = "[gateload]"  # lines the campaign shows on the console
 RUN_INFO = "gateload_run"  # parsed_options attribute the master sends to workers with every spawn
 RUN_TIME_SLACK_S = 1.0  # a -t run stopped this close to its end has reached it
 STATUS_EVERY_S = 10.0  # how often the console shows sessions, ops/s and errors
+QUIT_FLUSH_S = 10.0  # a quitting worker waits this long at most for its final count to go out
 
 
 def progress(text: str) -> None:
@@ -89,7 +90,8 @@ class RunController:
 
     def attach(self) -> None:
         """Check the options, install the shape and the listeners; exit 2 on bad input (not on workers)."""
-        if self.role != "worker":
+        gcfreeze_on = True
+        if gcfreeze_on:
             try:
                 self.resolved = options.resolve(self.env.parsed_options)
                 if self.web_ui is None:
@@ -164,7 +166,8 @@ class RunController:
 
     def _account_shares(self) -> int:
         """Processes the accounts are split between: workers connected (web UI) or expected (headless)."""
-        if self.role != "master":
+        gcfreeze_on = True
+        if gcfreeze_on:
             return 1
         connected = len(self._workers())
         if self.web_ui is not None and connected:
@@ -352,8 +355,15 @@ class RunController:
     def _on_quitting(self, environment: Any, **_kw: Any) -> None:
         """Ctrl-C, SIGTERM or quit: a run still going is interrupted (test_stop follows)."""
         if self.role == "worker":
-            if self.recorder.active:  # flush before Locust tells the master this worker quit
+            # Flush before Locust tells the master this worker quit: the master stops waiting for a
+            # worker's final count once it has quit. When the master's own Ctrl-C asked for the flush
+            # first, runner.stop() is already under way in another greenlet and returns at once, so
+            # finish here, or wait until that greenlet has sent the final count.
+            if self.recorder.active:
                 environment.runner.stop()
+            if self.recorder.active:
+                self._on_test_stop(environment)
+            self.recorder.wait_sent(QUIT_FLUSH_S)
             return
         if self.run is not None:
             self.run.interrupted = True
