@@ -90,8 +90,7 @@ class RunController:
 
     def attach(self) -> None:
         """Check the options, install the shape and the listeners; exit 2 on bad input (not on workers)."""
-        gcfreeze_on = True
-        if gcfreeze_on:
+        if self.role != "worker":
             try:
                 self.resolved = options.resolve(self.env.parsed_options)
                 if self.web_ui is None:
@@ -166,8 +165,7 @@ class RunController:
 
     def _account_shares(self) -> int:
         """Processes the accounts are split between: workers connected (web UI) or expected (headless)."""
-        gcfreeze_on = True
-        if gcfreeze_on:
+        if self.role != "master":
             return 1
         connected = len(self._workers())
         if self.web_ui is not None and connected:
