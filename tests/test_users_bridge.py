@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import asyncssh
 import gevent
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first)
 from gevent.monkey import get_original
 from users_support import wait_until
 
+from gateload.locustfiles.lib import sshops  # noqa: F401  (registers its orphans)
 from gateload.locustfiles.lib.aiobridge import Timed, get_bridge
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +149,47 @@ def test_the_interpreter_exits_cleanly_with_work_still_pending(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert time.monotonic() - t0 < 30
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_orphans_a_protocol_names_are_debug_and_any_other_stays_an_error() -> None:
+    """A dropped SFTP transfer's read-ahead tasks are DEBUG; an unawaited task's ValueError is still ERROR."""
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("asyncio", "gateload.bridge")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+        logger.setLevel(logging.DEBUG)
+
+    async def orphan(error: BaseException) -> None:
+        async def fail() -> None:
+            raise error
+
+        task = asyncio.get_running_loop().create_task(fail())
+        await asyncio.sleep(0)
+        assert task.done()
+        del task
+        gc.collect()  # the unawaited task is reported when it is collected
+
+    try:
+        get_bridge().run(orphan(asyncssh.SFTPConnectionLost("Connection closed")))
+        get_bridge().run(orphan(ValueError("a bug")))
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
+    seen = [
+        (r.name, r.levelname, repr(r.exc_info[1]) if r.exc_info else r.getMessage()) for r in records.records
+    ]
+    assert [x for x in seen if "SFTPConnectionLost" in x[2]] == [
+        ("gateload.bridge", "DEBUG", "unawaited task ended with SFTPConnectionLost('Connection closed')")
+    ], seen
+    assert [x for x in seen if "ValueError" in x[2]] == [("asyncio", "ERROR", "ValueError('a bug')")], seen

@@ -261,6 +261,31 @@ def _ignore_at_exit(_loop: asyncio.AbstractEventLoop, _context: dict[str, Any]) 
     """The loop's exception handler once it stops (see ``Bridge._main``)."""
 
 
+_ORPHAN_ERRORS: tuple[type[BaseException], ...] = ()
+_orphans = logging.getLogger("gateload.bridge")
+
+
+def quiet_orphans(*errors: type[BaseException]) -> None:
+    """Report a task that nobody awaited and that ended with one of ``errors`` at DEBUG, not ERROR.
+
+    For a protocol module to name what its library leaves behind when a connection drops (asyncssh's
+    SFTP read-ahead tasks end with ``SFTPConnectionLost``, never collected): the operation that owned
+    them has recorded the failure already, and a traceback per orphan buried the log of every fault run.
+    """
+    global _ORPHAN_ERRORS
+    _ORPHAN_ERRORS = tuple(dict.fromkeys((*_ORPHAN_ERRORS, *errors)))
+
+
+def _report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler while it runs: orphans of :func:`quiet_orphans` at DEBUG."""
+    error = context.get("exception")
+    # An unawaited task comes as "future" from the C tasks, "task" from the pure-Python ones.
+    if ("future" in context or "task" in context) and isinstance(error, _ORPHAN_ERRORS):
+        _orphans.debug("unawaited task ended with %r", error)
+        return
+    loop.default_exception_handler(context)
+
+
 class _PreciseEpollSelector(_EpollSelector):  # type: ignore[misc,valid-type]
     """epoll, with timer wake-ups to within a thread wake-up instead of up to 1 ms late.
 
@@ -308,6 +333,7 @@ class Bridge:
         self.executor = RealThreadExecutor()
         self.loop = _Loop(_PreciseEpollSelector())
         self.loop.set_default_executor(self.executor)
+        self.loop.set_exception_handler(_report)
         self._thread_id: int | None = None
         self._done = _allocate_lock()
         self._done.acquire()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from gevent.monkey import get_original
 
-from gateload.locustfiles.lib.aiobridge import Timed, timed
+from gateload.locustfiles.lib.aiobridge import Timed, quiet_orphans, timed
 from gateload.locustfiles.lib.errors import OperationError
 from gateload.targets.profile import DEFAULT_FIRST_PROMPT, Profile
 
@@ -56,6 +56,9 @@ _ESCAPE_RE = re.compile(_ESCAPE)
 _CONTROL = rb"\x00-\x1a\x1c-\x1f\x7f"  # control bytes but ESC (backspace, CR, ...)
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+
+# A connection dropped mid-transfer leaves asyncssh's SFTP read-ahead tasks ending with these, unawaited.
+quiet_orphans(asyncssh.SFTPConnectionLost, asyncssh.ConnectionLost)
 
 
 @dataclass(frozen=True)
