@@ -206,18 +206,12 @@ def _u(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(e for g in groups for e in g))
 
 
-_HTTP_ERRORS: tuple[str, ...] = (
-    "http_401",
-    "http_403",
-    "http_503",
-    "http_5xx",
-    "http_4xx",
-    "refused",
-    "reset",
-    "timeout",
-)
-_HTTP_ERRORS = _u(_HTTP_ERRORS, ("tls_error", "other"))
-_SSH_ERRORS = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
+#: What an HTTP request can fail with: its status classes first, then the transport's.
+HTTP_STATUS_ERRORS = ("http_401", "http_403", "http_503", "http_5xx", "http_4xx")
+HTTP_ERRORS = (*HTTP_STATUS_ERRORS, "refused", "reset", "timeout", "tls_error", "other")
+#: What an SSH connection and its channels can fail with (SFTP and tunnels add their own).
+SSH_ERRORS = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
+_HTTP_ERRORS, _SSH_ERRORS = HTTP_ERRORS, SSH_ERRORS
 _LOGON_ERRORS = _u(_HTTP_ERRORS, _SSH_ERRORS)  # a logon spans the portal and the gateway
 
 
@@ -261,7 +255,7 @@ LEGACY = Catalogue(
         _op(
             "TUNNEL",
             "http",
-            errors=_u(_SSH_ERRORS, ("tunnel_refused",), _HTTP_ERRORS[:5]),
+            errors=_u(_SSH_ERRORS, ("tunnel_refused",), HTTP_STATUS_ERRORS),
             activities=("tunnel",),
         ),
     ),

@@ -13,26 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.analysis.catalogue import HTTP_ERRORS, Catalogue, Operation
 from gateload.targets.portalflow import sample_names
 
 HTTP = "HTTP"
-_HTTP_ERRORS = (
-    "http_401",
-    "http_403",
-    "http_503",
-    "http_5xx",
-    "http_4xx",
-    "refused",
-    "reset",
-    "timeout",
-    "tls_error",
-    "other",
-)
 
 
 def _http(name: str, what: str, activities: tuple[str, ...] = ()) -> Operation:
-    return Operation(HTTP, name, what, errors=_HTTP_ERRORS, activities=activities)
+    return Operation(HTTP, name, what, errors=HTTP_ERRORS, activities=activities)
 
 
 #: The reference portal's requests (``targets/reference``), for callers without a profile.

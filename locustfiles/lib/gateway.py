@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from gateload.analysis.catalogue import Catalogue, Operation
+from gateload.analysis.catalogue import HTTP_STATUS_ERRORS, SSH_ERRORS, Catalogue, Operation
 from gateload.locustfiles.lib import remote
 from gateload.locustfiles.lib.aiobridge import Timed
 from gateload.locustfiles.lib.bridged import BridgedSession
@@ -21,8 +21,8 @@ from gateload.locustfiles.lib.sshops import GatewayConnection, KeySample, connec
 from gateload.targets.profile import ACTIVITIES
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
-_ERR = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
-_HTTP_ERR = ("http_401", "http_403", "http_503", "http_5xx", "http_4xx", "tls_error")
+_ERR = SSH_ERRORS
+_HTTP_ERR = (*HTTP_STATUS_ERRORS, "tls_error")
 SSH_CATALOGUE = Catalogue(
     ("ssh",),
     (
@@ -80,7 +80,7 @@ SSH_CATALOGUE = Catalogue(
             TUNNEL,
             "http",
             "GET through a direct-tcpip channel to gateway.tunnel_target",
-            errors=(*_ERR, "tunnel_refused", *_HTTP_ERR[:5]),
+            errors=(*_ERR, "tunnel_refused", *HTTP_STATUS_ERRORS),
             activities=("tunnel",),
         ),
     ),
