@@ -237,6 +237,11 @@ class Profile:
         p = Path(os.path.expanduser(relative))
         return p if p.is_absolute() else (self.path.parent / p).resolve()
 
+    def gateway_ca_file(self) -> str:
+        """The CA bundle that verifies a TLS gateway (VPN): ``gateway.ca_file``, else ``portal.ca_file``."""
+        path = self.gateway.ca_file or self.portal.ca_file
+        return str(self.resolve(path)) if path else ""
+
     @property
     def server_ids(self) -> list[str]:
         """Backend ids of the reference farm, in order; empty for a real target."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,23 @@ def test_credentials_env_var_overrides_the_file(tmp_path: Path, monkeypatch: pyt
     creds = tmp_path / "secret.csv"
     monkeypatch.setenv(CREDENTIALS_ENV, str(creds))
     assert load_profile(BEFORE).credentials_path == creds
+
+
+def test_gateway_ca_file_falls_back_to_the_portals_and_resolves_beside_the_profile(tmp_path: Path) -> None:
+    """A TLS gateway is verified by ``gateway.ca_file``, else by the portal's CA, else by the system's."""
+    profile = load_profile(BEFORE)
+    here = BEFORE.parent
+    both = dataclasses.replace(
+        profile,
+        gateway=dataclasses.replace(profile.gateway, ca_file="gw-ca.pem"),
+        portal=dataclasses.replace(profile.portal, ca_file="portal-ca.pem"),
+    )
+    assert both.gateway_ca_file() == str((here / "gw-ca.pem").resolve())
+    portal_only = dataclasses.replace(both, gateway=dataclasses.replace(profile.gateway, ca_file=""))
+    assert portal_only.gateway_ca_file() == str((here / "portal-ca.pem").resolve())
+    absolute = dataclasses.replace(
+        both, gateway=dataclasses.replace(profile.gateway, ca_file=str(tmp_path / "x.pem"))
+    )
+    assert absolute.gateway_ca_file() == str(tmp_path / "x.pem")
+    neither = dataclasses.replace(portal_only, portal=dataclasses.replace(profile.portal, ca_file=""))
+    assert neither.gateway_ca_file() == ""

@@ -42,7 +42,6 @@ from gateload.locustfiles.lib.aiobridge import Timed
 from gateload.locustfiles.lib.bridged import BridgedSession
 from gateload.locustfiles.lib.errors import OperationError, classify
 from gateload.locustfiles.lib.openvpnops import OpenVPNClient, OpenVPNSpec
-from gateload.targets.profile import Profile
 
 OVPN = "OVPN"
 _NET = ("refused", "reset", "timeout", "tls_error", "other")
@@ -82,12 +81,6 @@ OPENVPN_CATALOGUE = Catalogue(
 OPENVPN_ACTIVITIES = OPENVPN_CATALOGUE.activities
 
 
-def ca_file_of(profile: Profile) -> str:
-    """The CA bundle that verifies the OpenVPN server: ``gateway.ca_file``, else ``portal.ca_file``."""
-    path = profile.gateway.ca_file or profile.portal.ca_file
-    return str(profile.resolve(path)) if path else ""
-
-
 class OpenVPNSession(BridgedSession[OpenVPNClient]):
     """One OpenVPN tunnel (one client process), driven from a greenlet; every operation fires a sample."""
 
@@ -105,7 +98,7 @@ class OpenVPNSession(BridgedSession[OpenVPNClient]):
             port=gw.port,
             username=username,
             password=password,
-            ca_file=ca_file_of(self.profile),
+            ca_file=self.profile.gateway_ca_file(),
             timeout_s=self.profile.workload.timeout_s,
             source_host=self.source,  # gateway.source_addresses: this user's 127.0.0.x
         )

@@ -85,12 +85,6 @@ VPN_CATALOGUE = Catalogue(
 VPN_ACTIVITIES = VPN_CATALOGUE.activities
 
 
-def ca_file_of(profile: Profile) -> str:
-    """The CA bundle that verifies the VPN gateway: ``gateway.ca_file``, else ``portal.ca_file``."""
-    path = profile.gateway.ca_file or profile.portal.ca_file
-    return str(profile.resolve(path)) if path else ""
-
-
 def spec_for(profile: Profile, username: str, password: str | None, user_id: int = 0) -> VPNSpec:
     """How to reach and verify the profile's VPN gateway as ``username`` (user ``user_id``'s source)."""
     gw = profile.gateway
@@ -99,7 +93,7 @@ def spec_for(profile: Profile, username: str, password: str | None, user_id: int
         port=gw.port,
         username=username,
         password=password,
-        ca_file=ca_file_of(profile),
+        ca_file=profile.gateway_ca_file(),
         timeout_s=profile.workload.timeout_s,
         source_host=source_for(profile, user_id),
     )
