@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +22,7 @@ from typing import Any
 import gevent
 import pytest
 from locust.env import Environment
+from needs import skip_or_fail
 
 from gateload.locustfiles.lib import webview
 from gateload.locustfiles.lib.recorder import HOT_COLUMNS, Recorder
@@ -243,6 +247,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rendered_text(url: str, profile_dir: Path) -> str:
+    """The page's text as headless Chromium renders it, after its scripts ran and its first polls came."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        skip_or_fail("chromium is not installed (Debian package chromium)")
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    argv += [f"--user-data-dir={profile_dir}", "--virtual-time-budget=8000", "--dump-dom", url]
+    dom = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=True).stdout
+    dom = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)  # text shown, not the page's data
+    return html.unescape(re.sub(r"<[^>]+>", "\n", dom))
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -317,6 +333,20 @@ def test_the_tab_in_a_real_web_ui_run(reference_farm: Callable[..., Path], tmp_p
         assert set(servers) >= {f"server:{s}" for s in load_profile(profile).server_ids}  # 0 ops show too
         assert sum(r["share"] for r in servers.values()) == pytest.approx(1.0, abs=0.002)
         assert sum(r["shareofeven"] for r in servers.values()) == pytest.approx(len(servers), abs=0.01)
+        # What the engineer sees: Locust's page, rendered by a real browser, opened on the gateload tab.
+        text = rendered_text(f"{base}/?tab=gateload", tmp_path / "chromium")
+        cells = [line.strip() for line in text.splitlines() if line.strip()]
+        assert "gateload" in cells, cells[:80]
+        for _, title in webview.STRUCTURE[1:]:
+            assert title in cells, (title, cells[:120])
+        for _, label in webview.COUNT_ROWS:
+            assert label in cells, (label, cells[:120])
+        assert any(c.startswith("Logon time (") for c in cells) and any(
+            c.startswith("Keystroke echo (") for c in cells
+        )
+        assert all(f"Server {s}" in cells for s in load_profile(profile).server_ids), cells
+        started_cell = cells[cells.index(webview.COUNT_ROWS[0][1]) + 1]
+        assert int(started_cell) > 0, cells  # the row carries the run's figures, not only its label
         assert post("/stop", {})["success"] is True
     finally:
         proc.send_signal(signal.SIGTERM)
