@@ -1,6 +1,7 @@
 """``gateload probe PROFILE`` and ``gateload pin HOST[:PORT]``: is a target set up right, before any load?
 
-``probe`` connects once per configured service, as one employee would, and prints one line per check:
+``probe`` connects once per configured service, as one employee would, and prints one line per check
+(a gateway of another protocol than SSH is checked by one session of it: ``sessionprobe.py``):
 what works (``ok``), what is knowingly relaxed (``warn``: an explicit opt-out in the profile), what
 fails and how to fix it (``FAIL ... -> fix``), and what could not be tried after an earlier failure
 (``skip``). Exit code 0 when nothing failed, 1 when something did, 2 for bad input.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import sys
 import time
@@ -45,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe",
         help="check a profile's target once per service and say what to fix",
         description="Connects once per configured service (portal logon, gateway host key, "
-        "authentication, shell, screen update, exec, SFTP, tunnel) and prints one line per check.",
+        "authentication, shell, screen update, exec, SFTP, tunnel) and prints one line per check. "
+        "A gateway of another protocol (gateway.protocol: vpn, rdp, openvpn) is checked by one session "
+        "that logs on and runs each activity of the workload mix once: one line per operation.",
         **exit_codes(
             "0    every check ok (or explicitly opted out in the profile)",
             "1    a check failed (its line says what to fix)",
@@ -209,7 +213,10 @@ def probe_command(args: argparse.Namespace) -> int:
         raise InputError(f"--timeout is {args.timeout}; give seconds > 0 (or 0 for workload.timeout_s)")
     timeout_s = args.timeout or profile.workload.timeout_s
     report = Report()
-    asyncio.run(Probe(profile, report, timeout_s).run(args.only))
+    probe = Probe(profile, report, timeout_s)
+    asyncio.run(probe.run(args.only))
+    if args.only in (None, "gateway") and profile.gateway.protocol != "ssh":
+        probe.other_gateway()
     return 1 if report.failed else 0
 
 
@@ -234,11 +241,30 @@ class Probe:
         self._sock: Any = None  # the gateway TCP connection, between the TCP check and the key exchange
 
     async def run(self, only: str | None = None) -> None:
+        """The portal, then an SSH gateway; another protocol's gateway is :meth:`other_gateway`."""
         self._load_account()
         if only in (None, "portal"):
             await self.portal()
-        if only in (None, "gateway"):
+        if only in (None, "gateway") and self.profile.gateway.protocol == "ssh":
             await self.gateway()
+
+    def other_gateway(self) -> None:
+        """A gateway of another protocol than SSH: one session of it (outside the asyncio loop)."""
+        from gateload.sessionprobe import probe_session
+
+        gw = self.profile.gateway
+        login = self.login or self._account_login()
+        if login is None:
+            self.report.add(SKIP, "gateway", f"{gw.protocol} {gw.host}:{gw.port}: no account to log on with")
+            return
+        workload = dataclasses.replace(self.profile.workload, timeout_s=self.timeout_s)
+        profile = dataclasses.replace(self.profile, workload=workload)
+        probe_session(
+            profile,
+            login.username,
+            login.secret,
+            lambda status, text: self.report.add(status, "gateway", text),
+        )
 
     def _start_hint(self, keys: str) -> str:
         if self.profile.farm is not None:  # the reference farm: gateload starts it

@@ -459,3 +459,15 @@ def test_a_homeoffice_user_works_through_the_portal_and_openvpn(reference_farm, 
     for op in [("HTTP", "POST /mfa"), ("HTTP", "POST /api/launch"), ("OVPN", "hold")]:
         assert ops[op] > 0, (op, ops)
     assert not any(kind == "SSH" for kind, _ in ops), ops
+
+
+def test_probe_brings_one_tunnel_up_and_names_each_step(production: OpenVPNServer, tmp_path: Path) -> None:
+    """``gateload probe`` of an openvpn profile: one client process, a line per operation, none left."""
+    cmd = [sys.executable, "-m", "gateload.cli", "probe", str(_profile(production, tmp_path, "probe"))]
+    done = subprocess.run([*cmd, "--only", "gateway"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for op in ("OVPN tls", "OVPN config", "OVPN tunnel_up"):
+        assert any(line.startswith("ok") and f"gateway {op} (" in line for line in lines), (op, lines)
+    assert any(line.startswith("ok") and "gateway OVPN hold (" in line for line in lines), lines
+    assert not any(line.startswith("FAIL") for line in lines), lines

@@ -36,6 +36,7 @@ from gateload.targets.profile import Workload, dump_profile, load_profile
 REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
 GATELOAD = str(Path(sys.executable).with_name("gateload"))
+_CAPTURE: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 120}
 BASE_PROFILE = REPO / "targets" / "profiles" / "local-real.toml"
 USERS = 10
 HOLD_S = 30.0
@@ -246,6 +247,28 @@ def test_a_wrong_password_is_auth_failed(tmp_path: Path) -> None:
     assert fails and fails[0] == ("desktop_ready", "auth_failed")
     assert {e for _, e in fails} == {"auth_failed"}
     assert not ok_samples(run, "desktop_ready") and run.user_errors == []
+
+
+def test_probe_logs_a_desktop_on_and_a_wrong_password_fails_its_line(tmp_path: Path) -> None:
+    """``gateload probe`` of an rdp profile: one session, a line per operation; a wrong password FAILs."""
+    with xrdp("xrdp-probe", accounts=1, relaxed=True) as server:
+        probe = [GATELOAD, "probe", "--only", "gateway"]
+        done = subprocess.run([*probe, str(rdp_profile(server, tmp_path, "probe"))], **_CAPTURE)
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"username,password\n{server.accounts[0][0]},not-the-password\n")
+        bad.chmod(0o600)
+        wrong = subprocess.run(
+            [*probe, str(rdp_profile(server, tmp_path, "wrong", credentials=bad))], **_CAPTURE
+        )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for op in ("RDP connect", "RDP first_frame", "RDP desktop_ready"):
+        assert any(line.startswith("ok") and f"gateway {op} (" in line for line in lines), (op, lines)
+    keys = WORKLOAD.burst_keys
+    assert any(f"RDP key: {keys} of {keys} ok" in line for line in lines), lines
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr[-2000:]
+    assert "FAIL  gateway RDP desktop_ready: auth_failed, 1 of 1 failed -> check the account" in wrong.stdout
+    assert "not-the-password" not in wrong.stdout + wrong.stderr
 
 
 @pytest.mark.load

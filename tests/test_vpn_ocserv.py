@@ -10,6 +10,7 @@ are in tests/test_vpn_tunnel.py. Locust's GatewayUser speaks the protocol throug
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
 from real_support import run_async
 from users_support import environment, wait_until
-from vpn_support import failures, ocserv, run_users, vpn_profile
+from vpn_support import WORKLOAD, failures, ocserv, run_users, vpn_profile
 
 from gateload.errors import InputError
 from gateload.locustfiles.lib import remote
@@ -184,3 +185,35 @@ def test_an_untrusted_certificate_and_a_closed_port_are_classified(
     assert trusted.ok and trusted.value == "TLSv1.2", trusted  # Debian's tls-priorities: TLS 1.2 only
     assert classify(untrusted.error) == "tls_error", untrusted
     assert classify(closed.error) == "refused", closed
+
+
+def _probe(profile: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gateload.cli", "probe", str(profile), "--only", "gateway"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_probe_runs_one_vpn_session_and_names_each_operation(production: Ocserv, tmp_path: Path) -> None:
+    """``gateload probe`` of a vpn profile: one session through the protocol seam, a line per operation."""
+    done = _probe(vpn_profile(production, tmp_path, "probe"))
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for op in ("VPN tls", "VPN logon", "VPN tunnel_up"):
+        assert any(line.startswith("ok") and f"gateway {op} (" in line for line in lines), (op, lines)
+    burst = WORKLOAD.burst_keys
+    assert any(f"VPN keepalive: {burst} of {burst} ok" in line for line in lines), lines
+    assert not any(line.startswith("FAIL") for line in lines), lines
+
+
+def test_probe_of_a_wrong_vpn_password_fails_the_logon_line_without_showing_it(
+    production: Ocserv, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("username,password\n" + f"{production.accounts[0][0]},not-the-password-x7\n")
+    wrong.chmod(0o600)
+    done = _probe(vpn_profile(production, tmp_path, "probe-wrong", credentials=wrong))
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    assert "FAIL  gateway VPN logon: auth_failed, 1 of 1 failed -> check the account" in done.stdout, (
+        done.stdout
+    )
+    assert "skip  gateway typing, tunnel: the logon failed" in done.stdout, done.stdout
+    assert "not-the-password" not in done.stdout + done.stderr
