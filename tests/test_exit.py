@@ -98,6 +98,7 @@ def test_greenlets_keep_logging_while_the_loop_thread_logs(tmp_path: Path) -> No
 def test_a_killed_greenlet_does_not_wait_for_its_coroutine_nor_leave_its_error_unretrieved() -> None:
     bridge = get_bridge()
     reported: list[str] = []
+    previous = bridge.loop.get_exception_handler()  # the bridge's own, put back for the tests after this
     bridge.loop.set_exception_handler(lambda _loop, ctx: reported.append(str(ctx.get("message"))))
     ended: list[str] = []
 
@@ -125,7 +126,7 @@ def test_a_killed_greenlet_does_not_wait_for_its_coroutine_nor_leave_its_error_u
         bridge.run(asyncio.sleep(0.05))
         assert not [m for m in reported if "never retrieved" in m], reported
     finally:
-        bridge.loop.set_exception_handler(None)
+        bridge.loop.set_exception_handler(previous)
 
 
 def _wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:

@@ -18,7 +18,10 @@ import users_support  # noqa: F401  (gevent monkey-patching first)
 from gevent.monkey import get_original
 from users_support import wait_until
 
-from gateload.locustfiles.lib import sshops  # noqa: F401  (registers its orphans)
+from gateload.locustfiles.lib import (
+    aiobridge,
+    sshops,  # noqa: F401  (registers its orphans)
+)
 from gateload.locustfiles.lib.aiobridge import Timed, get_bridge
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +182,8 @@ def test_orphans_a_protocol_names_are_debug_and_any_other_stays_an_error() -> No
         del task
         gc.collect()  # the unawaited task is reported when it is collected
 
+    handler = get_bridge().loop.get_exception_handler()
+    assert handler is aiobridge._report, f"the bridge's exception handler was replaced by {handler}"
     try:
         get_bridge().run(orphan(asyncssh.SFTPConnectionLost("Connection closed")))
         get_bridge().run(orphan(ValueError("a bug")))
