@@ -82,6 +82,10 @@ def probe_session(
     from gateload.locustfiles.lib.runtime import Target, load_accounts
 
     proto = remote.for_profile(profile)
+    missing = remote.missing_ca_file(profile)
+    if missing is not None:
+        add(FAIL, f"CA file {missing} not found -> set gateway.ca_file to the CA that signs the gateway")
+        return
     sink = _Samples()
     session = proto.factory(sink, Target(profile, tuple(load_accounts(profile.credentials_path))), 0)
     activities = [a for a in session.activities if profile.workload.mix.get(a, 0.0) > 0]

@@ -9,6 +9,7 @@ are in tests/test_vpn_tunnel.py. Locust's GatewayUser speaks the protocol throug
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +32,9 @@ from gateload.locustfiles.lib.vpnops import VPNConnection, VPNSpec, _status_erro
 from gateload.targets.local.ocserv import Ocserv
 from gateload.targets.local.process import free_port
 from gateload.targets.local.tlsca import make_test_ca
-from gateload.targets.profile import load_profile, source_addresses
+from gateload.targets.profile import dump_profile, load_profile, source_addresses
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +220,26 @@ def test_probe_of_a_wrong_vpn_password_fails_the_logon_line_without_showing_it(
     )
     assert "skip  gateway typing, tunnel: the logon failed" in done.stdout, done.stdout
     assert "not-the-password" not in done.stdout + done.stderr
+
+
+def test_a_missing_ca_file_is_named_before_any_session(tmp_path: Path) -> None:
+    """A CA file that does not exist is one FAIL line of the probe (and bad input for a run, see the
+    bad-input corpus), not a bare FileNotFoundError classified ``other`` at every logon."""
+    p = load_profile(REPO / "targets" / "profiles" / "local-real.toml")
+    gateway = dataclasses.replace(p.gateway, protocol="vpn", host_key="", ca_file=str(tmp_path / "gone.pem"))
+    accounts = tmp_path / "accounts.csv"
+    accounts.write_text("username,password\nu1,not-a-real-password\n")
+    accounts.chmod(0o600)
+    credentials = dataclasses.replace(p.credentials, file=str(accounts))
+    profile = dump_profile(
+        dataclasses.replace(p, gateway=gateway, credentials=credentials), tmp_path / "missing-ca.toml"
+    )
+    assert remote.missing_ca_file(load_profile(profile)) == str(tmp_path / "gone.pem")
+    done = _probe(profile)
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    gone = tmp_path / "gone.pem"
+    assert done.stdout.splitlines() == [
+        f"FAIL  gateway CA file {gone} not found -> set gateway.ca_file to the CA that signs the gateway"
+    ]
+    rdp = dataclasses.replace(p, gateway=dataclasses.replace(gateway, protocol="rdp"))
+    assert remote.missing_ca_file(rdp) is None  # RDP does not verify the certificate: no file needed

@@ -19,6 +19,7 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gateload.analysis.catalogue import Catalogue
@@ -93,18 +94,22 @@ class RemoteProtocol:
     name: str
     catalogue: Catalogue
     factory: SessionFactory
+    #: it verifies the gateway's TLS certificate against ``gateway.ca_file`` (else ``portal.ca_file``)
+    verifies_tls: bool = False
 
 
 _registry: dict[str, RemoteProtocol] = {}
 
 
-def register(name: str, catalogue: Catalogue, factory: SessionFactory) -> RemoteProtocol:
+def register(
+    name: str, catalogue: Catalogue, factory: SessionFactory, *, verifies_tls: bool = False
+) -> RemoteProtocol:
     """Declare a protocol (called by its module at import); registering a name twice replaces it."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"protocol name {name!r} must be lower-case letters, digits and _")
     if name not in catalogue.protocols:
         raise ValueError(f"the catalogue of protocol {name!r} declares {catalogue.protocols}")
-    _registry[name] = RemoteProtocol(name, catalogue, factory)
+    _registry[name] = RemoteProtocol(name, catalogue, factory, verifies_tls)
     return _registry[name]
 
 
@@ -134,10 +139,29 @@ def for_profile(profile: Any) -> RemoteProtocol:
     return protocol(getattr(profile.gateway, "protocol", "ssh"))
 
 
+def missing_ca_file(profile: Any) -> str | None:
+    """The CA file a TLS-verifying protocol would trust, when the profile names one that does not exist.
+
+    Found before load, not at each logon: a missing file would fail every session with a bare
+    ``FileNotFoundError`` (``other``), which reads like a gateway fault.
+    """
+    if not for_profile(profile).verifies_tls:
+        return None
+    path = profile.gateway_ca_file()
+    return path if path and not Path(path).is_file() else None
+
+
 def check_profile(profile: Any, also_served: tuple[str, ...] = ()) -> RemoteProtocol:
-    """The profile's protocol, checked before load starts: it exists, and the workload mix gives weight
-    to an activity it (or the portal: ``also_served``) serves; else a one-line :class:`InputError`."""
+    """The profile's protocol, checked before load starts: it exists, the CA file it verifies the gateway
+    with exists, and the workload mix gives weight to an activity it (or the portal: ``also_served``)
+    serves; else a one-line :class:`InputError`."""
     proto = for_profile(profile)
+    missing = missing_ca_file(profile)
+    if missing is not None:
+        raise InputError(
+            f"{profile.path}: the CA file {missing} (gateway.ca_file, else portal.ca_file) does not exist; "
+            f"point gateway.ca_file at the CA that signs the {proto.name} gateway's certificate"
+        )
     served = (*proto.catalogue.activities, *also_served)
     if not any(profile.workload.mix.get(a, 0.0) > 0 for a in served):
         raise InputError(

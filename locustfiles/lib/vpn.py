@@ -157,4 +157,4 @@ class VPNSession(BridgedSession[VPNConnection]):
         return self._after(VPN, "ping", outcome)
 
 
-remote.register("vpn", VPN_CATALOGUE, VPNSession)
+remote.register("vpn", VPN_CATALOGUE, VPNSession, verifies_tls=True)

@@ -69,6 +69,9 @@ PROFILES: dict[str, str | bytes] = {
     "credentials_without_header.toml": BASE.replace("good.csv", "no_header.csv"),
     "bad_protocol_name.toml": BASE.replace("port = 0\n", 'port = 0\nprotocol = "SSH"\n', 1),
     "unknown_protocol.toml": BASE.replace("port = 0\n", 'port = 0\nprotocol = "carrierpigeon"\n', 1),
+    "vpn_missing_ca.toml": BASE.replace(
+        "port = 0\n", 'port = 0\nprotocol = "vpn"\nca_file = "no-such-ca.pem"\n', 1
+    ),
 }
 
 CREDENTIALS = {
