@@ -287,13 +287,14 @@ def test_users_hold_tunnels_with_no_failures(relaxed: OpenVPNServer, tmp_path: P
     assert len(per_user) == USERS and min(per_user.values()) >= 3, per_user
     holds = [s["response_time"] for s in run.samples if s["name"] == "hold"]
     assert min(holds) >= 0.99 * WORKLOAD.burst_keys * WORKLOAD.typing_interval_ms, min(holds)
-    # the logon's parts: tunnel_up spans tls and config, so it is at least as long as their sum
+    # the logon's parts, all from the client's notification times: tunnel_up spans tls and config
     by_user: dict[int, dict[str, float]] = {}
     for s in run.samples:
         if s["name"] in ("tls", "config", "tunnel_up"):
             by_user.setdefault(s["context"]["user_id"], {})[s["name"]] = s["response_time"]
     for parts in by_user.values():
-        assert parts["tunnel_up"] >= parts["tls"] + parts["config"] - 1.0, parts
+        assert parts["tunnel_up"] >= parts["tls"] + parts["config"] - 1e-6, parts
+        assert parts["config"] >= 0.0, parts
     # the server saw them all, each under its account's name (username-as-common-name)
     log = relaxed.log_text()
     assert all(f"[{user}] Peer Connection Initiated" in log for user, _ in relaxed.accounts[:USERS])

@@ -175,19 +175,20 @@ class BridgedSession(Generic[C]):
         self,
         steps: Sequence[tuple[str, Callable[[], Awaitable[Any]]]],
         record: bool,
-        after: Callable[[str, Timed[Any]], None] | None = None,
+        after: Callable[[str, Timed[Any]], Timed[Any] | None] | None = None,
     ) -> OperationError | None:
         """Run the logon's timed steps ``(name, coroutine function)`` in order, one sample each.
 
-        ``after(name, outcome)`` runs before the sample is fired (e.g. to learn the backend). The
-        first failure aborts the connection and is returned; ``record=False`` (a reconnect) fires
+        ``after(name, outcome)`` runs before the sample is fired (e.g. to learn the backend); what it
+        returns, if not None, is recorded instead (e.g. a duration from the protocol's own event times).
+        The first failure aborts the connection and is returned; ``record=False`` (a reconnect) fires
         nothing: the caller fires ``reconnect``.
         """
         timeout = self.profile.workload.timeout_s
         for name, op in steps:
             outcome = self.bridge.call_timed(op(), timeout)
             if after is not None:
-                after(name, outcome)
+                outcome = after(name, outcome) or outcome
             if record:
                 self._fire(self.kind, name, outcome)
             if not outcome.ok:
