@@ -7,9 +7,10 @@ import contextlib
 import os
 import selectors
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,3 +94,14 @@ def running_farm(prefix: str, **kwargs: Any) -> Iterator[LocalRealFarm]:
             yield farm
         finally:
             farm.stop()
+
+
+def probe_passed(done: subprocess.CompletedProcess[str], operations: Sequence[str]) -> list[str]:
+    """The lines of a ``gateload probe`` run that passed: exit 0, an ok line (with its time) for each of
+    ``operations`` and no FAIL line."""
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for op in operations:
+        assert any(line.startswith("ok") and f"gateway {op} (" in line for line in lines), (op, lines)
+    assert not any(line.startswith("FAIL") for line in lines), lines
+    return lines

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import private_dir, run_async, start_or_skip
+from real_support import private_dir, probe_passed, run_async, start_or_skip
 from users_support import Run, environment, wait_until
 
 from gateload.locustfiles.lib import remote
@@ -260,10 +260,7 @@ def test_probe_logs_a_desktop_on_and_a_wrong_password_fails_its_line(tmp_path: P
         wrong = subprocess.run(
             [*probe, str(rdp_profile(server, tmp_path, "wrong", credentials=bad))], **_CAPTURE
         )
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    lines = done.stdout.splitlines()
-    for op in ("RDP connect", "RDP first_frame", "RDP desktop_ready"):
-        assert any(line.startswith("ok") and f"gateway {op} (" in line for line in lines), (op, lines)
+    lines = probe_passed(done, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
     keys = WORKLOAD.burst_keys
     assert any(f"RDP key: {keys} of {keys} ok" in line for line in lines), lines
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr[-2000:]
