@@ -101,5 +101,5 @@ def probe_session(
         by_name.setdefault(f"{sample['request_type']} {sample['name']}", []).append(sample)
     for name, samples in by_name.items():
         add(*_line(name, samples))
-    if not logged_on:
+    if not logged_on and activities:
         add(SKIP, f"{', '.join(activities)}: the logon failed")
