@@ -115,6 +115,7 @@ def _why(exc: BaseException) -> str:
         "host_key_mismatch": "host key not trusted",
         "tls_error": "TLS failed",
         "tunnel_refused": "channel refused",
+        "throttled": "turned away before the SSH banner",
         "sftp_error": "SFTP error",
         "ssh_error": "SSH error",
     }
@@ -529,11 +530,7 @@ class Probe:
             server = await asyncio.wait_for(conn.connect(), self.timeout_s)
         except Exception as exc:
             conn.abort()
-            fix = (
-                "the ticket was refused: does the gateway take the portal's tickets?"
-                if self.login is not None
-                else "check the account in the credentials file (or credentials.ssh_key)"
-            )
+            fix = self._logon_fix(exc)
             self.report.add(FAIL, "gateway", f"authentication as {login.username}: {_why(exc)} -> {fix}")
             self.report.add(SKIP, "gateway", "shell, screen update, exec, SFTP, tunnel: not logged in")
             return
@@ -553,6 +550,15 @@ class Probe:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), self.timeout_s)
             conn.abort()
+
+    def _logon_fix(self, exc: BaseException) -> str:
+        from gateload.locustfiles.lib.errors import classify
+
+        if classify(exc) == "throttled":
+            return "the gateway's connection limit (sshd MaxStartups) is full: let logons finish, or raise it"
+        if self.login is not None:
+            return "the ticket was refused: does the gateway take the portal's tickets?"
+        return "check the account in the credentials file (or credentials.ssh_key)"
 
     async def _shell(self, conn: Any) -> bool:
         t0 = time.perf_counter()

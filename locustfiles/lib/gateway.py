@@ -22,11 +22,15 @@ from gateload.targets.profile import ACTIVITIES
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"
 _ERR = SSH_ERRORS
+# the server's connection limit turned the user away before the SSH banner (sshd MaxStartups)
+_CONNECT_ERR = (*_ERR, "throttled")
 _HTTP_ERR = (*HTTP_STATUS_ERRORS, "tls_error")
 SSH_CATALOGUE = Catalogue(
     ("ssh",),
     (
-        Operation(SSH, "connect", "TCP + key exchange (host key checked) + authentication", errors=_ERR),
+        Operation(
+            SSH, "connect", "TCP + key exchange (host key checked) + authentication", errors=_CONNECT_ERR
+        ),
         Operation(SSH, "shell", "PTY shell opened, until the first prompt", errors=_ERR),
         Operation(
             SSH,
@@ -59,7 +63,7 @@ SSH_CATALOGUE = Catalogue(
             SSH,
             "reconnect",
             "after a drop: new credentials/ticket, connect, shell ready",
-            errors=(*_ERR, *_HTTP_ERR),
+            errors=(*_CONNECT_ERR, *_HTTP_ERR),
         ),
         Operation(SSH, "drop", "the connection ended while idle (keepalive failure, reset)", errors=_ERR),
         Operation(

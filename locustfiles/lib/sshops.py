@@ -146,6 +146,21 @@ class _Client(asyncssh.SSHClient):
         self.lost: Exception | None = None
         self.lost_at: float | None = None
         self.closing = False  # we closed it: not a drop
+        self.conn: asyncssh.SSHClientConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+
+    def turned_away(self, sock: StampedSocket | None) -> bool:
+        """The server sent something, then closed before its SSH version line: a connection limit.
+
+        OpenSSH's sshd answers a connection past ``MaxStartups`` with ``Exceeded MaxStartups`` and
+        closes it; a reset on the way (a lossy link, a crashed server) arrives with nothing. When our
+        own version line is still unread on the server, its close becomes a reset that can overtake
+        the text (measured: 4 of 60); that case stays a ``reset``, as nothing says otherwise.
+        """
+        no_version = self.conn is None or self.conn.get_extra_info("server_version") is None
+        return no_version and sock is not None and sock.heard_from_peer
 
     def auth_banner_received(self, msg: str, lang: str) -> None:
         prefix = self.spec.banner_prefix
@@ -191,7 +206,12 @@ class GatewayConnection:
             known_hosts = (list(spec.trusted_host_keys), [], [])
         self.sock = await open_stamped_socket(spec.host, spec.port, spec.timeout_s, spec.source)
         with _reset_before_handshake():
-            self.conn = await self._handshake(known_hosts)
+            try:
+                self.conn = await self._handshake(known_hosts)
+            except (asyncssh.ConnectionLost, ConnectionError) as exc:
+                if self.client.turned_away(self.sock):
+                    raise OperationError("throttled", "closed before the SSH banner") from exc
+                raise
         return self.client.server
 
     async def _handshake(self, known_hosts: Any) -> asyncssh.SSHClientConnection:
@@ -467,6 +487,11 @@ class StampedSocket(_RealSocket):
         if ancillary:
             self._ancillary = ancillary
         return n
+
+    @property
+    def heard_from_peer(self) -> bool:
+        """Some data has arrived (known from its kernel stamp; False where there are no stamps)."""
+        return self._ancillary is not None or self._rx_time > 0
 
     @property
     def rx_time(self) -> float:

@@ -5,6 +5,9 @@
     users --TLS--> stunnel --> haproxy (HTTP, sticky SERVERID) --> N reference portal backends
     users --SSH--> haproxy (TCP) --> M OpenSSH sshd --direct-tcpip--> intranet (python -m http.server)
 
+sshd runs with OpenSSH's production limits unless ``relaxed`` (``--relaxed``) asks for its relaxed
+variant (:data:`gateload.targets.local.sshd.RELAXED`), as a load test with a logon storm needs.
+
 Each portal backend is a reference-farm process with one server of its own (``web-a-01``,
 ``web-b-01``...), so only haproxy's stickiness keeps a portal session working: a request that reached
 another backend would find no session there. The haproxy server names equal the backend ids, so the
@@ -61,8 +64,10 @@ class LocalRealFarm:
         portal_backends: int = 3,
         gateways: int = 2,
         profile: Path = PROFILE,
+        relaxed: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.relaxed = relaxed  # sshd's relaxed variant instead of its production defaults
         self.portal_backends = portal_backends
         self.gateways = gateways
         self.profile = load_profile(profile)
@@ -114,6 +119,7 @@ class LocalRealFarm:
                 server_id=f"gw-{i:02d}",
                 permit_open=[("127.0.0.1", self.intranet_port)],
                 documents=DOCUMENTS,
+                relaxed=self.relaxed,
             )
             self.sshds.append(self._stack.enter_context(sshd))
         lb_backends = [LBBackend(s.server_id, s.host, s.port) for s in self.sshds]
@@ -243,16 +249,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temporary folder")
     p.add_argument("--portal-backends", type=int, default=3)
     p.add_argument("--gateways", type=int, default=2)
+    p.add_argument(
+        "--relaxed",
+        action="store_true",
+        help="sshd's relaxed limits (MaxStartups 200:30:400, MaxSessions 64) instead of its production "
+        "defaults (10:30:100, 10): for a logon storm of more than 10 users at once",
+    )
     args = p.parse_args(argv)
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="gateload-local-real-"))
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    with LocalRealFarm(state, portal_backends=args.portal_backends, gateways=args.gateways) as farm:
+    sides = {"portal_backends": args.portal_backends, "gateways": args.gateways}
+    with LocalRealFarm(state, relaxed=args.relaxed, **sides) as farm:
         if farm.tls is not None:
             print(f"portal  {farm.tls.url} (CA {farm.ca.ca_cert if farm.ca else ''})")
             print(f"        portal accounts: {farm.portal_profile_path}")
         if farm.gateway_lb is not None:
-            print(f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {[s.server_id for s in farm.sshds]}")
+            variant = "relaxed" if farm.relaxed else "production defaults"
+            print(
+                f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {[s.server_id for s in farm.sshds]} ({variant})"
+            )
             print(f"        gateway accounts: {farm.gateway_profile_path}")
         print("ready; Ctrl-C stops everything", flush=True)
         try:
