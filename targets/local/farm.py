@@ -265,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"portal  {farm.tls.url} (CA {farm.ca.ca_cert if farm.ca else ''})")
             print(f"        portal accounts: {farm.portal_profile_path}")
         if farm.gateway_lb is not None:
+            servers = [s.server_id for s in farm.sshds]
             variant = "relaxed" if farm.relaxed else "production defaults"
-            print(
-                f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {[s.server_id for s in farm.sshds]} ({variant})"
-            )
+            print(f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {servers} ({variant})")
             print(f"        gateway accounts: {farm.gateway_profile_path}")
         print("ready; Ctrl-C stops everything", flush=True)
         try:
