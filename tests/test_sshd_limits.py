@@ -98,9 +98,9 @@ def test_production_defaults_turn_logons_away_as_throttled() -> None:
             outcomes = asyncio.run(_logons(spec, ATTEMPTS))
         throttling = _throttling(sshd)
     print(f"stock sshd, {PENDING} logons pending, {ATTEMPTS} more: {dict(outcomes)}")
-    assert set(outcomes) <= {"ok", "throttled", "reset"}, outcomes
+    # Every logon sshd turned away is "throttled" (its text arrives before its close), none a reset.
+    assert set(outcomes) <= {"ok", "throttled"}, outcomes
     assert throttling  # sshd logged that it turned connections away
-    # Its "Exceeded MaxStartups" arrives before the close unless the close overtakes it (~7 %).
     assert outcomes["throttled"] >= 1, outcomes
     assert outcomes["ok"] >= 1, outcomes
 

@@ -155,9 +155,8 @@ class _Client(asyncssh.SSHClient):
         """The server sent something, then closed before its SSH version line: a connection limit.
 
         OpenSSH's sshd answers a connection past ``MaxStartups`` with ``Exceeded MaxStartups`` and
-        closes it; a reset on the way (a lossy link, a crashed server) arrives with nothing. When our
-        own version line is still unread on the server, its close becomes a reset that can overtake
-        the text (measured: 4 of 60); that case stays a ``reset``, as nothing says otherwise.
+        closes it; a reset on the way (a lossy link, a crashed server) arrives with nothing, and stays
+        a ``reset``.
         """
         no_version = self.conn is None or self.conn.get_extra_info("server_version") is None
         return no_version and sock is not None and sock.heard_from_peer
@@ -457,10 +456,13 @@ class StampedSocket(_RealSocket):
     back, which is what timing inside the coroutine measured too when greenlets hogged the CPU.
     """
 
-    __slots__ = ("_ancillary", "_rx_time", "first_tx")
+    __slots__ = ("_ancillary", "_rx_time", "first_tx", "heard_from_peer")
     first_tx: float
     _rx_time: float
     _ancillary: list[tuple[int, int, bytes]] | None
+    #: some data has arrived; not taken from the stamps: the kernel turns receive timestamps on a
+    #: moment after the first socket asks for them, so the first packets may come unstamped
+    heard_from_peer: bool
 
     def send(self, data: Any, flags: int = 0) -> int:
         if not self.first_tx:
@@ -477,6 +479,8 @@ class StampedSocket(_RealSocket):
         data, ancillary, _flags, _addr = self.recvmsg(bufsize, _ANCILLARY, flags)
         if ancillary:
             self._ancillary = ancillary
+        if data:
+            self.heard_from_peer = True
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -486,12 +490,9 @@ class StampedSocket(_RealSocket):
         )
         if ancillary:
             self._ancillary = ancillary
+        if n:
+            self.heard_from_peer = True
         return n
-
-    @property
-    def heard_from_peer(self) -> bool:
-        """Some data has arrived (known from its kernel stamp; False where there are no stamps)."""
-        return self._ancillary is not None or self._rx_time > 0
 
     @property
     def rx_time(self) -> float:
@@ -601,6 +602,7 @@ async def open_stamped_socket(
         sock = StampedSocket(family, kind, proto)
         sock.first_tx = sock._rx_time = 0.0
         sock._ancillary = None
+        sock.heard_from_peer = False
         try:
             sock.setblocking(False)
             if source:
