@@ -212,18 +212,8 @@ HTTP_ERRORS = (*HTTP_STATUS_ERRORS, "refused", "reset", "timeout", "tls_error", 
 #: What an SSH connection and its channels can fail with (SFTP and tunnels add their own).
 SSH_ERRORS = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
 # LEGACY's own copies, written out: a later change to the live groups above must not change it.
-_HTTP_ERRORS = (
-    "http_401",
-    "http_403",
-    "http_503",
-    "http_5xx",
-    "http_4xx",
-    "refused",
-    "reset",
-    "timeout",
-    "tls_error",
-    "other",
-)
+_HTTP_STATUS = ("http_401", "http_403", "http_503", "http_5xx", "http_4xx")
+_HTTP_ERRORS = (*_HTTP_STATUS, "refused", "reset", "timeout", "tls_error", "other")
 _SSH_ERRORS = ("refused", "reset", "timeout", "auth_failed", "host_key_mismatch", "ssh_error", "other")
 _LOGON_ERRORS = _u(_HTTP_ERRORS, _SSH_ERRORS)  # a logon spans the portal and the gateway
 
