@@ -238,6 +238,7 @@ class Probe:
         self.report = report
         self.timeout_s = timeout_s
         self.account: Any = None
+        self.accounts: tuple[Any, ...] = ()  # the credentials file's accounts, read once
         self.login: GatewayLogin | None = None  # from the portal's launch, when it hands one out
         self._sock: Any = None  # the gateway TCP connection, between the TCP check and the key exchange
 
@@ -262,6 +263,7 @@ class Probe:
         profile = dataclasses.replace(self.profile, workload=workload)
         probe_session(
             profile,
+            self.accounts,
             login.username,
             login.secret,
             lambda status, text: self.report.add(status, "gateway", text),
@@ -280,6 +282,7 @@ class Probe:
         except InputError as exc:
             self.report.add(FAIL, "account", f"{exc} -> fix [credentials] file (or GATELOAD_CREDENTIALS)")
             return
+        self.accounts = tuple(accounts)
         self.account = accounts[0]
 
     # --- portal -----------------------------------------------------------------------------------

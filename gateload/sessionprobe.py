@@ -13,7 +13,7 @@ The session's operations run in the bridge's loop thread, awaited from this (unp
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +72,20 @@ def _ms(value: float) -> str:
 
 
 def probe_session(
-    profile: Profile, username: str, secret: str | None, add: Callable[[str, str], None]
+    profile: Profile,
+    accounts: Sequence[Any],
+    username: str,
+    secret: str | None,
+    add: Callable[[str, str], None],
 ) -> None:
     """Log one session on as ``username``, run each weighted activity once, report every operation.
+
+    ``accounts``: the credentials file's accounts (the protocol's session may pick its own).
 
     ``add(status, text)`` takes each line. A target failure is a FAIL line, never an exception.
     """
     from gateload.locustfiles.lib import remote
-    from gateload.locustfiles.lib.runtime import Target, load_accounts
+    from gateload.locustfiles.lib.runtime import Target
 
     proto = remote.for_profile(profile)
     missing = remote.missing_ca_file(profile)
@@ -87,7 +93,7 @@ def probe_session(
         add(FAIL, f"CA file {missing} not found -> set gateway.ca_file to the CA that signs the gateway")
         return
     sink = _Samples()
-    session = proto.factory(sink, Target(profile, tuple(load_accounts(profile.credentials_path))), 0)
+    session = proto.factory(sink, Target(profile, tuple(accounts)), 0)
     activities = [a for a in session.activities if profile.workload.mix.get(a, 0.0) > 0]
     try:
         logged_on = session.logon(username, secret) is None
