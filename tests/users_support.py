@@ -85,12 +85,16 @@ def run_users(
     users: int,
     until: Callable[[Run], bool],
     timeout_s: float = 30.0,
+    spawn_rate: float | None = None,
 ) -> Run:
-    """Run ``users`` users until ``until(run)`` holds (bounded by ``timeout_s``), then stop them."""
+    """Run ``users`` users until ``until(run)`` holds (bounded by ``timeout_s``), then stop them.
+
+    All users start at once unless ``spawn_rate`` (users per second) says otherwise.
+    """
     run = environment(profile_path, user_class)
     runner = run.env.create_local_runner()
     try:
-        runner.start(users, spawn_rate=users)
+        runner.start(users, spawn_rate=spawn_rate or users)
         wait_until(lambda: until(run), timeout_s)
     finally:
         runner.quit()
