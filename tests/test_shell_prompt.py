@@ -24,11 +24,11 @@ from gateload.locustfiles.lib.sshops import (
     SET_PROMPT,
     ConnectSpec,
     GatewayConnection,
-    _key_echo,
     _line_echo,
     ends_with_prompt,
     visible,
 )
+from gateload.locustfiles.lib.sshtyping import key_echo
 from gateload.targets.profile import DEFAULT_FIRST_PROMPT, DEFAULT_SCREEN_COMMAND, Profile, load_profile
 from gateload.targets.reference.farm import ReferenceFarm
 from gateload.targets.reference.harness import write_profile_variant
@@ -75,12 +75,12 @@ def test_visible_strips_csi_osc_and_two_byte_escapes() -> None:
     ],
 )
 def test_keystroke_echo_tolerates_line_editor_output(key: bytes, received: bytes, echo: bytes) -> None:
-    match = _key_echo(key[0], TYPED + b"x").search(received)
+    match = key_echo(key[0], TYPED + b"x").search(received)
     assert match is not None and match.group() == echo and match.group().endswith(key)
 
 
 def test_keystroke_echo_stops_at_unexpected_output_and_waits_for_split_escapes() -> None:
-    pattern = _key_echo(ord("c"), TYPED)
+    pattern = key_echo(ord("c"), TYPED)
     junk = pattern.search(b"\x1b[KZc")
     assert junk is not None and junk.group() == b"\x1b[KZ"  # "Z" was not typed: unexpected
     assert pattern.search(b"\x1b[?20") is None  # an escape cut by a read: wait for the rest

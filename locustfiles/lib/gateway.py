@@ -17,7 +17,8 @@ from gateload.locustfiles.lib.aiobridge import Timed
 from gateload.locustfiles.lib.bridged import BridgedSession
 from gateload.locustfiles.lib.errors import HttpStatusError, OperationError, safe_error
 from gateload.locustfiles.lib.runtime import sample_context
-from gateload.locustfiles.lib.sshops import GatewayConnection, KeySample, connect_spec, screen_line
+from gateload.locustfiles.lib.sshops import GatewayConnection, connect_spec, screen_line
+from gateload.locustfiles.lib.sshtyping import KeySample
 from gateload.targets.profile import ACTIVITIES
 
 SSH, SFTP, TUNNEL = "SSH", "SFTP", "TUNNEL"

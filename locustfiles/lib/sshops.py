@@ -13,7 +13,8 @@ the CPU (bench/bench_timing.py). Without the stamps (no ``SO_TIMESTAMPNS``, data
 
 Shells are taken as shipped (bash, dash, zsh; README "Shells and prompts"): unless the profile names
 a fixed prompt, :meth:`GatewayConnection.open_shell` gives each connection a unique prompt that every
-command then waits for, and echoes are matched past the escape sequences and redraws of line editors.
+command then waits for, and echoes are matched past the escape sequences and redraws of line editors
+(typing itself, the hot path, is in ``sshtyping.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from gevent.monkey import get_original
 
 from gateload.locustfiles.lib.aiobridge import Timed, quiet_orphans, timed
 from gateload.locustfiles.lib.errors import OperationError
+from gateload.locustfiles.lib.sshtyping import (
+    ESCAPE,
+    KeySample,
+    StampClock,
+    TypingProcess,
+    create_typing_shell,
+    type_burst,
+)
 from gateload.targets.profile import DEFAULT_FIRST_PROMPT, Profile
 
 #: The reference farm's shell prompt (targets/README.md); screen output never contains "$".
@@ -49,11 +58,7 @@ ZSH_NEWUSER_MENU = b"--- Type one of the keys in parentheses ---"
 #: shell and zsh: a unique PS1, and no prompt decorations that would print after it (bash's
 #: PROMPT_COMMAND, zsh's right prompt and end-of-line mark).
 SET_PROMPT = "PS1='[{token}]''$ ' PROMPT_COMMAND= RPS1= RPROMPT= PROMPT_EOL_MARK="
-# Terminal escape sequences a line editor writes around prompts and echoes (CSI such as bracketed
-# paste "\x1b[?2004h", OSC such as xterm titles, and two-byte ones such as keypad mode "\x1b=").
-_ESCAPE = rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -Z\\^-~]"
-_ESCAPE_RE = re.compile(_ESCAPE)
-_CONTROL = rb"\x00-\x1a\x1c-\x1f\x7f"  # control bytes but ESC (backspace, CR, ...)
+_ESCAPE_RE = re.compile(ESCAPE)
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
 
@@ -129,14 +134,6 @@ def screen_line(command: str, bursts: int, size: int) -> bytes:
     return command.replace("{bursts}", str(bursts)).replace("{bytes}", str(size)).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class KeySample:
-    """One keystroke of a paced typing burst."""
-
-    t_intended: float  # epoch seconds the keystroke was planned for (t0 + k * interval)
-    outcome: Timed[int]
-
-
 class _Client(asyncssh.SSHClient):
     """Learns the backend from the auth banner, checks a fingerprint pin, and notices drops."""
 
@@ -186,7 +183,7 @@ class GatewayConnection:
         self.spec = spec
         self.client = _Client(spec)
         self.conn: asyncssh.SSHClientConnection | None = None
-        self.shell: asyncssh.SSHClientProcess[bytes] | None = None
+        self.shell: TypingProcess | None = None
         self.sftp: asyncssh.SFTPClient | None = None
         self.sock: StampedSocket | None = None
         self.prompt: bytes = spec.prompt  # what every command waits for once the shell is ready
@@ -248,7 +245,7 @@ class GatewayConnection:
         connection; the shell is ready when that prompt arrives. Assignments only, so bash, dash and
         zsh all take the line; the quotes split the prompt so its echo never looks like the prompt.
         """
-        shell = await self._conn().create_process(term_type="xterm", term_size=(80, 24), encoding=None)
+        shell = await create_typing_shell(self._conn(), term_type="xterm", term_size=(80, 24), encoding=None)
         self.shell = shell
         if self.spec.prompt:
             await shell.stdout.readuntil(self.spec.prompt)
@@ -280,64 +277,9 @@ class GatewayConnection:
                 return
 
     async def type_burst(self, text: bytes, interval_s: float, timeout_s: float) -> list[KeySample]:
-        """Type ``text`` at a human pace, timing each keystroke until its echo.
-
-        Keystroke k is planned for t0 + k * interval. A late echo delays the next keystroke (it is sent
-        at once, not skipped); the plan is kept as ``t_intended`` so coordinated omission can be
-        corrected. The burst stops at the first failure; a keystroke without its echo after
-        ``timeout_s`` fails with ``TimeoutError``, one answered by other output than escape sequences,
-        control bytes and redraws of ``text`` (see :func:`_key_echo`) with "unexpected echo".
-
-        Hot path (profiled: bench/bench_ssh.py, bench/README.md): the keystroke is written and awaited
-        inline, and one watchdog timer per burst enforces the timeout, instead of a task and a timer per
-        keystroke (``asyncio.wait_for``): that cost 11 of 64 us of loop-thread CPU per keystroke. The
-        echo is read one byte first: when that byte is the key (the usual echo) the match is complete,
-        exactly as the pattern would have found it; otherwise :func:`_rest_of_echo` goes on with the
-        pattern, byte by byte, so nothing after the echo is consumed either way.
-        """
-        shell = self._shell()
-        stdin, stdout = shell.stdin, shell.stdout
-        sock = self.sock
-        samples: list[KeySample] = []
-        perf, clock = time.perf_counter, time.time
-        watchdog = _KeystrokeWatchdog(timeout_s)
-        t0_wall, t0 = clock(), perf()
-        try:
-            for k, char in enumerate(text):
-                if interval_s:
-                    delay = t0 + k * interval_s - perf()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                key = _KEYS[char]
-                start_time = clock()
-                t1 = watchdog.pending = perf()
-                if sock is not None:
-                    sock.first_tx = 0.0
-                try:
-                    stdin.write(key)
-                    # Fast path: the echo is the key itself (asyncssh's readexactly costs about half
-                    # of its readuntil); anything else is matched by the escape-aware pattern.
-                    first = await stdout.readexactly(1)
-                    if first != key and not (await _rest_of_echo(stdout, first, char, text)).endswith(key):
-                        raise OperationError("ssh_error", "unexpected echo")
-                except asyncio.CancelledError:
-                    if not watchdog.take_timeout():
-                        raise
-                    outcome: Timed[int] = Timed(start_time, (perf() - t1) * 1000.0, None, TimeoutError())
-                except Exception as exc:
-                    outcome = Timed(start_time, (perf() - t1) * 1000.0, None, exc)
-                else:
-                    ms = (perf() - t1) * 1000.0
-                    if sock is not None:
-                        ms = stamped_ms(sock, ms)
-                    outcome = Timed(start_time, ms, 1, None)
-                watchdog.pending = 0.0
-                samples.append(KeySample(t0_wall + k * interval_s, outcome))
-                if outcome.error is not None:
-                    break
-        finally:
-            watchdog.close()
-        return samples
+        """Type ``text`` at a human pace, timing each keystroke until its echo (:func:`type_burst`)."""
+        clock = _SocketClock(self.sock) if self.sock is not None else StampClock()
+        return await type_burst(self._shell(), clock, text, interval_s, timeout_s)
 
     async def run_line(self, line: bytes, timeout_s: float) -> Timed[int]:
         """Type a command line (echo untimed), then time from Enter until the next prompt.
@@ -431,7 +373,7 @@ class GatewayConnection:
             raise OperationError("ssh_error", "not connected")
         return self.conn
 
-    def _shell(self) -> asyncssh.SSHClientProcess[bytes]:
+    def _shell(self) -> TypingProcess:
         if self.shell is None:
             raise OperationError("ssh_error", "no shell")
         return self.shell
@@ -516,40 +458,6 @@ def visible(data: bytes) -> bytes:
     return _ESCAPE_RE.sub(b"", data)
 
 
-@functools.lru_cache(maxsize=256)
-def _key_echo(char: int, typed: bytes) -> re.Pattern[bytes]:
-    """What may come back for keystroke ``char``: escapes, control bytes and redraws, then the key.
-
-    A line editor may redraw what was typed before (zsh answers the second key of a line with
-    backspace and both keys) and writes escape sequences, which can contain the key's letter: those
-    are skipped as whole sequences. Any other byte ends the match early as unexpected output.
-    """
-    key = re.escape(bytes((char,)))
-    redraw = b"".join(re.escape(bytes((c,))) for c in sorted(set(typed)) if 32 <= c < 127 and c != char)
-    allowed = (
-        rb"(?:" + _ESCAPE + rb"|[" + _CONTROL + rb"]" + (rb"|[" + redraw + rb"]" if redraw else b"") + rb")"
-    )
-    return re.compile(
-        rb"\A" + allowed + rb"*?(?:" + key + rb"|[^" + _CONTROL + rb"\x1b" + redraw + key + rb"])"
-    )
-
-
-_KEYS = tuple(bytes((c,)) for c in range(256))  # one-byte keys, built once
-
-
-async def _rest_of_echo(stdout: asyncssh.SSHReader[bytes], first: bytes, char: int, typed: bytes) -> bytes:
-    """The rest of a keystroke's echo whose first byte was not the key: escapes, control bytes and
-    redraws (:func:`_key_echo`) until the key or an unexpected byte. Read a byte at a time, so the
-    match ends where the pattern's would on the whole output and nothing after it is consumed (every
-    token the pattern skips is prefix-free, so its earliest match is its only one).
-    """
-    pattern = _key_echo(char, typed)
-    seen = first
-    while (found := pattern.match(seen)) is None:
-        seen += await stdout.readexactly(1)
-    return seen[: found.end()]
-
-
 @functools.lru_cache(maxsize=64)
 def _line_echo(line: bytes) -> re.Pattern[bytes]:
     """The echo of a pasted command line: its bytes in order, whatever a line editor puts between.
@@ -560,6 +468,19 @@ def _line_echo(line: bytes) -> re.Pattern[bytes]:
     """
     parts = [rb"[^" + re.escape(bytes((c,))) + rb"]*+" + re.escape(bytes((c,))) for c in line]
     return re.compile(rb"\A" + b"".join(parts))
+
+
+class _SocketClock(StampClock):
+    """Keystrokes timed from the ``send`` syscall to the kernel's arrival stamp of the echo."""
+
+    def __init__(self, sock: StampedSocket) -> None:
+        self.sock = sock
+
+    def start(self) -> None:
+        self.sock.first_tx = 0.0
+
+    def stop(self, fallback_ms: float) -> float:
+        return stamped_ms(self.sock, fallback_ms)
 
 
 def stamped_ms(sock: StampedSocket, fallback_ms: float) -> float:
@@ -618,42 +539,6 @@ async def open_stamped_socket(
             sock.close()
             raise
     raise error
-
-
-class _KeystrokeWatchdog:
-    """Cancels the current task when its pending keystroke has waited ``timeout_s`` for the echo.
-
-    One timer per burst, re-armed only when it fires: the keystrokes themselves only store their
-    start (``pending``, perf_counter seconds; 0 when none is pending).
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.pending = 0.0
-        self.fired = False
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(timeout_s, self._check)
-
-    def _check(self) -> None:
-        started = self.pending
-        left = started + self.timeout_s - time.perf_counter() if started else self.timeout_s
-        if started and left <= 0 and self._task is not None:
-            self.fired = True
-            self._task.cancel()
-        else:
-            self._handle = self._loop.call_later(max(left, 0.001), self._check)
-
-    def take_timeout(self) -> bool:
-        """True (once) if the cancellation just caught was this watchdog's: then it is undone."""
-        if not self.fired or self._task is None:
-            return False
-        self.fired = False
-        # Someone else cancelled it too (a stopped user): that cancellation goes on.
-        return self._task.uncancel() == 0
-
-    def close(self) -> None:
-        self._handle.cancel()
 
 
 def parse_http_response(data: bytes) -> tuple[int, int, str | None]:
