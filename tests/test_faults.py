@@ -15,6 +15,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,7 +66,10 @@ WORKLOAD = {
 }
 USERS = 9
 RUN_S = 12
-FAULT_START_S = 4.0  # after the injection request, which comes just before Locust starts
+# After Locust has spawned every user, past the detector's settle time (2 s), which ignores slowness. Not
+# from the launch: on a busy machine Locust took 3 s to start, and a stall then fell in the ramp, unseen.
+FAULT_START_S = 2.5
+SPAWNED = "All users spawned"
 FAULT_S = 3.0
 STALL_RUN_S = 24
 
@@ -389,16 +393,37 @@ def run_with_fault(
     run_s: int = RUN_S,
     **params: Any,
 ) -> FaultRun:
-    """One bounded headless run of HomeofficeUser with ``kind`` injected FAULT_START_S s from now."""
+    """One bounded headless run of HomeofficeUser with ``kind`` injected FAULT_START_S s after its ramp."""
     profile = write_profile_variant(farm.profile_path, tmp / "profile.toml", {**WORKLOAD, **(workload or {})})
     client = FaultClient.for_profile(farm.profile)
-    fault = client.inject(kind, FAULT_S, start_s=FAULT_START_S, **params)
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(USERS)]
     cmd += ["-r", str(USERS), "-t", f"{run_s}s", "--profile", str(profile), "--results-dir", str(tmp / "res")]
     cmd += ["--label", kind, "--exit-code-on-error", "0", "HomeofficeUser"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=run_s + 90)
-    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]  # the run went on and shut down cleanly
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    spawned, lines = threading.Event(), list[str]()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if SPAWNED in line:
+                spawned.set()
+        spawned.set()  # ended before spawning: the assert below shows why
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        spawned.wait(60)
+        assert any(SPAWNED in line for line in lines), "".join(lines)[-3000:]
+        fault = client.inject(kind, FAULT_S, start_s=FAULT_START_S, **params)
+        returncode = proc.wait(timeout=run_s + 90)
+    finally:
+        proc.kill()
+        proc.wait()
+    reader.join(timeout=10)
+    stderr = "".join(lines)
+    assert returncode == 0, (returncode, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]  # the run went on and shut down cleanly
     logged = next(f for f in client.state()["ended"] if f["id"] == fault["id"])
     run_dir = next((tmp / "res" / kind).iterdir())
     meta = json.loads((run_dir / "meta.json").read_text())

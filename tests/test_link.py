@@ -224,7 +224,11 @@ def test_delay_does_not_accumulate_with_throughput(echo: tuple[str, int]) -> Non
     rtts = [(a - s) * 1000 for s, a in zip(sent, arrived, strict=True)]
     # About 20 messages are in flight at once; each still takes one round trip of 2 x delay.
     assert_added_delay(statistics.median(rtts), 2 * delay_ms)
-    assert max(rtts) < 2 * delay_ms + 10, rtts
+    # Nor do they grow along the burst: a proxy that sleeps per chunk adds ~18 ms per message (the last
+    # ten would wait hundreds of ms). Medians of ten, not the maximum: one sample beside a busy core
+    # once took 52 ms.
+    first, last = statistics.median(rtts[:10]), statistics.median(rtts[-10:])
+    assert last - first < delay_ms / 2, rtts
 
 
 def test_jitter_spreads_delay_around_its_mean(echo: tuple[str, int]) -> None:
