@@ -535,8 +535,9 @@ def test_locust_run_through_a_503_storm(fault_farm: FarmProcess, tmp_path: Path)
 @pytest.mark.load
 def test_locust_run_through_a_server_dying_and_coming_back(fault_farm: FarmProcess, tmp_path: Path) -> None:
     r = run_with_fault(fault_farm, tmp_path, "down", server="old-02")
-    # 401: a portal session pinned to old-02 whose SSH was elsewhere logs off after old-02 forgot it
-    assert_common(r, "old-02", {"reset", "http_503", "http_401"})
+    # 401: a portal session pinned to old-02 whose SSH was elsewhere logs off after old-02 forgot it;
+    # tunnel_refused: a session's port forward asked of old-02 as it went down (busy-core run 25)
+    assert_common(r, "old-02", {"reset", "http_503", "http_401", "tunnel_refused"})
     during = r.during()
     assert not (during.success & (during.server == "old-02") & (during.type != "SESSION")).any()
     assert (during.success & (during.server == "old-01")).sum() > 10, "the other server carried on"
