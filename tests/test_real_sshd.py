@@ -11,15 +11,20 @@ the project's files and stopped afterwards, with no process left.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pwd
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
+import gevent
 import pytest
 import users_support  # noqa: F401  (gevent monkey-patching first, as under the locust command)
-from real_support import FAST_WORKLOAD, run_async, running_farm
+from real_support import FAST_WORKLOAD, private_dir, run_async, running_farm
 from users_support import run_users
 
 from gateload.locustfiles.lib.remoteuser import GatewayUser
@@ -232,3 +237,39 @@ def test_effective_profile_is_the_shipped_one_with_run_values(farm: LocalRealFar
         path=shipped.path,
     )
     assert same == shipped  # only ports, paths and credentials differ
+
+
+def test_farm_command_removes_its_temporary_state_and_keeps_a_named_one() -> None:
+    # The temporary folder holds the accounts' passwords and keys: nothing of it outlives the farm.
+    state, profile = _run_farm_command()
+    assert profile.is_relative_to(state)
+    assert not state.exists()
+    with private_dir("real-state") as folder:
+        state, profile = _run_farm_command("--state-dir", str(folder / "state"))
+        assert state == folder / "state"
+        accounts = load_profile(profile).credentials_path
+        assert accounts.is_relative_to(state) and accounts.stat().st_mode & 0o077 == 0
+
+
+def _run_farm_command(*extra: str) -> tuple[Path, Path]:
+    """Run ``python -m gateload.targets.local.farm`` (one gateway) until it is ready, then SIGTERM it;
+    the state folder and the gateway profile it printed."""
+    argv = [sys.executable, "-m", "gateload.targets.local.farm", "--portal-backends", "0", "--gateways", "1"]
+    proc = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        with gevent.Timeout(60, RuntimeError(f"the farm was not ready within 60 s: {lines}")):
+            while not lines or not lines[-1].startswith("ready"):
+                line = proc.stdout.readline() if proc.stdout else ""
+                if not line:
+                    break
+                lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    if rc == 2 and lines and lines[-1].startswith("error:") and not os.environ.get("CI"):
+        pytest.skip(lines[-1].strip())  # no sshd or root here; CI provides both
+    assert rc == 0, lines
+    state = next(line.split()[1] for line in lines if line.startswith("state "))
+    profile = next(line.split(": ", 1)[1] for line in lines if "gateway accounts: " in line)
+    return Path(state), Path(profile.strip())

@@ -33,7 +33,7 @@ from typing import Any
 
 from gateload.targets.local.haproxy import Backend as LBBackend
 from gateload.targets.local.haproxy import HAProxy
-from gateload.targets.local.process import Daemon, free_port, start_with_retry
+from gateload.targets.local.process import Daemon, MissingTool, free_port, start_with_retry
 from gateload.targets.local.sshd import Sshd, SshKeys
 from gateload.targets.local.stunnel import Stunnel
 from gateload.targets.local.tlsca import TestCA, make_test_ca
@@ -238,15 +238,25 @@ def _write_accounts(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gateload.targets.local.farm``: run the local real farm until Ctrl-C (needs root)."""
+    """``python -m gateload.targets.local.farm``: run the local real farm until Ctrl-C (needs root).
+
+    Without ``--state-dir`` the farm's state (accounts, keys, logs) lives in a temporary folder that
+    is removed at exit: it holds passwords, and the profiles in it name ports that die with the farm.
+    """
     import argparse
-    import signal
+    import shutil
     import tempfile
 
     p = argparse.ArgumentParser(
         prog="python -m gateload.targets.local.farm", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--state-dir", type=Path, default=None, help="default: a new temporary folder")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="keep the farm's state (profiles, accounts, keys, logs) here; default: a temporary "
+        "folder removed at exit",
+    )
     p.add_argument("--portal-backends", type=int, default=3)
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument(
@@ -257,6 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="gateload-local-real-"))
+    try:
+        return _serve(state, args)
+    except MissingTool as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # during start-up: the farm has stopped what it had started
+        return 130
+    finally:
+        if args.state_dir is None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _serve(state: Path, args: Any) -> int:
+    """Start the farm in ``state``, print where it listens, and hold it until SIGTERM or Ctrl-C."""
+    import signal
+
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     sides = {"portal_backends": args.portal_backends, "gateways": args.gateways}
@@ -269,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             variant = "relaxed" if farm.relaxed else "production defaults"
             print(f"gateway 127.0.0.1:{farm.gateway_lb.tcp_port} -> {servers} ({variant})")
             print(f"        gateway accounts: {farm.gateway_profile_path}")
+        kept = "kept" if args.state_dir else "removed at exit; --state-dir keeps it"
+        print(f"state   {state} ({kept})")
         print("ready; Ctrl-C stops everything", flush=True)
         try:
             while not stop["now"]:
