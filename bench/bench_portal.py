@@ -268,20 +268,22 @@ def run(s: Settings) -> dict[str, Any]:
 
     from bench_ssh import CpuSampler, load_average
 
-    work = Path(tempfile.mkdtemp(prefix="gateload-bench-portal-"))
-    load_before = load_average()
-    rounds = []
-    with PortalServerProcess() as server, CpuSampler() as sampler:
-        sampler.watch(server.pid)
-        profile = write_profile(work, server.url)
-        for i in range(s.rounds):
-            base = run_side("baseline", s, server.url, profile, work / f"baseline-{i}", sampler)
-            gl = run_side("gateload", s, server.url, profile, work / f"gateload-{i}", sampler)
-            for side in (base, gl):
-                side["server_cpu_util"] = sampler.cpu_between(server.pid, side["first"], side["last"]) / (
-                    side["last"] - side["first"]
-                )
-            rounds.append((base, gl))
+    # the work folder holds a run's raw results and profiles: scratch, removed with the run
+    with tempfile.TemporaryDirectory(prefix="gateload-bench-portal-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        load_before = load_average()
+        rounds = []
+        with PortalServerProcess() as server, CpuSampler() as sampler:
+            sampler.watch(server.pid)
+            profile = write_profile(work, server.url)
+            for i in range(s.rounds):
+                base = run_side("baseline", s, server.url, profile, work / f"baseline-{i}", sampler)
+                gl = run_side("gateload", s, server.url, profile, work / f"gateload-{i}", sampler)
+                for side in (base, gl):
+                    side["server_cpu_util"] = sampler.cpu_between(server.pid, side["first"], side["last"]) / (
+                        side["last"] - side["first"]
+                    )
+                rounds.append((base, gl))
     ratios = [g["rps"] / b["rps"] for b, g in rounds]
     cpu_ratios = [b["cpu_us_per_req"] / g["cpu_us_per_req"] for b, g in rounds]
 

@@ -165,17 +165,19 @@ def run(s: Settings) -> dict[str, Any]:
     from bench_ssh import load_average
 
     load_before = load_average()
-    work = Path(tempfile.mkdtemp(prefix="gateload-bench-recorder-"))
-    base: list[Phase] = []
-    rec: list[Phase] = []
-    paced_base: list[Phase] = []
-    paced_rec: list[Phase] = []
-    for i in range(s.rounds):
-        for paced, (b, r) in ((False, (base, rec)), (True, (paced_base, paced_rec))):
-            gc.collect()
-            b.append(run_phase(s, False, work / f"base-{i}-{paced}", paced))
-            gc.collect()
-            r.append(run_phase(s, True, work / f"rec-{i}-{paced}", paced))
+    # the work folder holds a run's raw results and profiles: scratch, removed with the run
+    with tempfile.TemporaryDirectory(prefix="gateload-bench-recorder-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        base: list[Phase] = []
+        rec: list[Phase] = []
+        paced_base: list[Phase] = []
+        paced_rec: list[Phase] = []
+        for i in range(s.rounds):
+            for paced, (b, r) in ((False, (base, rec)), (True, (paced_base, paced_rec))):
+                gc.collect()
+                b.append(run_phase(s, False, work / f"base-{i}-{paced}", paced))
+                gc.collect()
+                r.append(run_phase(s, True, work / f"rec-{i}-{paced}", paced))
     lost = sum(p.fired - p.rows for p in rec + paced_rec)
     base_rate = statistics.median(p.fire_rate for p in base)
     rec_rate = statistics.median(p.fire_rate for p in rec)

@@ -219,16 +219,18 @@ def run(s: Settings) -> dict[str, Any]:
 
     limit = raise_nofile()  # inherited by every child
     load_before = load_average()
-    work = Path(tempfile.mkdtemp(prefix="gateload-bench-scale-"))
-    with EchoServerProcess({"echo": 0.0}, status_s=0.5) as server, CpuSampler(step_s=0.5) as sampler:
-        sampler.watch(server.pid)
-        profile = write_profile(
-            work, server.ports["echo"], server.host_key_pub, workload=WORKLOAD, keepalive_s=KEEPALIVE_S
-        )
-        base = run_baseline(s, server, work, sampler)
-        _wait_closed(server)
-        gl = run_gateload(s, server, profile, work, sampler)
-        server_rss = sampler.peak_rss(server.pid)
+    # the work folder holds a run's raw results and profiles: scratch, removed with the run
+    with tempfile.TemporaryDirectory(prefix="gateload-bench-scale-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        with EchoServerProcess({"echo": 0.0}, status_s=0.5) as server, CpuSampler(step_s=0.5) as sampler:
+            sampler.watch(server.pid)
+            profile = write_profile(
+                work, server.ports["echo"], server.host_key_pub, workload=WORKLOAD, keepalive_s=KEEPALIVE_S
+            )
+            base = run_baseline(s, server, work, sampler)
+            _wait_closed(server)
+            gl = run_gateload(s, server, profile, work, sampler)
+            server_rss = sampler.peak_rss(server.pid)
     held, rss = gl["held"], gl["rss"]
     figures = {
         "sessions_held": held,

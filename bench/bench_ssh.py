@@ -35,6 +35,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -398,6 +399,7 @@ class EchoServerProcess:
 
     def __exit__(self, *_exc: Any) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)  # its host key and stats: read by now
 
 
 def write_profile(
@@ -697,24 +699,26 @@ def run(s: Settings) -> dict[str, Any]:
     import statistics
 
     raise_nofile()
-    work = Path(tempfile.mkdtemp(prefix="gateload-bench-ssh-"))
-    load_before = load_average()
-    workload = {**WORKLOAD, "burst_keys": s.burst_keys}
-    rounds: list[tuple[dict[str, float], dict[str, float]]] = []
-    with EchoServerProcess({"echo": 0.0}) as server, CpuSampler() as sampler:
-        sampler.watch(server.pid)
-        profile = write_profile(work, server.ports["echo"], server.host_key_pub, workload=workload)
-        for i in range(s.rounds):
-            # Alternating which side goes first (ABBA...) keeps a drift of the machine's speed during the
-            # run from favouring one side; each round's ratio compares two runs a minute apart at most.
-            sides: dict[str, dict[str, float]] = {}
-            for side in ("baseline", "gateload") if i % 2 == 0 else ("gateload", "baseline"):
-                if side == "baseline":
-                    raw = run_baseline(s, server.ports["echo"], server.host_key_pub, work, sampler)
-                else:
-                    raw = run_gateload(s, profile, work / f"round-{i}", sampler)
-                sides[side] = measure(raw, s, sampler, server.pid)
-            rounds.append((sides["baseline"], sides["gateload"]))
+    # the work folder holds a run's raw results and profiles: scratch, removed with the run
+    with tempfile.TemporaryDirectory(prefix="gateload-bench-ssh-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        load_before = load_average()
+        workload = {**WORKLOAD, "burst_keys": s.burst_keys}
+        rounds: list[tuple[dict[str, float], dict[str, float]]] = []
+        with EchoServerProcess({"echo": 0.0}) as server, CpuSampler() as sampler:
+            sampler.watch(server.pid)
+            profile = write_profile(work, server.ports["echo"], server.host_key_pub, workload=workload)
+            for i in range(s.rounds):
+                # Alternating which side goes first (ABBA...) keeps a drift of the machine's speed during the
+                # run from favouring one side; each round's ratio compares two runs a minute apart at most.
+                sides: dict[str, dict[str, float]] = {}
+                for side in ("baseline", "gateload") if i % 2 == 0 else ("gateload", "baseline"):
+                    if side == "baseline":
+                        raw = run_baseline(s, server.ports["echo"], server.host_key_pub, work, sampler)
+                    else:
+                        raw = run_gateload(s, profile, work / f"round-{i}", sampler)
+                    sides[side] = measure(raw, s, sampler, server.pid)
+                rounds.append((sides["baseline"], sides["gateload"]))
     ratios = [g["ops_per_s"] / b["ops_per_s"] for b, g in rounds]
     cpu_ratios = [b["client_cpu_us_per_op"] / g["client_cpu_us_per_op"] for b, g in rounds]
 

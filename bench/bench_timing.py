@@ -214,43 +214,45 @@ def run(s: Settings) -> dict[str, Any]:
 
     raise_nofile()
     load_before = load_average()
-    work = Path(tempfile.mkdtemp(prefix="gateload-bench-timing-"))
-    workload = {
-        "typing_interval_ms": TYPING_INTERVAL_MS,
-        "burst_keys": BURST_KEYS,
-        "think_min_s": THINK_S[0],
-        "think_max_s": THINK_S[1],
-        "timeout_s": 10.0,
-        "mix": {"typing": 1.0},
-    }
-    # The server is the reference: at a higher priority its echoes stay on time on a busy machine.
-    servers = EchoServerProcess({"delay": INJECTED_MS, "zero": 0.0}, nice=SERVER_NICE)
-    with servers as server, CpuSampler() as sampler:
-        sampler.watch(server.pid)
-        profiles = [
-            write_profile(work, server.ports[name], server.host_key_pub, workload=workload, name=name)
-            for name in ("delay", "zero")
-        ]
-        cmd = [sys.executable, __file__, "client", "--profiles", ",".join(map(str, profiles)),
-               "--sessions", str(s.sessions), "--blocks", str(s.blocks), "--block-s", str(s.block_s),
-               "--results-dir", str(work / "results" / "timing" / "run")]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        sampler.watch(proc.pid)
-        try:
-            out, _ = proc.communicate(timeout=s.blocks * s.block_s + 120 + s.sessions / 5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise RuntimeError("the timing client did not finish") from None
-        server.stop()
-        server_stats = server.stats()
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    info = json.loads(lines[-1]) if lines else {"error": f"no result (exit {proc.returncode})"}
-    if "error" in info or proc.returncode != 0:
-        raise RuntimeError(f"timing client failed: {info.get('error')}")
-    first, last = info["blocks"][0]["start"], info["blocks"][-1]["end"]
-    client_cpu = sampler.cpu_between(proc.pid, first, last) / (last - first)
-    server_cpu = sampler.cpu_between(server.pid, first, last) / (last - first)
-    df = read_samples(work / "results")
+    # the work folder holds a run's raw results and profiles: scratch, removed with the run
+    with tempfile.TemporaryDirectory(prefix="gateload-bench-timing-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        workload = {
+            "typing_interval_ms": TYPING_INTERVAL_MS,
+            "burst_keys": BURST_KEYS,
+            "think_min_s": THINK_S[0],
+            "think_max_s": THINK_S[1],
+            "timeout_s": 10.0,
+            "mix": {"typing": 1.0},
+        }
+        # The server is the reference: at a higher priority its echoes stay on time on a busy machine.
+        servers = EchoServerProcess({"delay": INJECTED_MS, "zero": 0.0}, nice=SERVER_NICE)
+        with servers as server, CpuSampler() as sampler:
+            sampler.watch(server.pid)
+            profiles = [
+                write_profile(work, server.ports[name], server.host_key_pub, workload=workload, name=name)
+                for name in ("delay", "zero")
+            ]
+            cmd = [sys.executable, __file__, "client", "--profiles", ",".join(map(str, profiles)),
+                   "--sessions", str(s.sessions), "--blocks", str(s.blocks), "--block-s", str(s.block_s),
+                   "--results-dir", str(work / "results" / "timing" / "run")]  # fmt: skip
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            sampler.watch(proc.pid)
+            try:
+                out, _ = proc.communicate(timeout=s.blocks * s.block_s + 120 + s.sessions / 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise RuntimeError("the timing client did not finish") from None
+            server.stop()
+            server_stats = server.stats()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        info = json.loads(lines[-1]) if lines else {"error": f"no result (exit {proc.returncode})"}
+        if "error" in info or proc.returncode != 0:
+            raise RuntimeError(f"timing client failed: {info.get('error')}")
+        first, last = info["blocks"][0]["start"], info["blocks"][-1]["end"]
+        client_cpu = sampler.cpu_between(proc.pid, first, last) / (last - first)
+        server_cpu = sampler.cpu_between(server.pid, first, last) / (last - first)
+        df = read_samples(work / "results")
     cond = analyse(df, info["blocks"])
     figures: dict[str, float] = {}
     for name in ("no_hog", "hog"):

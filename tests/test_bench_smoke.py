@@ -2,15 +2,19 @@
 
 Only the smoke mode runs in CI: the figures are not checked against targets here (no timed asserts),
 only that every headline figure is printed with a finite number, and that a smoke run leaves
-bench/RESULTS.md as it was. ``make bench`` runs the full benchmarks.
+bench/RESULTS.md as it was and nothing in its temporary folder (its runs' raw results and profiles are
+scratch). ``make bench`` runs the full benchmarks.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -77,10 +81,23 @@ def _density_skipped(output: str) -> set[str]:
 
 
 def _smoke(*args: str, timeout: float = 150) -> str:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    """Run a benchmark with a temporary folder (TMPDIR) of its own; it must leave that folder empty."""
+    tmp = Path(tempfile.mkdtemp(prefix="gl-smoke-"))  # short: servers put unix sockets under it
+    try:
+        proc = subprocess.run(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        left = sorted(p.name for p in tmp.iterdir())
+        assert not left, f"the benchmark left {left} in its temporary folder"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return proc.stdout
 
 
