@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="capacity report of runs, without a verdict",
         description='Writes the report files with no verdict (verdict.json "verdict": "none"); '
-        "gateload check gives one.",
+        "gateload check gives one. A run that never settles is reported too, marked NO STEADY STATE.",
         **exit_codes(
             "0    report written (never a verdict: use gateload check to gate)",
             "2    bad input: a usage error, a bad run folder or acceptance file, one line on stderr",

@@ -70,7 +70,9 @@ def _acceptance(acceptance: str | Path | Acceptance | None) -> Acceptance:
     return load_acceptance(acceptance)
 
 
-def _analyze(runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int) -> list[RunStats]:
+def _analyze(
+    runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int, require_steady: bool = True
+) -> list[RunStats]:
     return [
         analyze_run(
             r,
@@ -79,6 +81,7 @@ def _analyze(runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int) -> li
             seed=seed,
             little_tolerance=acc.max_littles_law_error,
             paced_tolerance=acc.max_paced_shortfall,
+            require_steady=require_steady,
         )
         for r in runs
     ]
@@ -138,7 +141,9 @@ def report_runs(
 ) -> Verdict:
     """The metrics of :func:`check_runs` with no verdict (``NONE``, no criteria): a capacity report.
 
-    ``acceptance`` only sets the SLAs for the knees and the reference load.
+    ``acceptance`` only sets the SLAs for the knees and the reference load. Unlike a check, a report
+    takes a run that never settles (a short fault-injection run, say): it is marked NO STEADY STATE,
+    its figures are each step's second half, and its timeline and fault windows are drawn as usual.
     """
     return _check_or_report("report", runs, acceptance, out_dir, allow_incomplete, n_boot, seed)
 
@@ -154,7 +159,7 @@ def _check_or_report(
 ) -> Verdict:
     started = time.perf_counter()
     acc = _acceptance(acceptance)
-    stats = _analyze(_as_runs(runs, allow_incomplete), acc, n_boot, seed)
+    stats = _analyze(_as_runs(runs, allow_incomplete), acc, n_boot, seed, require_steady=kind != "report")
     verdict = evaluate_check(stats, acc, kind)
     verdict.elapsed_s = time.perf_counter() - started
     if out_dir is not None:

@@ -150,6 +150,11 @@ class RunStats:
     def servers(self) -> list[str]:
         return self.run.samples.servers
 
+    @property
+    def steady(self) -> bool:
+        """Whether any step of the run reached a steady state (only a report analyses one that did not)."""
+        return any(st.window.steady for st in self.steps)
+
     def step_near(self, users: float, tolerance: float) -> StepStats | None:
         """The step whose planned users is nearest ``users``, if within ``tolerance`` (relative)."""
         if not self.steps:
@@ -168,18 +173,29 @@ def analyze_run(
     seed: int = 0,
     little_tolerance: float = health.LITTLE_TOLERANCE,
     paced_tolerance: float = health.PACED_TOLERANCE,
+    require_steady: bool = True,
 ) -> RunStats:
-    """Steady-state statistics of every step of a run, with block-bootstrap intervals."""
-    windows = steady_windows(run)
+    """Steady-state statistics of every step of a run, with block-bootstrap intervals.
+
+    ``require_steady=False`` analyses a run in which no step settles (see :func:`steady_windows`),
+    with a warning that its figures describe no steady state.
+    """
+    windows = steady_windows(run, require_steady=require_steady)
     # reproducible, but different for each run so replicates do not share their resampling
     rng = np.random.default_rng([seed, zlib.crc32(run.name.encode())])
     ctx = _Ctx(run, n_boot, confidence, little_tolerance, paced_tolerance)
     with single_threaded_blas():
         steps = [_step(ctx, w, rng) for w in windows]
     warnings = list(run.warnings)
+    settled = any(w.steady for w in windows)
+    if not settled:
+        warnings.append(
+            "no steady state in any step (MSER-5: latency or throughput keeps trending): the figures "
+            "are each step's second half, no capacity; read the run's timeline and fault windows"
+        )
     for st in steps:
         w = st.window
-        if not w.steady:
+        if not w.steady and settled:
             warnings.append(f"step {w.index} ({w.users} users) has no steady state; its second half was used")
         if w.stop_horizon_s > w.stop_cut_s + 1e-6:  # the cut was capped
             warnings.append(

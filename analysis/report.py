@@ -107,6 +107,7 @@ def _runs_line(v: Verdict) -> list[str]:
     for side, runs in v.sides.items():
         for rs in runs:
             state = "" if rs.run.complete else f" **INCOMPLETE ({rs.run.status})**"
+            state += "" if rs.steady else " **NO STEADY STATE** (figures: each step's second half)"
             out.append(
                 f"- {side}: `{rs.run.name}` ({len(rs.run.samples):,} samples, {len(rs.steps)} steps){state}"
             )
@@ -273,6 +274,11 @@ def html_report(v: Verdict) -> str:
         parts.append(
             "<p class='warn'><b>INCOMPLETE</b>: at least one run did not complete; it cannot pass.</p>"
         )
+    if any(not rs.steady for runs in v.sides.values() for rs in runs):
+        parts.append(
+            "<p class='warn'><b>NO STEADY STATE</b> in at least one run: its figures are each step's "
+            "second half of a run that kept trending, no capacity; its timeline and fault windows stand.</p>"
+        )
     parts.append("<h2>Runs</h2>")
     parts.append(
         _table(
@@ -281,7 +287,9 @@ def html_report(v: Verdict) -> str:
                 [
                     side,
                     rs.run.name,
-                    rs.run.status + ("" if rs.run.complete else " (INCOMPLETE)"),
+                    rs.run.status
+                    + ("" if rs.run.complete else " (INCOMPLETE)")
+                    + ("" if rs.steady else " (NO STEADY STATE)"),
                     f"{len(rs.run.samples):,}",
                     len(rs.steps),
                     len(rs.run.servers),

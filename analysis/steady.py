@@ -166,8 +166,13 @@ def _ramp_end(
     return min(max(planned, float(s.t[a + full[0]])), end), True
 
 
-def steady_windows(run: RunData) -> list[Window]:
-    """Steady-state windows of a run, one per step of its schedule (or one for a run without steps)."""
+def steady_windows(run: RunData, *, require_steady: bool = True) -> list[Window]:
+    """Steady-state windows of a run, one per step of its schedule (or one for a run without steps).
+
+    A step with no steady state gets its second half. A run in which no step settles is an
+    :class:`InputError` unless ``require_steady`` is False (a report of a fault run, which is not a
+    capacity measurement: its windows are then all second halves, ``steady`` False).
+    """
     s = run.samples
     steps = run.steps
     plan: list[tuple[int, float, float, int, int, float, float | None]]
@@ -207,7 +212,7 @@ def steady_windows(run: RunData) -> list[Window]:
     windows = [w for w in windows if w.duration > 0 and _count(run, w) > 0]
     if not windows:
         raise InputError(f"{run.path}: no samples fall inside the run's step schedule; check meta.json steps")
-    if not any(w.steady for w in windows):
+    if require_steady and not any(w.steady for w in windows):
         what = "the run" if len(windows) == 1 else f"any of its {len(windows)} steps"
         raise InputError(
             f"{run.path}: no steady state in {what} (MSER-5 truncation point in the second half: latency or "

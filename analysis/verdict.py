@@ -90,6 +90,7 @@ class Verdict:
                         "path": str(rs.run.path),
                         "status": rs.run.status,
                         "complete": rs.run.complete,
+                        "steady": rs.steady,
                         "samples": len(rs.run.samples),
                     }
                     for rs in runs
