@@ -21,6 +21,7 @@ user; ``key_auth=True`` adds the client key for public-key auth).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import dataclasses
@@ -243,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     Without ``--state-dir`` the farm's state (accounts, keys, logs) lives in a temporary folder that
     is removed at exit: it holds passwords, and the profiles in it name ports that die with the farm.
     """
-    import argparse
     import shutil
     import tempfile
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(state, ignore_errors=True)
 
 
-def _serve(state: Path, args: Any) -> int:
+def _serve(state: Path, args: argparse.Namespace) -> int:
     """Start the farm in ``state``, print where it listens, and hold it until SIGTERM or Ctrl-C."""
     import signal
 
