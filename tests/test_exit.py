@@ -113,9 +113,9 @@ def test_a_killed_greenlet_does_not_wait_for_its_coroutine_nor_leave_its_error_u
     try:
         g = gevent.spawn(bridge.call_timed, torn_down(), 30.0)  # as SSHSession runs its operations
         gevent.sleep(0.05)
-        t0 = time.perf_counter()
         g.kill(block=True, timeout=5)
-        assert g.dead and time.perf_counter() - t0 < 0.3  # did not wait for the cancellation
+        # did not wait for the cancellation: the kill returned before the coroutine's 0.5 s teardown ended
+        assert g.dead and ended == []
         deadline = time.monotonic() + 5
         while not ended and time.monotonic() < deadline:
             gevent.sleep(0.05)
