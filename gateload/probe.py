@@ -68,13 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pin",
         help="print a gateway's host key fingerprint for the profile's [gateway] section",
         description="Fetches the SSH host key during key exchange (no login) and prints "
-        'host_key_fingerprint = "SHA256:..." for the profile. Check it out of band before trusting it.',
+        'host_key_fingerprint = "SHA256:..." for the profile; with --protocol rdp, the RDP server\'s '
+        'TLS certificate (no credential sent) as cert_fingerprint = "AB:CD:...". Check it out of band '
+        "before trusting it.",
         **exit_codes(
             "0    fingerprint printed",
             "2    bad input (a usage error, a bad HOST[:PORT], a host beyond loopback) or no key fetched",
         ),
     )
-    q.add_argument("target", metavar="HOST[:PORT]", help="the gateway, e.g. 127.0.0.1:2222 (port 22 if none)")
+    q.add_argument(
+        "target", metavar="HOST[:PORT]", help="the gateway, e.g. 127.0.0.1:2222 (port 22, rdp 3389, if none)"
+    )
+    q.add_argument("--protocol", choices=("ssh", "rdp"), default="ssh", help="the gateway's (default ssh)")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the key (default 10)")
     q.add_argument("--allow-remote", action="store_true", help="allow a host outside loopback")
     q.set_defaults(func=pin_command)
@@ -143,11 +148,13 @@ def parse_host_port(text: str, default_port: int = 22) -> tuple[str, int]:
 
 def pin_command(args: argparse.Namespace) -> int:
     """``gateload pin``: print the host key line for [gateway]; 2 when no key could be fetched."""
-    host, port = parse_host_port(args.target)
+    host, port = parse_host_port(args.target, 3389 if args.protocol == "rdp" else 22)
     if not (is_loopback(host) or args.allow_remote):
         raise InputError(f"{host} is not on loopback; pass --allow-remote if you mean to contact it")
     if args.timeout <= 0:
         raise InputError(f"--timeout is {args.timeout}; give a number of seconds > 0")
+    if args.protocol == "rdp":
+        return _pin_rdp(host, port, args.timeout)
     try:
         key, peer = asyncio.run(fetch_host_key(host, port, args.timeout))
     except Exception as exc:  # every failure is one line, exit 2
@@ -160,6 +167,31 @@ def pin_command(args: argparse.Namespace) -> int:
     print(
         "Paste that line into the profile's [gateway] section (and leave host_key empty). It was not "
         "verified: compare it with `ssh-keygen -lf` of the key on the gateway before you trust it."
+    )
+    return 0
+
+
+def _pin_rdp(host: str, port: int, timeout_s: float) -> int:
+    """``gateload pin --protocol rdp``: the certificate line for [gateway]."""
+    import hashlib
+
+    from gateload.locustfiles.lib.rdp import fetch_certificate
+    from gateload.targets.profile import format_cert_sha256
+
+    try:
+        der = asyncio.run(fetch_certificate(host, port, timeout_s))
+    except Exception as exc:  # every failure is one line, exit 2
+        where = f"{host}:{port}"
+        print(
+            f"gateload: error: no certificate from {where}: {_why(exc)}; is that an RDP port?",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"TLS certificate of the RDP server {host}:{port}, fetched in its handshake (no credential sent):")
+    print(f'cert_fingerprint = "{format_cert_sha256(hashlib.sha256(der).digest())}"')
+    print(
+        "Paste that line into the profile's [gateway] section. It was not verified: compare it with "
+        "`openssl x509 -noout -fingerprint -sha256 -in CERT` on the server before you trust it."
     )
     return 0
 
@@ -259,6 +291,14 @@ class Probe:
         if login is None:
             self.report.add(SKIP, "gateway", f"{gw.protocol} {gw.host}:{gw.port}: no account to log on with")
             return
+        if gw.protocol == "rdp" and not gw.cert_fingerprint:
+            self.report.add(
+                WARN,
+                "gateway",
+                "RDP certificate NOT verified (gateway.cert_fingerprint unset): the password goes to "
+                "whatever answers -> pin it with the line from "
+                f"`gateload pin --protocol rdp {gw.host}:{gw.port}`",
+            )
         workload = dataclasses.replace(self.profile.workload, timeout_s=self.timeout_s)
         profile = dataclasses.replace(self.profile, workload=workload)
         probe_session(

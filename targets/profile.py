@@ -18,6 +18,7 @@ import socket
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,9 @@ class GatewayTarget:
     # TLS protocols (vpn): the PEM bundle that signs the gateway certificate; "" = portal.ca_file,
     # else the system CAs.
     ca_file: str = ""
+    # rdp: the server certificate's SHA-256 fingerprint, "AB:CD:..." as `openssl x509 -noout
+    # -fingerprint -sha256` prints it; "" = not verified (an RDP server's certificate is self-signed).
+    cert_fingerprint: str = ""
     # One source address per simulated user, so per-address limits (ocserv's bans and rate limit,
     # xrdp's pending connections) see many clients: "127.0.0.2-127.0.0.254" or "a, b, c"; "" = the
     # system picks. Any 127.0.0.0/8 address works on lo without setup. Used by the vpn protocol.
@@ -402,6 +406,32 @@ def _join(where: str, key: str) -> str:
 # --- checks across fields -------------------------------------------------------------------------
 
 
+_CERT_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
+
+
+def cert_sha256(fingerprint: str) -> bytes:
+    """The SHA-256 digest that a ``gateway.cert_fingerprint`` ("AB:CD:...") names."""
+    return bytes.fromhex(fingerprint.replace(":", ""))
+
+
+def format_cert_sha256(digest: bytes) -> str:
+    """A SHA-256 digest as ``gateway.cert_fingerprint`` and ``openssl x509 -fingerprint`` write it."""
+    return digest.hex(":").upper()
+
+
+def _check_cert_fingerprint(gw: GatewayTarget, bad: Callable[[str, str], InputError]) -> None:
+    if not gw.cert_fingerprint:
+        return
+    if gw.protocol != "rdp":
+        raise bad("gateway.cert_fingerprint", "is for protocol rdp; vpn verifies by gateway.ca_file")
+    if not _CERT_FINGERPRINT.fullmatch(gw.cert_fingerprint):
+        raise bad(
+            "gateway.cert_fingerprint",
+            "must be 32 hex bytes with colons, as `openssl x509 -noout -fingerprint -sha256 -in CERT` "
+            "prints it (or `gateload pin --protocol rdp HOST:PORT`)",
+        )
+
+
 def _check(profile: Profile, path: Path) -> None:
     def bad(key: str, problem: str) -> InputError:
         return InputError(f"{path}: '{key}' {problem}")
@@ -419,6 +449,7 @@ def _check(profile: Profile, path: Path) -> None:
     pin = profile.gateway.host_key_fingerprint
     if pin and not pin.startswith("SHA256:"):
         raise bad("gateway.host_key_fingerprint", "must start with 'SHA256:' (ssh-keygen -lf KEY prints it)")
+    _check_cert_fingerprint(profile.gateway, bad)
     w = profile.workload
     for name, weight in w.mix.items():
         if name not in ACTIVITIES:

@@ -9,7 +9,14 @@ import pytest
 import tomli_w
 
 from gateload.errors import InputError
-from gateload.targets.profile import CREDENTIALS_ENV, dump_profile, load_profile, profile_to_dict
+from gateload.targets.profile import (
+    CREDENTIALS_ENV,
+    cert_sha256,
+    dump_profile,
+    format_cert_sha256,
+    load_profile,
+    profile_to_dict,
+)
 from gateload.targets.reference.harness import PROFILES_DIR
 
 SHIPPED = sorted(PROFILES_DIR.glob("*.toml"))
@@ -175,3 +182,19 @@ def test_gateway_ca_file_falls_back_to_the_portals_and_resolves_beside_the_profi
     assert absolute.gateway_ca_file() == str(tmp_path / "x.pem")
     neither = dataclasses.replace(portal_only, portal=dataclasses.replace(profile.portal, ca_file=""))
     assert neither.gateway_ca_file() == ""
+
+
+def test_an_rdp_certificate_pin_is_checked_for_form_and_protocol(tmp_path: Path) -> None:
+    digest = bytes(range(32))
+    pin = format_cert_sha256(digest)
+    assert pin.startswith("00:01:02:") and len(pin) == 95 and cert_sha256(pin) == digest
+    ok = load_profile(
+        _variant(tmp_path, {"gateway.protocol": "rdp", "gateway.cert_fingerprint": pin.lower()})
+    )
+    assert cert_sha256(ok.gateway.cert_fingerprint) == digest  # openssl's upper case or not
+    short = _error(_variant(tmp_path, {"gateway.protocol": "rdp", "gateway.cert_fingerprint": pin[:-3]}))
+    assert (
+        "'gateway.cert_fingerprint' must be 32 hex bytes" in short and "gateload pin --protocol rdp" in short
+    )
+    ssh = _error(_variant(tmp_path, {"gateway.cert_fingerprint": pin}))
+    assert "'gateway.cert_fingerprint' is for protocol rdp" in ssh

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
 GATELOAD = str(Path(sys.executable).with_name("gateload"))
 _CAPTURE: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 120}
+XRDP_CERT = "/etc/xrdp/cert.pem"
+#: xrdp's log line when a client's credentials reach it (it passes them to sesman)
+LOGON_LINE = "sending login info to session manager"
 BASE_PROFILE = REPO / "targets" / "profiles" / "local-real.toml"
 USERS = 10
 HOLD_S = 30.0
@@ -66,14 +71,22 @@ def xrdp(prefix: str, **kwargs: Any) -> Iterator[Xrdp]:
             server.stop()
 
 
-def rdp_profile(server: Xrdp, folder: Path, name: str, credentials: Path | None = None) -> Path:
+def rdp_profile(
+    server: Xrdp, folder: Path, name: str, credentials: Path | None = None, cert_fingerprint: str = ""
+) -> Path:
     """The shipped local-real profile pointed at this xrdp: protocol rdp, its accounts."""
     p = load_profile(BASE_PROFILE)
+    gateway = dataclasses.replace(
+        p.gateway,
+        host=server.host,
+        port=server.port,
+        protocol="rdp",
+        host_key="",
+        cert_fingerprint=cert_fingerprint,
+    )
     profile = dataclasses.replace(
         p,
-        gateway=dataclasses.replace(
-            p.gateway, host=server.host, port=server.port, protocol="rdp", host_key=""
-        ),
+        gateway=gateway,
         credentials=dataclasses.replace(p.credentials, file=str(credentials or server.credentials)),
         workload=WORKLOAD,
     )
@@ -261,11 +274,45 @@ def test_probe_logs_a_desktop_on_and_a_wrong_password_fails_its_line(tmp_path: P
             [*probe, str(rdp_profile(server, tmp_path, "wrong", credentials=bad))], **_CAPTURE
         )
     lines = probe_passed(done, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
+    assert any(line.startswith("warn") and "RDP certificate NOT verified" in line for line in lines), lines
     keys = WORKLOAD.burst_keys
     assert any(f"RDP key: {keys} of {keys} ok" in line for line in lines), lines
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr[-2000:]
     assert "FAIL  gateway RDP desktop_ready: auth_failed, 1 of 1 failed -> check the account" in wrong.stdout
     assert "not-the-password" not in wrong.stdout + wrong.stderr
+
+
+def test_pin_prints_the_certificate_and_a_pinned_logon_refuses_any_other(tmp_path: Path) -> None:
+    """``gateload pin --protocol rdp`` prints the certificate's fingerprint as openssl does; pinned, a
+    session logs on, and with another pin it stops after the TLS handshake, before the password."""
+    der = ssl.PEM_cert_to_DER_cert(Path(XRDP_CERT).read_text())  # the package's own, as shipped
+    shipped = hashlib.sha256(der).digest().hex(":").upper()
+    wrong = ("00" if shipped[:2] != "00" else "01") + shipped[2:]
+    probe = [GATELOAD, "probe", "--only", "gateway"]
+    with xrdp("xrdp-pin", accounts=1, relaxed=True) as server:
+        pin = subprocess.run(
+            [GATELOAD, "pin", "--protocol", "rdp", f"{server.host}:{server.port}"], **_CAPTURE
+        )
+        pinned = subprocess.run(
+            [*probe, str(rdp_profile(server, tmp_path, "ok", cert_fingerprint=shipped))], **_CAPTURE
+        )
+        logons = _logons(server)
+        other = subprocess.run(
+            [*probe, str(rdp_profile(server, tmp_path, "no", cert_fingerprint=wrong))], **_CAPTURE
+        )
+        assert _logons(server) == logons, "the password went out past a wrong pin"
+    assert pin.returncode == 0 and f'cert_fingerprint = "{shipped}"' in pin.stdout, pin.stdout + pin.stderr
+    lines = probe_passed(pinned, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
+    assert not any("NOT verified" in line for line in lines), lines
+    assert logons >= 1
+    assert other.returncode == 1, other.stdout + other.stderr[-2000:]
+    assert "FAIL  gateway RDP connect: tls_error" in other.stdout, other.stdout
+
+
+def _logons(server: Xrdp) -> int:
+    """Logons whose credentials reached xrdp so far (its log: one line each)."""
+    log = server.log_files[0]
+    return log.read_text(errors="replace").count(LOGON_LINE) if log.exists() else 0
 
 
 @pytest.mark.load

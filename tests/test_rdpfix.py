@@ -285,3 +285,21 @@ def test_one_tls_context_per_process_for_asysocks_and_only_there() -> None:
     assert ssl.create_default_context() is not first  # the real module is untouched
     assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED
     assert uniconn.ssl.PROTOCOL_TLS_CLIENT == ssl.PROTOCOL_TLS_CLIENT  # the rest passes through
+
+
+# --- fix 10 -------------------------------------------------------------------------------------------
+
+
+def test_with_a_certificate_hook_a_server_choosing_no_tls_is_refused_before_any_credential() -> None:
+    import ssl
+
+    from aardwolf.protocol.x224.constants import SUPP_PROTOCOLS
+
+    plain = connection()
+    plain.x224_protocol = SUPP_PROTOCOLS.RDP  # no hook: aardwolf's own behaviour
+    assert plain.x224_protocol == SUPP_PROTOCOLS.RDP
+    pinned = connection()
+    pinned.on_certificate = lambda der: None
+    with pytest.raises(ssl.SSLError, match="no TLS"):
+        pinned.x224_protocol = SUPP_PROTOCOLS.RDP  # RDP's own encryption: nothing to check
+    assert pinned._x224net.writes == []  # nothing was sent after the negotiation

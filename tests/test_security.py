@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import ipaddress
 import json
 import os
@@ -203,6 +204,19 @@ def test_verification_is_on_by_default_and_opt_outs_are_recorded(tmp_path: Path)
         security[label] = json.loads((run_dir / "meta.json").read_text())["security"]
     assert security["default"] == {"host_key_verified": True, "tls_verified": True, "tls": True}
     assert security["opted-out"] == {"host_key_verified": False, "tls_verified": False, "tls": True}
+
+
+def test_an_rdp_gateway_counts_as_verified_only_with_its_certificate_pinned() -> None:
+    from gateload.locustfiles.lib.runinfo import security
+
+    profile = load_profile(ROOT / "targets" / "profiles" / "reference-before.toml")
+    rdp = dataclasses.replace(profile.gateway, protocol="rdp")
+    unpinned = dataclasses.replace(profile, gateway=rdp)
+    pin = "AB:" * 31 + "AB"
+    pinned = dataclasses.replace(profile, gateway=dataclasses.replace(rdp, cert_fingerprint=pin))
+    assert security(profile)["host_key_verified"] is True  # ssh: verify_host_key (on by default)
+    assert security(unpinned)["host_key_verified"] is False  # verify_host_key says nothing of RDP
+    assert security(pinned)["host_key_verified"] is True
 
 
 # --- loopback by default ------------------------------------------------------------------------------

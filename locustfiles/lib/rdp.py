@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import ssl
 import time
@@ -44,6 +45,7 @@ from gateload.locustfiles.lib import rdpfix, remote
 from gateload.locustfiles.lib.aiobridge import Timed
 from gateload.locustfiles.lib.bridged import BridgedSession, paced_burst
 from gateload.locustfiles.lib.errors import OperationError
+from gateload.targets.profile import cert_sha256, format_cert_sha256
 
 RDP = "RDP"
 _NET = ("refused", "reset", "timeout", "tls_error", "throttled", "other")
@@ -127,11 +129,20 @@ class RDPDesktop:
     """One RDP connection in the loop thread: connect, wait for the desktop, keys and their screen updates."""
 
     def __init__(
-        self, host: str, port: int, username: str, password: str | None, timeout_s: float = 10.0
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str | None,
+        timeout_s: float = 10.0,
+        cert_pin: bytes | None = None,
     ) -> None:
         self.host, self.port, self.username = host, port, username
         self._password = password  # never logged
         self.timeout_s = timeout_s
+        self.cert_pin = cert_pin  # SHA-256 of the server certificate; None: not verified
+        #: fix 10's hook for this connection (rdpfix.FixedRDPConnection.on_certificate)
+        self.on_certificate = self._check_certificate if cert_pin is not None else None
         self.conn: Any = None
         self.connected = False
         self.closing = False
@@ -177,6 +188,7 @@ class RDPDesktop:
         cred.stype = asyauthSecret.PASSWORD
         self.conn = conn = rdpfix.FixedRDPConnection(target, cred, io)
         conn.on_frame = self._on_frame
+        conn.on_certificate = self.on_certificate
         self._changed = asyncio.Event()
         self.t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -197,6 +209,14 @@ class RDPDesktop:
         self.connected = True
         self._watch = loop.create_task(self._watch_end())
         return (time.perf_counter() - self.t0) * 1000.0
+
+    def _check_certificate(self, der: bytes) -> None:
+        """Fix 10's hook: refuse a certificate other than the pinned one (before the password is sent)."""
+        seen = hashlib.sha256(der).digest()
+        if seen != self.cert_pin:
+            raise ssl.SSLCertVerificationError(
+                f"certificate SHA-256 {format_cert_sha256(seen)} is not gateway.cert_fingerprint"
+            )
 
     async def first_frame(self) -> float:
         """Until the first bitmap; ms since connect start."""
@@ -353,7 +373,10 @@ class RDPSession(BridgedSession[RDPDesktop]):
     def logon(self, username: str, secret: str | None, *, record: bool = True) -> OperationError | None:
         """Connect, first frame, desktop ready; the first failure, or None when the desktop is up."""
         gw = self.profile.gateway
-        desk = self._begin(RDPDesktop(gw.host, gw.port, username, secret, self.profile.workload.timeout_s))
+        pin = cert_sha256(gw.cert_fingerprint) if gw.cert_fingerprint else None
+        desk = self._begin(
+            RDPDesktop(gw.host, gw.port, username, secret, self.profile.workload.timeout_s, cert_pin=pin)
+        )
         steps = (
             ("connect", desk.connect),
             ("first_frame", desk.first_frame),
@@ -405,6 +428,33 @@ class RDPSession(BridgedSession[RDPDesktop]):
             self._broke()
             return False
         return True
+
+
+async def fetch_certificate(host: str, port: int, timeout_s: float) -> bytes:
+    """The certificate (DER) an RDP server presents in its TLS handshake; the connection ends right
+    after it, before any credential is sent (``gateload pin --protocol rdp``)."""
+    seen: list[bytes] = []
+
+    def keep(der: bytes) -> None:
+        seen.append(der)
+        raise _Fetched
+
+    desk = RDPDesktop(host, port, "gateload-pin", None, timeout_s)
+    desk.on_certificate = keep
+    try:
+        await desk.connect()
+    except OperationError:
+        if not seen:
+            raise
+    finally:
+        desk.abort()
+    if not seen:
+        raise OperationError("other", "the server finished the logon without a certificate")
+    return seen[0]
+
+
+class _Fetched(Exception):
+    """Ends a connection once its certificate is in hand."""
 
 
 def _throttled_or_timeout(desk: RDPDesktop) -> OperationError:

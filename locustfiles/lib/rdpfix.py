@@ -32,8 +32,12 @@ xrdp 0.9.21 with the xorgxrdp back end, TLS security (xrdp's ``security_layer=ne
    :func:`warm` compiles them before any load.
 9. **One TLS context per process** (:class:`_OneContextSSL`): asysocks made a new default context (the
    system CA bundle loaded, then verification turned off) for every connection: 17-77 ms of CPU
-   each with 10 connecting at once here. The RDP server's certificate is not verified by aardwolf at
-   all (``CERT_NONE``), before this fix or after.
+   each with 10 connecting at once here. aardwolf verifies no certificate (``CERT_NONE``); fix 10
+   checks one against a pin instead.
+10. **The server's certificate, pinned** (:attr:`FixedRDPConnection.on_certificate`): called with the
+   certificate (DER) right after the TLS handshake, before any credential is sent; it raises to refuse
+   the server. Set, a server that chooses RDP's own encryption instead of TLS is refused as well (its
+   certificate could not be checked). Without it aardwolf sends the password to whatever answers.
 
 A screen-update counter (:attr:`FixedRDPConnection.update_bytes`, :attr:`frames`) and a listener for
 frames (:attr:`FixedRDPConnection.on_frame`) serve the load generator; nothing here touches Locust.
@@ -63,6 +67,7 @@ from aardwolf.protocol.T128.fontlistpdu import TS_FONT_LIST_PDU
 from aardwolf.protocol.T128.security import SEC_HDR_FLAG, TS_SECURITY_HEADER
 from aardwolf.protocol.T128.share import PDUTYPE, PDUTYPE2, STREAM_TYPE, TS_SHAREDATAHEADER
 from aardwolf.protocol.T128.synchronizepdu import TS_SYNCHRONIZE_PDU
+from aardwolf.protocol.x224.constants import SUPP_PROTOCOLS
 from aardwolf.utils.rectconvert import rectconvert
 
 #: frames waiting for the reader at most (fast- and slow-path alike); then the connection waits
@@ -199,11 +204,18 @@ class _TolerantDecompressor(BulkDecompressor):
         return out
 
 
+#: the security protocols that start with TLS (MS-RDPBCGR 2.2.1.1.1): a certificate to check
+_TLS_PROTOCOLS = (SUPP_PROTOCOLS.SSL, SUPP_PROTOCOLS.HYBRID, SUPP_PROTOCOLS.HYBRID_EX)
+
+
 class FixedRDPConnection(RDPConnection):
-    """aardwolf's :class:`RDPConnection` with fixes 1 and 3-7, plus frame and byte counters."""
+    """aardwolf's :class:`RDPConnection` with fixes 1, 3-7 and 10, plus frame and byte counters."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         apply()
+        #: fix 10: called with the server's certificate (DER) after the TLS handshake, before any
+        #: credential goes out; raises to refuse it. Set, a server that chooses no TLS is refused.
+        self.on_certificate: Callable[[bytes], None] | None = None
         super().__init__(*args, **kwargs)
         self.ext_out_queue: asyncio.Queue[Any] = _FrameQueue(self, OUT_QUEUE_SIZE)  # fix 7
         shipped: BulkDecompressor | None = getattr(self, "bulk_decompressor", None)
@@ -220,6 +232,34 @@ class FixedRDPConnection(RDPConnection):
         self.bad_frames = 0
         #: called in the loop thread for each bitmap rectangle as it arrives (set by the load generator)
         self.on_frame: Callable[[int], None] | None = None
+
+    # --- fix 10 ------------------------------------------------------------------------------------------
+
+    @property
+    def x224_protocol(self) -> Any:
+        return self.__dict__.get("_x224_protocol")
+
+    @x224_protocol.setter
+    def x224_protocol(self, selected: Any) -> None:
+        """aardwolf records here the security protocol the server chose, after the X.224 negotiation and
+        before TLS starts or a credential is sent: the one place to refuse a server, or to hook the
+        handshake of this connection, and nothing else's."""
+        self.__dict__["_x224_protocol"] = selected
+        check = self.on_certificate
+        if selected is None or check is None:
+            return
+        if not any(p in selected for p in _TLS_PROTOCOLS):
+            raise ssl.SSLError(
+                f"the server chose {SUPP_PROTOCOLS(selected)!r}, no TLS: its certificate cannot be checked"
+            )
+        uni = self._RDPConnection__connection
+        handshake = uni.wrap_ssl
+
+        async def handshake_then_check(*args: Any, **kwargs: Any) -> None:
+            await handshake(*args, **kwargs)
+            check(uni.get_peer_certificate())
+
+        uni.wrap_ssl = handshake_then_check
 
     # --- fix 1 -------------------------------------------------------------------------------------------
 

@@ -105,8 +105,11 @@ def security(profile: Profile | None) -> dict[str, Any]:
     if profile is None:
         return {"host_key_verified": None, "tls_verified": None, "tls": None}
     tls = urlsplit(profile.portal.url).scheme == "https"
+    gw = profile.gateway
+    # the gateway's identity: an RDP server's by its pinned certificate, any other's as verify_host_key says
+    verified = bool(gw.cert_fingerprint) if gw.protocol == "rdp" else gw.verify_host_key
     return {
-        "host_key_verified": bool(profile.gateway.verify_host_key),
+        "host_key_verified": bool(verified),
         "tls_verified": bool(tls and profile.portal.tls_verify),
         "tls": tls,  # False: the portal is plain HTTP, so nothing was TLS-verified
     }
