@@ -349,3 +349,13 @@ def test_a_server_that_accepts_but_never_answers_is_throttled_and_a_closed_port_
         listener.listen(1)
         assert run_async(attempt(listener.getsockname()[1])) == "throttled"
     assert run_async(attempt(free_port())) == "refused"
+
+
+def test_pin_of_a_closed_port_is_one_line_exit_2() -> None:
+    done = subprocess.run([GATELOAD, "pin", "--protocol", "rdp", f"127.0.0.1:{free_port()}"], **_CAPTURE)
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr.startswith("gateload: error: no certificate from 127.0.0.1:")
+        and done.stderr.count("\n") == 1
+    )
+    assert "connection refused" in done.stderr
