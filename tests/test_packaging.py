@@ -132,14 +132,22 @@ def test_demo_quick_passes_from_any_folder_with_the_gain_shown(installed: Instal
     report = out_dir / "report"
     assert (report / "verdict.json").is_file(), f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert not any(installed.venv.rglob("meta.json"))
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for name in ("report.html", "summary.md", "junit.xml", "verdict.json"):
         assert (report / name).stat().st_size > 0, name
     verdict = json.loads((report / "verdict.json").read_text())
-    assert verdict["verdict"] == "PASS"
+    criteria = {c["name"]: c for c in verdict["criteria"]}
+    assert criteria["peak_throughput_gain"]["verdict"] == "PASS", criteria
     peak = verdict["metrics"]["peak_throughput"]
     assert peak["after"] / peak["before"] >= 2 and peak["ratio"] >= 2
-    assert all(c["verdict"] == "PASS" for c in verdict["criteria"])
+    # PASS, unless a starved machine widened a latency interval across its margin (busy-core run 28: the
+    # after farm's keystroke p95 268 ms [141, 512] against 500, twice the README demo's 120 ms): then the
+    # honest answer is INCONCLUSIVE, leaning PASS, saying what would settle it, and exit 3. Never a FAIL.
+    unsettled = [c for c in criteria.values() if c["verdict"] != "PASS"]
+    assert all(c["verdict"] == "INCONCLUSIVE" and c["note"].startswith("leans PASS") for c in unsettled), (
+        unsettled
+    )
+    expected = ("INCONCLUSIVE", 3) if unsettled else ("PASS", 0)
+    assert (verdict["verdict"], proc.returncode) == expected, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     # the last lines point at the report (the default --out is relative to the user's folder)
     shown = proc.stdout.strip().splitlines()[-2].split()[-1]
     assert (installed.cwd / shown).resolve() == (report / "report.html").resolve(), shown
