@@ -287,7 +287,12 @@ def fault_metrics(sides: Mapping[str, Sequence[Any]], settings: Settings | None 
         "settings": asdict(cfg),
         "runs": {
             side: [
-                {"run": rs.run.name, "windows": [w.as_dict() for w in detect_faults(rs.run, cfg)]}
+                {
+                    "run": rs.run.name,
+                    "windows": [
+                        {**w.as_dict(), "measured": _measured(w, rs)} for w in detect_faults(rs.run, cfg)
+                    ],
+                }
                 for rs in runs
             ]
             for side, runs in sides.items()
@@ -295,20 +300,32 @@ def fault_metrics(sides: Mapping[str, Sequence[Any]], settings: Settings | None 
     }
 
 
+def _measured(w: FaultWindow, rs: Any) -> bool:
+    """Whether the window overlaps a step's steady part: then the run's statistics include it."""
+    return any(w.start < st.window.steady_end and w.end > st.window.steady_start for st in rs.steps)
+
+
 def fault_warnings(metrics: dict[str, Any] | None) -> list[str]:
-    """One warning per run with fault windows: its statistics include them."""
+    """One warning per run with fault windows, saying whether its statistics include them."""
     out = []
     for side, runs in ((metrics or {}).get("runs") or {}).items():
         for r in runs:
-            if r["windows"]:
-                where = ", ".join(
-                    f"{w['server']} {w['start']:.0f}-{w['end']:.0f} s" for w in r["windows"][:5]
-                ) + (", ..." if len(r["windows"]) > 5 else "")
-                out.append(
-                    f"{side} {r['run']}: {len(r['windows'])} fault window(s) ({where}); "
-                    "its statistics include them (see Faults)"
+            ws = r["windows"]
+            if ws:
+                where = ", ".join(f"{w['server']} {w['start']:.0f}-{w['end']:.0f} s" for w in ws[:5]) + (
+                    ", ..." if len(ws) > 5 else ""
                 )
+                out.append(f"{side} {r['run']}: {len(ws)} fault window(s) ({where}); {_included(ws)}")
     return out
+
+
+def _included(windows: list[dict[str, Any]]) -> str:
+    inside = sum(1 for w in windows if w.get("measured", True))  # older verdicts: assume the worst
+    if inside == len(windows):
+        return "its statistics include them (see Faults)"
+    if inside == 0:
+        return "all outside the measured steady windows: its statistics exclude them (see Faults)"
+    return f"{inside} of them in the measured steady windows: its statistics include those (see Faults)"
 
 
 def _rows(metrics: dict[str, Any] | None) -> Iterable[tuple[str, str, dict[str, Any]]]:
@@ -329,6 +346,10 @@ def _describe(w: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _in_stats(w: dict[str, Any]) -> str:
+    return "yes" if w.get("measured", True) else "no (cut)"
+
+
 def _times(w: dict[str, Any]) -> list[str]:
     return [f"{w[k]:.1f}" for k in ("start", "end", "duration")]
 
@@ -342,11 +363,13 @@ def markdown_lines(metrics: dict[str, Any] | None) -> list[str]:
     rows = list(_rows(metrics))
     if not rows:
         return []
-    out = ["", "## Faults", "", "| side | run | server | from s | to s | what | operations |"]
-    out.append("|---|---|---|---|---|---|---|")
+    out = ["", "## Faults", "", "| side | run | server | from s | to s | what | operations | in statistics |"]
+    out.append("|---|---|---|---|---|---|---|---|")
     for side, run, w in rows:
         when = f"{w['start']:.1f} | {w['end']:.1f}"
-        out.append(f"| {side} | `{run}` | {w['server']} | {when} | {_describe(w)} | {', '.join(w['ops'])} |")
+        out.append(
+            f"| {side} | `{run}` | {w['server']} | {when} | {_describe(w)} | {_ops(w)} | {_in_stats(w)} |"
+        )
     return out
 
 
@@ -355,11 +378,12 @@ def html_section(metrics: dict[str, Any] | None) -> str:
     rows = list(_rows(metrics))
     intro = (
         "<h2>Faults</h2><p>Windows where a server's errors or latency depart from its load step's "
-        "baseline (detected from the samples; times in seconds since the run started).</p>"
+        "baseline (detected from the samples; times in seconds since the run started; in statistics: "
+        "whether the window overlaps the steady part the figures are computed from).</p>"
     )
     if not rows:
         return intro + "<p>No fault window: errors and latency stayed at their step baselines.</p>"
-    head = ["side", "run", "server", "from s", "to s", "duration s", "what", "operations"]
+    head = ["side", "run", "server", "from s", "to s", "duration s", "what", "operations", "in statistics"]
     cells = [
         [
             side,
@@ -368,6 +392,7 @@ def html_section(metrics: dict[str, Any] | None) -> str:
             *(f"{w[k]:.1f}" for k in ("start", "end", "duration")),
             _describe(w),
             _ops(w),
+            _in_stats(w),
         ]
         for side, run, w in rows
     ]

@@ -325,6 +325,49 @@ def test_report_shows_fault_windows_and_quiet_runs_have_none(tmp_path: Path) -> 
     assert "## Faults" in (tmp_path / "report" / "summary.md").read_text()
 
 
+def test_fault_windows_say_whether_the_statistics_include_them(tmp_path: Path) -> None:
+    # MSER-5 cuts a stall early in a step as that step's warm-up; one in the last seconds of the run
+    # stays in the steady part. The warning and the Faults table must say which, not assume.
+    from gateload.analysis.faults import fault_metrics, fault_warnings
+    from gateload.analysis.metrics import analyze_run
+    from gateload.analysis.synthetic import SynthSpec, write_run
+
+    spec = SynthSpec(steps=((10, 30.0), (20, 30.0)), ramp_s=2.0, usl=(30.0, 0.03, 0.001), paced_rate=0.5)
+    measured = {}
+    for name, at in (("early", 40.0), ("late", 57.0)):
+        rs = analyze_run(
+            load_run(write_run(spec.with_(run_id=name, stall=(at, 3.0)), tmp_path / "res")), n_boot=50
+        )
+        metrics = fault_metrics({"run": [rs]})
+        windows = metrics["runs"]["run"][0]["windows"]
+        steady = [(st.window.steady_start, st.window.steady_end) for st in rs.steps]
+        assert windows
+        for w in windows:  # the flag is the overlap with a step's steady part, checked here by hand
+            assert w["measured"] == any(w["start"] < b and w["end"] > a for a, b in steady), (name, w, steady)
+        measured[name] = {w["measured"] for w in windows}
+        (warning,) = fault_warnings(metrics)
+        measured[name + "_warning"] = warning
+    assert measured["early"] == {False} and "its statistics exclude them" in measured["early_warning"]
+    assert measured["late"] == {True} and "its statistics include them" in measured["late_warning"]
+    mixed = {
+        "runs": {
+            "after": [
+                {
+                    "run": "r",
+                    "windows": [
+                        {"server": "new-01", "start": 5.0, "end": 8.0, "measured": False},
+                        {"server": "new-02", "start": 40.0, "end": 43.0, "measured": True},
+                    ],
+                }
+            ]
+        }
+    }
+    assert fault_warnings(mixed) == [
+        "after r: 2 fault window(s) (new-01 5-8 s, new-02 40-43 s); "
+        "1 of them in the measured steady windows: its statistics include those (see Faults)"
+    ]
+
+
 def test_report_of_a_fault_run_that_never_settles_shows_its_faults_marked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
