@@ -47,6 +47,22 @@ class FiringUser(User):
         )
 
 
+class BusyUser(User):
+    """Keeps the CPU 20 ms a task, so a Ctrl-C finds its greenlet running, not the main one."""
+
+    wait_time = constant(0)
+
+    @task
+    def fire(self):
+        t = time.monotonic()
+        while time.monotonic() - t < 0.02:
+            pass
+        self.environment.events.request.fire(
+            request_type="TEST", name="op", response_time=20.0, response_length=0, exception=None,
+            context={"user_id": 1, "server": "s1"}, start_time=time.time(),
+        )
+
+
 class ProfileEchoUser(User):
     """Records which target profile its process was given, as the sample's server."""
 
@@ -312,10 +328,19 @@ def test_arrivals_split_one_grid_across_processes(users_file: Path, tmp_path: Pa
 # --- interruptions ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sig", "n_processes"), [(signal.SIGTERM, None), (signal.SIGINT, "2")])
+@pytest.mark.parametrize(
+    ("sig", "n_processes", "user"),
+    [
+        (signal.SIGTERM, None, "FiringUser"),
+        (signal.SIGINT, "2", "FiringUser"),
+        (signal.SIGINT, None, "BusyUser"),
+    ],
+)
 def test_interrupted_run_keeps_its_samples(
-    users_file: Path, tmp_path: Path, sig: int, n_processes: str
+    users_file: Path, tmp_path: Path, sig: int, n_processes: str, user: str
 ) -> None:
+    # BusyUser: Ctrl-C arrives while a user's greenlet runs; it must stop the run, not that user
+    # with a traceback (interrupt.py)
     extra = processes(int(n_processes)) if n_processes else []
     proc = start_locust(
         users_file,
@@ -331,7 +356,7 @@ def test_interrupted_run_keeps_its_samples(
         str(tmp_path),
         "--label",
         "int",
-        "FiringUser",
+        user,
         log=tmp_path / "locust.log",
     )
     try:

@@ -115,8 +115,9 @@ class Columns:
         return len(self.t_start)
 
     def trim(self) -> None:
-        """Drop a row cut short: Ctrl-C raises KeyboardInterrupt in whichever greenlet runs, possibly
-        between two appends. Columns are appended in order, so ``server`` (the last) counts whole rows."""
+        """Drop a row cut short: a second Ctrl-C raises KeyboardInterrupt in whichever greenlet runs
+        (:mod:`interrupt`), possibly between two appends. Columns are appended in order, so ``server``
+        (the last) counts whole rows."""
         n = len(self.server)
         for name in HOT_COLUMNS:
             del getattr(self, name)[n:]

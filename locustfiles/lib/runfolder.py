@@ -33,7 +33,7 @@ from locust.html import get_html_report
 
 from gateload.analysis.schema import write_meta
 from gateload.errors import InputError
-from gateload.locustfiles.lib import arrivals, gcfreeze, memtrim, options, runinfo
+from gateload.locustfiles.lib import arrivals, gcfreeze, interrupt, memtrim, options, runinfo
 from gateload.locustfiles.lib.accounts import check_accounts
 from gateload.locustfiles.lib.recorder import Recorder, RecordResult, role_of
 from gateload.locustfiles.lib.schedule import Phase, Plan
@@ -104,6 +104,7 @@ class RunController:
             self._warn_if_master_is_exposed()
         memtrim.keep_trimmed(self.env)
         gcfreeze.install(self.env)
+        interrupt.install()
         events = self.env.events
         events.test_start.add_listener(self._on_test_start)
         events.test_stop.add_listener(self._on_test_stop)
