@@ -207,6 +207,7 @@ def analyze_run(
             warnings.append(
                 f"step {w.index} never reached its {w.users} users (generator could not spawn them)"
             )
+        paused = _paused_in(run, w)
         if st.little is not None and not st.little.ok:
             warnings.append(
                 f"step {w.index}: Little's law off by more than {little_tolerance:.0%} "
@@ -216,19 +217,34 @@ def analyze_run(
                     if st.little.ratio < 1
                     else "the users paused less than declared (check think_time_s)"
                 )
+                + paused
             )
         for p in st.paced.values():
             if p.flagged:
                 warnings.append(
                     f"step {w.index}: paced '{p.op}' achieved {p.rate.achieved:.2f}/s per user of "
                     f"{p.rate.planned:.2f}/s planned ({p.rate.shortfall:.0%} short): the pace was not kept"
+                    + paused
                 )
     if run.cpu_warnings:
         warnings.append(
             f"Locust reported {run.cpu_warnings} CPU warning(s): the load generator was saturated, so "
             "throughput and latency may describe the generator, not the gateway (add --processes)"
         )
+    warnings += [
+        f"{p.describe()}; samples across it measure the generator, not the target"
+        for p in run.generator_pauses
+    ]
     return RunStats(run, steps, confidence, n_boot, _series(run), warnings)
+
+
+def _paused_in(run: Run, w: Window) -> str:
+    """Why a step's health check failed, when a generator pause in its steady window explains it."""
+    inside = [p for p in run.generator_pauses if p.start < w.steady_end and p.end > w.steady_start]
+    if not inside:
+        return ""
+    named = "; ".join(f"{p.end - p.start:.1f} s generator pause at {p.start:.1f} s" for p in inside)
+    return f" ({named})"
 
 
 @dataclass

@@ -45,7 +45,36 @@ READ_COLUMNS = (
     "user_count",
     "server",
 )
+_PAUSE_NUMBERS = ("start", "end", "wall_s", "monotonic_s")  # of a meta.json generator_pauses entry
 SESSION_TYPE = "SESSION"  # aggregate rows of runs whose catalogue does not say (always true so far)
+
+
+@dataclass(frozen=True)
+class GeneratorPause:
+    """A stretch in which one load-generator process ran nothing (meta.json ``generator_pauses``)."""
+
+    process: str
+    start: float  # seconds since the run origin, like the samples
+    end: float
+    wall_s: float  # how far each clock moved across it
+    monotonic_s: float
+
+    @property
+    def clock_jump(self) -> bool:
+        """The wall clock moved while the monotonic clock stood still: a paused VM or a stepped clock."""
+        return abs(self.wall_s - self.monotonic_s) > max(abs(self.wall_s), self.monotonic_s) / 2
+
+    def describe(self) -> str:
+        how = (
+            f"its wall clock moved {self.wall_s:.1f} s and its monotonic clock {self.monotonic_s:.1f} s: "
+            "a paused virtual machine or a stepped clock"
+            if self.clock_jump
+            else "it was not scheduled: a stopped process, a blocked event loop or a paused virtual machine"
+        )
+        return (
+            f"the load generator ({self.process}) ran nothing for {self.end - self.start:.1f} s "
+            f"at {self.start:.1f}-{self.end:.1f} s ({how})"
+        )
 
 
 @dataclass
@@ -104,6 +133,20 @@ class Run:
         locust = self.meta.get("locust") or {}
         value = locust.get("cpu_warnings", 0) if isinstance(locust, dict) else 0
         return int(value) if _is_number(value) else 0
+
+    @property
+    def generator_pauses(self) -> list[GeneratorPause]:
+        """Stretches in which a generator process ran nothing; samples across them measure no target."""
+        raw = self.meta.get("generator_pauses")
+        pauses = []
+        for p in raw if isinstance(raw, list) else ():
+            if isinstance(p, dict) and all(_is_number(p.get(k)) for k in _PAUSE_NUMBERS):
+                a, b = sorted((float(p["start"]), float(p["end"])))
+                process = str(p.get("process") or "?")
+                pauses.append(
+                    GeneratorPause(process, a - self.origin, b - self.origin, p["wall_s"], p["monotonic_s"])
+                )
+        return pauses
 
     @property
     def duration_s(self) -> float:

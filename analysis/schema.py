@@ -77,6 +77,7 @@ META_KEYS = (
     "processes",  # number of load-generator processes
     "sample_count",
     "locust",  # {"requests", "failures", "cpu_warnings"}
+    "generator_pauses",  # [{"process", "start", "end", "wall_s", "monotonic_s"}] (clockwatch.py)
     "security",  # {"host_key_verified": bool, "tls_verified": bool}
     "catalogue",  # {"protocols", "operations": [...]}: the run's operations (analysis/catalogue.py)
 )

@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from gateload.analysis.metrics import analyze_run
+from gateload.analysis.runs import load_run
 from gateload.analysis.schema import META_KEYS, part_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,6 +379,52 @@ def test_interrupted_run_keeps_its_samples(
     meta, df = assert_counts_match(run_dir, exact=sig == signal.SIGTERM)
     assert meta["status"] == "interrupted" and meta["completed"] is False
     assert meta["ended_at"] - meta["started_at"] < 50 and len(df) >= len(while_running)
+
+
+@pytest.mark.load
+def test_a_stopped_generator_is_recorded_as_a_pause(users_file: Path, tmp_path: Path) -> None:
+    """The whole generator (master and two workers) stopped for 3 s, as a paused VM stops it: every
+    process records the pause in meta.json, and the analysis names it (clockwatch.py)."""
+    proc = start_locust(
+        users_file,
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "12s",
+        *processes(2),
+        "--results-dir",
+        str(tmp_path),
+        "--label",
+        "stop",
+        "FiringUser",
+        log=tmp_path / "locust.log",
+    )
+    try:
+        run_dir = wait_until(
+            lambda: (tmp_path / "stop").is_dir() and only_run(tmp_path, "stop"), 30, "run folder"
+        )
+        wait_until(lambda: part_files(run_dir), 30, "samples")
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(3.0)  # the stimulus: how long the generator stands still
+        os.killpg(proc.pid, signal.SIGCONT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    meta, _df = assert_counts_match(run_dir)
+    assert meta["status"] == "completed", (tmp_path / "locust.log").read_text()[-3000:]
+    pauses = meta["generator_pauses"]
+    assert len({p["process"] for p in pauses}) == len(pauses) == 3, pauses  # master and both workers
+    for p in pauses:  # a stopped process: both clocks moved on, and by the same
+        assert 2.5 <= p["monotonic_s"] <= 6 and abs(p["wall_s"] - p["monotonic_s"]) < 0.5, pauses
+    run = load_run(run_dir)
+    warnings = analyze_run(run, require_steady=False).warnings
+    named = [w for w in warnings if "ran nothing for" in w and "it was not scheduled" in w]
+    assert len(named) == 3, warnings
 
 
 # --- bad input ----------------------------------------------------------------------------------------

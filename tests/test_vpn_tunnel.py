@@ -158,7 +158,10 @@ def test_gateload_report_shows_the_vpn_rows(held: dict, tmp_path: Path) -> None:
     the intended start) and pings. The 20 logons all fall in the first second, in the warm-up the
     analysis cuts; the homeoffice run below, whose sessions end and start again, reports them."""
     rows, warnings = report(held["dir"], tmp_path / "report", USERS)
-    assert not [w for w in warnings if "Little" in w], warnings  # the generator kept its declared pace
+    # the generator kept its declared pace, unless it stood still (busy-core run 40: a VM snapshot
+    # paused the machine 11 s mid-run, and the users lost that time)
+    unexplained = [w for w in warnings if "Little" in w and "generator pause at" not in w]
+    assert not unexplained, warnings
     assert set(rows) == {"ALL", "VPN keepalive", "VPN ping"}, sorted(rows)
     assert rows["VPN keepalive"]["paced"] and not rows["VPN ping"]["paced"]
     assert all(r["after"]["error_rate"] == 0 and r["after"]["count"] > 0 for r in rows.values()), rows

@@ -51,6 +51,8 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from gateload.locustfiles.lib.clockwatch import ClockWatch
+
 # to_table is re-exported: callers (tests, the web view) build tables from batches through the recorder
 from gateload.locustfiles.lib.samplewriter import HOT_COLUMNS, Chunk, PartWriter, to_table
 
@@ -156,6 +158,7 @@ class RecordResult:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_warnings: int = 0
     dropped: int = 0  # requests fired while no run was being recorded
+    pauses: list[dict[str, Any]] = field(default_factory=list)  # every process's (clockwatch.py)
 
     @property
     def complete(self) -> bool:
@@ -209,6 +212,7 @@ class Recorder:
         self._finals: dict[str, dict[str, Any]] = {}
         self._cpu_warnings = 0
         self._dropped = 0
+        self._clock: ClockWatch | None = None
         self._classify = _load_classify()
         self.on_batch: Callable[[str, Mapping[str, list]], None] | None = None  # see the module docstring
         self._on_batch_failed = False
@@ -236,6 +240,8 @@ class Recorder:
         self.active = True
         self._wake.clear()
         self._flusher = gevent.spawn(self._flush_loop)
+        self._clock = ClockWatch(self.name)
+        self._clock.start()
         if self.role == "master":
             self._broadcaster = gevent.spawn(self._broadcast_users)
 
@@ -251,14 +257,17 @@ class Recorder:
             problems += self._collect_finals()
         self.active = False
         self._stop_flusher()
+        pauses = self._clock.stop() if self._clock is not None else []
         if self.role == "worker":
             if self._unsent is not None:
                 self._send_batch(self._unsent)
             self._flush_to_master()
             self._push_stats()
-            self._send_final(extra or {})
+            self._send_final({**(extra or {}), "pauses": pauses})
             self._sent.set()
-            return RecordResult(self._sent_rows, self._sent_batches, cpu_warnings=self._cpu_warnings)
+            return RecordResult(
+                self._sent_rows, self._sent_batches, cpu_warnings=self._cpu_warnings, pauses=pauses
+            )
         self._flush_to_disk()
         self._writer.wait()
         problems += self._writer.errors
@@ -266,7 +275,10 @@ class Recorder:
             s.name: {"batches": s.batches, "rows": s.rows, "final": s.final} for s in self._sources.values()
         }
         cpu = self._cpu_warnings + sum((s.final or {}).get("cpu_warnings", 0) for s in self._sources.values())
-        return RecordResult(self._writer.rows, self._writer.seq, problems, workers, cpu, self._dropped)
+        pauses += [p for s in self._sources.values() for p in (s.final or {}).get("pauses") or ()]
+        return RecordResult(
+            self._writer.rows, self._writer.seq, problems, workers, cpu, self._dropped, pauses
+        )
 
     def wait_sent(self, timeout: float) -> bool:
         """Worker: wait (bounded) until a finish() under way in another greenlet has sent the final count."""

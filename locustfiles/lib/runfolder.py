@@ -507,6 +507,7 @@ class RunController:
                     runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)
                 ),
             },
+            "generator_pauses": result.pauses if result else [],
             "security": runinfo.security(profile),
             "recorder": None
             if result is None
