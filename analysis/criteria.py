@@ -3,7 +3,8 @@
 
 Intervals: circular block bootstrap over time within each run, or, with 3 or more replicates per side,
 between-run variance (Student t / Welch on the log ratio). A peak that under-states capacity (a saturated
-load generator, a staircase that stopped too early) cannot carry the verdict it would give. An incomplete
+load generator, one that stood still in a measured window, a staircase that stopped too early) cannot
+carry the verdict it would give. An incomplete
 run cannot pass.
 """
 
@@ -215,7 +216,8 @@ def _capacity_metrics(sides: dict[str, list[RunStats]], acc: Acceptance) -> dict
 
 def _guard_flags(before: list[RunStats], after: list[RunStats], noise: float) -> dict[str, list[str]]:
     """Runs whose peak throughput under-states their capacity: a saturated load generator (Locust CPU
-    warnings), or a staircase that stopped before the target saturated."""
+    warnings), a generator that stood still in a measured window, or a staircase that stopped before
+    the target saturated."""
     flags: dict[str, list[str]] = {}
     for side, runs in (("before", before), ("after", after)):
         flags[side] = [
@@ -223,8 +225,22 @@ def _guard_flags(before: list[RunStats], after: list[RunStats], noise: float) ->
             for rs in runs
             if rs.run.cpu_warnings
         ]
+        flags[side] += [pause for rs in runs if (pause := _paused(rs))]
         flags[side] += [why for rs in runs if (why := unsaturated(rs, noise))]
     return flags
+
+
+def _paused(rs: RunStats) -> str:
+    """A generator pause inside a step's measured window: that step lost the pause's throughput."""
+    inside = [
+        p
+        for p in rs.run.generator_pauses
+        if any(p.start < st.window.steady_end and p.end > st.window.steady_start for st in rs.steps)
+    ]
+    if not inside:
+        return ""
+    lost = sum(p.end - p.start for p in inside)
+    return f"{rs.run.name} (load generator stood still {lost:.1f} s in its measured windows: re-run it)"
 
 
 def _generator_guard(c: Criterion, flags: dict[str, list[str]]) -> Criterion:

@@ -166,6 +166,25 @@ def test_saturated_generator_cannot_pass_a_throughput_gain() -> None:
     assert any("CPU warning" in w for w in v.warnings)
 
 
+def test_a_generator_pause_in_a_measured_window_cannot_pass_a_throughput_gain() -> None:
+    """The pause's time is missing from that step's throughput, as if the target had been slower."""
+    spec = SMALL.with_(servers=OLD)
+    w = stats(spec).steps[-1].window
+    mid = spec.start_epoch + (w.steady_start + w.steady_end) / 2  # the synthetic origin is start_epoch
+    pause = {"process": "local", "start": mid, "end": mid + 5.0, "wall_s": 5.0, "monotonic_s": 0.0}
+    lam, s, k = SMALL.usl
+    after = stats(SMALL.with_(label="after", servers=OLD + NEW, usl=(3 * lam, s, k), seed=9))
+    clean = evaluate_compare([stats(spec)], [after], Acceptance(min_peak_gain=1.2)).criteria[0]
+    assert clean.verdict == PASS
+    paused = stats(spec.with_(extra_meta={"generator_pauses": [pause]}))
+    c = evaluate_compare([paused], [after], Acceptance(min_peak_gain=1.2)).criteria[0]
+    assert c.verdict == INCONCLUSIVE and "stood still 5.0 s in its measured windows" in c.note, c.note
+    # outside every measured window (before the first step's warm-up ends) it changes no verdict
+    early = dict(pause, start=spec.start_epoch - 30.0, end=spec.start_epoch - 25.0)
+    outside = stats(spec.with_(extra_meta={"generator_pauses": [early]}))
+    assert evaluate_compare([outside], [after], Acceptance(min_peak_gain=1.2)).criteria[0].verdict == PASS
+
+
 def test_a_starved_new_server_fails_its_share() -> None:
     before = stats(SMALL.with_(servers=OLD))
     weights = (1.0,) * 11 + (0.2,)  # new-08 gets a fifth of an even share
