@@ -556,13 +556,22 @@ def _servers_section(v: Verdict) -> str:
     )
 
 
+def _pauses(pauses: list[dict[str, Any]]) -> str:
+    """'0', or each pause's length and start (seconds since the run started)."""
+    if not pauses:
+        return "0"
+    return ", ".join(
+        f"{fmt(p['seconds'])} s at {fmt(p['start'])} s ({html.escape(p['process'])})" for p in pauses
+    )
+
+
 def _health_section(v: Verdict) -> str:
     out = ["<h2>Generator health and coordinated omission</h2>"]
     for side, runs in v.metrics.get("health", {}).items():
         for h in runs:
             out.append(
                 f"<h3>{html.escape(side)} <code>{html.escape(h['run'])}</code>: Locust CPU warnings "
-                f"{h['cpu_warnings']}</h3>"
+                f"{h['cpu_warnings']}, generator pauses {_pauses(h.get('generator_pauses') or [])}</h3>"
             )
             if h["littles_law"]:
                 out.append(

@@ -189,4 +189,19 @@ def health_table(rs: RunStats) -> dict[str, Any]:
         for st in rs.steps
         if st.little is not None
     ]
-    return {"run": rs.run.name, "cpu_warnings": rs.run.cpu_warnings, "littles_law": little, "paced": paced}
+    pauses = [
+        {
+            "process": p.process,
+            "start": num(p.start),
+            "seconds": num(p.end - p.start),
+            "clock_jump": p.clock_jump,
+        }
+        for p in rs.run.generator_pauses
+    ]
+    return {
+        "run": rs.run.name,
+        "cpu_warnings": rs.run.cpu_warnings,
+        "generator_pauses": pauses,
+        "littles_law": little,
+        "paced": paced,
+    }

@@ -3,14 +3,18 @@ clocks, and the analysis names it beside the health checks it spoils."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import gevent
 import gevent.monkey
 import pytest
 
 from gateload.analysis.metrics import analyze_run
-from gateload.analysis.synthetic import SynthSpec, build_run
+from gateload.analysis.synthetic import SynthSpec, build_run, write_run
 from gateload.locustfiles.lib.clockwatch import ClockWatch
 
 TICK_S = 0.05
@@ -69,3 +73,23 @@ def test_the_analysis_names_a_pause_and_the_checks_it_spoils() -> None:
     plain = analyze_run(build_run(spec.with_(generator_lag_s=0.3)), n_boot=200).warnings
     assert not [w for w in plain if "generator pause" in w or "ran nothing" in w], plain
     assert [w for w in plain if "Little's law" in w]
+
+
+def test_the_report_shows_the_pause_in_generator_health(tmp_path: Path) -> None:
+    spec = SynthSpec(steps=((10, 30.0),), paced_rate=0.0, session_s=1e9, closed_loop=True)
+    start = spec.start_epoch + 15.0
+    jump = {"process": "vm:1", "start": start, "end": start + 11.0, "wall_s": 11.0, "monotonic_s": 0.0}
+    run_dir = write_run(spec.with_(extra_meta={"generator_pauses": [jump]}), tmp_path)
+    gateload = str(Path(sys.executable).with_name("gateload"))
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [gateload, "report", str(run_dir), f"--out={out}", "--bootstrap", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (health,) = json.loads((out / "verdict.json").read_text())["metrics"]["health"]["run"]
+    (pause,) = health["generator_pauses"]
+    assert pause["process"] == "vm:1" and pause["clock_jump"] and pause["seconds"] == pytest.approx(11.0)
+    assert "generator pauses 11 s at" in (out / "report.html").read_text()
