@@ -240,6 +240,8 @@ class Recorder:
         self.active = True
         self._wake.clear()
         self._flusher = gevent.spawn(self._flush_loop)
+        if self._clock is not None:  # a start without a finish (a run abandoned half-way)
+            self._clock.stop()
         self._clock = ClockWatch(self.name)
         self._clock.start()
         if self.role == "master":
