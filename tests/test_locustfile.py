@@ -385,23 +385,9 @@ def test_interrupted_run_keeps_its_samples(
 def test_a_stopped_generator_is_recorded_as_a_pause(users_file: Path, tmp_path: Path) -> None:
     """The whole generator (master and two workers) stopped for 3 s, as a paused VM stops it: every
     process records the pause in meta.json, and the analysis names it (clockwatch.py)."""
-    proc = start_locust(
-        users_file,
-        "--headless",
-        "-u",
-        "4",
-        "-r",
-        "4",
-        "-t",
-        "12s",
-        *processes(2),
-        "--results-dir",
-        str(tmp_path),
-        "--label",
-        "stop",
-        "FiringUser",
-        log=tmp_path / "locust.log",
-    )
+    users = ["-u", "4", "-r", "4", "-t", "12s"]
+    args = ["--headless", *users, *processes(2), "--label", "stop", "FiringUser"]
+    proc = start_locust(users_file, *args, "--results-dir", str(tmp_path), log=tmp_path / "locust.log")
     try:
         run_dir = wait_until(
             lambda: (tmp_path / "stop").is_dir() and only_run(tmp_path, "stop"), 30, "run folder"
