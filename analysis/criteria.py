@@ -4,8 +4,7 @@
 Intervals: circular block bootstrap over time within each run, or, with 3 or more replicates per side,
 between-run variance (Student t / Welch on the log ratio). A peak that under-states capacity (a saturated
 load generator, one that stood still in a measured window, a staircase that stopped too early) cannot
-carry the verdict it would give. An incomplete
-run cannot pass.
+carry the verdict it would give. An incomplete run cannot pass.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from gateload.analysis.estimates import (
     unsaturated,
 )
 from gateload.analysis.faults import fault_metrics, fault_warnings
-from gateload.analysis.metrics import RunStats, StepStats, clip_rate
+from gateload.analysis.metrics import RunStats, StepStats, clip_rate, pauses_in
 from gateload.analysis.stats import Estimate, interval_method, pooled, ratio
 from gateload.analysis.tables import (
     errors_by_class,
@@ -232,11 +231,7 @@ def _guard_flags(before: list[RunStats], after: list[RunStats], noise: float) ->
 
 def _paused(rs: RunStats) -> str:
     """A generator pause inside a step's measured window: that step lost the pause's throughput."""
-    inside = [
-        p
-        for p in rs.run.generator_pauses
-        if any(p.start < st.window.steady_end and p.end > st.window.steady_start for st in rs.steps)
-    ]
+    inside = {p for st in rs.steps for p in pauses_in(rs.run, st.window)}
     if not inside:
         return ""
     lost = sum(p.end - p.start for p in inside)

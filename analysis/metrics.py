@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gateload.analysis import health
-from gateload.analysis.runs import Run
+from gateload.analysis.runs import GeneratorPause, Run
 from gateload.analysis.stats import (
     DEFAULT_BOOT,
     LOG_GAMMA,
@@ -207,7 +207,7 @@ def analyze_run(
             warnings.append(
                 f"step {w.index} never reached its {w.users} users (generator could not spawn them)"
             )
-        paused = _paused_in(run, w)
+        paused = _named(pauses_in(run, w))
         if st.little is not None and not st.little.ok:
             warnings.append(
                 f"step {w.index}: Little's law off by more than {little_tolerance:.0%} "
@@ -238,13 +238,18 @@ def analyze_run(
     return RunStats(run, steps, confidence, n_boot, _series(run), warnings)
 
 
-def _paused_in(run: Run, w: Window) -> str:
-    """Why a step's health check failed, when a generator pause in its steady window explains it."""
-    inside = [p for p in run.generator_pauses if p.start < w.steady_end and p.end > w.steady_start]
-    if not inside:
+def pauses_in(run: Run, w: Window) -> list[GeneratorPause]:
+    """The generator pauses that overlap a step's measured (steady) window."""
+    return [p for p in run.generator_pauses if p.start < w.steady_end and p.end > w.steady_start]
+
+
+def _named(pauses: list[GeneratorPause]) -> str:
+    """Why a step's health check failed, when generator pauses in its steady window explain it."""
+    if not pauses:
         return ""
-    named = "; ".join(f"{p.end - p.start:.1f} s generator pause at {p.start:.1f} s" for p in inside)
-    return f" ({named})"
+    return (
+        " (" + "; ".join(f"{p.end - p.start:.1f} s generator pause at {p.start:.1f} s" for p in pauses) + ")"
+    )
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 import gevent
 
 TICK_S = 0.25
-# Long enough that a starved core (the busy-core CI runs: hub wake-ups up to tens of ms late) never
-# counts, short enough to catch a VM pause of a few seconds.
+# Long enough that a busy generator never counts (timers a few ms late on a starved core; a full garbage
+# collection at density scale took up to 0.19 s, bench/README), short enough for a VM pause of seconds.
 THRESHOLD_S = 2.0
 
 
