@@ -444,7 +444,8 @@ def write_profile(
 class CpuSampler:
     """Samples CPU seconds (user + system) and RSS of some processes every ``step_s``, in a thread.
 
-    ``watch(pid, tree=True)`` adds the CPU of the process's children (``--processes``), alive or reaped.
+    ``watch(pid, tree=True)`` adds the CPU of the process's children (``--processes``), alive or reaped;
+    ``watch(pid, threads=True)`` also keeps each thread's CPU (``threads_between``).
     ``cpu_between(pid, t0, t1)`` interpolates the CPU seconds used in a wall-clock window.
     """
 
@@ -454,15 +455,18 @@ class CpuSampler:
         self._psutil = psutil
         self.step_s = step_s
         self.series: dict[int, list[tuple[float, float, int]]] = {}
+        self.thread_series: dict[int, list[tuple[float, dict[int, float]]]] = {}
         self._procs: dict[int, tuple[Any, bool]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def watch(self, pid: int, tree: bool = False) -> None:
+    def watch(self, pid: int, tree: bool = False, threads: bool = False) -> None:
         with contextlib.suppress(self._psutil.Error), self._lock:
             self._procs[pid] = (self._psutil.Process(pid), tree)
             self.series.setdefault(pid, [])
+            if threads:
+                self.thread_series.setdefault(pid, [])
             self._sample_one(pid)
 
     def _sample_one(self, pid: int) -> None:
@@ -473,6 +477,7 @@ class CpuSampler:
                 total = cpu.user + cpu.system
                 rss = proc.memory_info().rss
                 children = proc.children(recursive=True) if tree else []
+                per_thread = proc.threads() if pid in self.thread_series else []
             if tree:
                 total += cpu.children_user + cpu.children_system
             for child in children:
@@ -483,7 +488,10 @@ class CpuSampler:
         except self._psutil.Error:
             self._procs.pop(pid, None)
             return
-        self.series[pid].append((time.time(), total, rss))
+        now = time.time()
+        self.series[pid].append((now, total, rss))
+        if per_thread:
+            self.thread_series[pid].append((now, {t.id: t.user_time + t.system_time for t in per_thread}))
 
     def _run(self) -> None:
         while not self._stop.wait(self.step_s):
@@ -503,19 +511,40 @@ class CpuSampler:
         """CPU seconds the process used between wall times t0 and t1 (linear between samples)."""
         return self._at(pid, t1) - self._at(pid, t0)
 
+    def threads_between(self, pid: int, t0: float, t1: float) -> dict[int, float]:
+        """CPU seconds each thread (by id; the main thread's id is ``pid``) used between t0 and t1.
+
+        Only threads sampled alive on both sides of the window are counted (a thread's CPU is read from
+        its own /proc entry, gone when it ends).
+        """
+        s = self.thread_series.get(pid) or []
+        per_tid: dict[int, list[tuple[float, float]]] = {}
+        for t, cpu in s:
+            for tid, c in cpu.items():
+                per_tid.setdefault(tid, []).append((t, c))
+        return {
+            tid: _interpolate(xs, t1) - _interpolate(xs, t0)
+            for tid, xs in per_tid.items()
+            if xs[0][0] <= t0 and xs[-1][0] >= t1
+        }
+
     def _at(self, pid: int, t: float) -> float:
-        s = self.series.get(pid) or []
-        if not s:
-            return float("nan")
-        if t <= s[0][0]:
-            return s[0][1]
-        for (ta, ca, _), (tb, cb, _) in itertools.pairwise(s):
-            if ta <= t <= tb:
-                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
-        return s[-1][1]
+        return _interpolate([(ts, cpu) for ts, cpu, _ in self.series.get(pid) or []], t)
 
     def peak_rss(self, pid: int) -> int:
         return max((r for _, _, r in self.series.get(pid) or []), default=0)
+
+
+def _interpolate(series: Sequence[tuple[float, float]], t: float) -> float:
+    """A cumulative counter's value at wall time t, linear between samples (clamped at the ends)."""
+    if not series:
+        return float("nan")
+    if t <= series[0][0]:
+        return series[0][1]
+    for (ta, ca), (tb, cb) in itertools.pairwise(series):
+        if ta <= t <= tb:
+            return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+    return series[-1][1]
 
 
 # --- counting keystrokes in a window ----------------------------------------------------------------
@@ -608,6 +637,8 @@ class Settings:
 FULL = Settings(sessions=50, seconds=20.0, warm_s=2.0, tail_s=2.0, burst_keys=100, rounds=5)
 SMOKE = Settings(sessions=5, seconds=3.0, warm_s=0.5, tail_s=0.5, burst_keys=20, rounds=1)
 
+THREAD_FIGURES = ("main_thread_us_per_op", "loop_thread_us_per_op", "other_threads_us_per_op")
+
 WORKLOAD = {
     "think_min_s": 0.0,
     "think_max_s": 0.0,
@@ -640,7 +671,7 @@ def run_gateload(s: Settings, profile: Path, work: Path, sampler: CpuSampler) ->
     log = work / "locust.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        sampler.watch(proc.pid)
+        sampler.watch(proc.pid, threads=True)
         try:
             code = proc.wait(run_time + 60)
         except subprocess.TimeoutExpired:
@@ -682,6 +713,7 @@ def measure(side: dict[str, Any], s: Settings, sampler: CpuSampler, server_pid: 
     server_cpu = sampler.cpu_between(server_pid, t0, t1)
     durations = _percentiles(side["durations_ms"])
     return {
+        **_threads_per_op(sampler.threads_between(side["pid"], t0, t1), side["pid"], n),
         "ops": n,
         "ops_per_s": rate,
         "window_s": t1 - t0,
@@ -691,6 +723,20 @@ def measure(side: dict[str, Any], s: Settings, sampler: CpuSampler, server_pid: 
         "p50_ms": durations["p50"],
         "p99_ms": durations["p99"],
         "failed": side["failed"],
+    }
+
+
+def _threads_per_op(cpu: dict[int, float], pid: int, n: int) -> dict[str, float]:
+    """The Locust process's CPU per keystroke by thread: the main thread (gevent's hub and the users'
+    greenlets), the busiest other thread (the asyncio loop: all SSH work) and the rest (the recorder's
+    part writer...). Empty when the threads were not sampled (the baseline has one thread)."""
+    if not cpu or not n or pid not in cpu:
+        return {}
+    others = sorted((c for tid, c in cpu.items() if tid != pid), reverse=True) or [0.0]
+    return {
+        "main_thread_us_per_op": cpu[pid] / n * 1e6,
+        "loop_thread_us_per_op": others[0] / n * 1e6,
+        "other_threads_us_per_op": sum(others[1:]) / n * 1e6,
     }
 
 
@@ -738,6 +784,7 @@ def run(s: Settings) -> dict[str, Any]:
         "baseline_client_cpu_util": med(0, "client_cpu_util"),
         "server_cpu_util_during_gateway": med(1, "server_cpu_util"),
         "server_cpu_util_during_baseline": med(0, "server_cpu_util"),
+        **{f"gateway_{key}": med(1, key) for key in THREAD_FIGURES if all(key in g for _, g in rounds)},
         "gateway_p50_ms": med(1, "p50_ms"),
         "baseline_p50_ms": med(0, "p50_ms"),
     }

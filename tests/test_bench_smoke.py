@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,14 @@ RESULTS = BENCH / "RESULTS.md"
 #: bench script -> the figures its smoke run must print with a number.
 FIGURES = {
     "bench_portal.py": ["portal_ratio", "portaluser_rps", "fasthttpuser_rps", "cpu_efficiency_ratio"],
-    "bench_ssh.py": ["ssh_ratio", "gateway_ops_per_s", "baseline_ops_per_s", "cpu_efficiency_ratio"],
+    "bench_ssh.py": [
+        "ssh_ratio",
+        "gateway_ops_per_s",
+        "baseline_ops_per_s",
+        "cpu_efficiency_ratio",
+        "gateway_main_thread_us_per_op",
+        "gateway_loop_thread_us_per_op",
+    ],
     "bench_timing.py": [
         "no_hog_error_vs_baseline_p50_ms",
         "no_hog_error_vs_baseline_p99_ms",
@@ -128,3 +136,42 @@ def test_run_all_refuses_an_unknown_benchmark() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
+
+
+#: A child whose main thread waits while a second thread spins for at most 3 s.
+_SPINNER = """
+import threading, time
+stop = time.monotonic() + 3.0
+def spin():
+    while time.monotonic() < stop:
+        pass
+t = threading.Thread(target=spin)
+t.start()
+print("up", flush=True)
+t.join()
+"""
+
+
+def test_the_cpu_sampler_splits_a_process_by_thread() -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_ssh import CpuSampler
+
+    proc = subprocess.Popen([sys.executable, "-c", _SPINNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        with CpuSampler(step_s=0.05) as sampler:
+            sampler.watch(proc.pid, threads=True)
+            t0 = time.time() + 0.1
+            t1 = t0 + 1.0
+            while time.time() < t1 + 0.2 and proc.poll() is None:  # bounded by the child's 3 s
+                time.sleep(0.05)
+            threads = sampler.threads_between(proc.pid, t0, t1)
+            total = sampler.cpu_between(proc.pid, t0, t1)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert set(threads) - {proc.pid} and proc.pid in threads, threads
+    spinner = max(c for tid, c in threads.items() if tid != proc.pid)
+    assert spinner > 0.1 and threads[proc.pid] < spinner / 10, threads
+    # the threads add up to the process (both read from /proc, in clock ticks of 10 ms)
+    assert abs(sum(threads.values()) - total) <= 0.03 + 0.05 * total, (threads, total)
