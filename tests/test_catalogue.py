@@ -175,7 +175,9 @@ def test_meta_json_of_a_real_run_carries_the_catalogue_and_analysis_uses_it(
     )
     try:
         env.runner.start(3, spawn_rate=3)
-        assert wait_until(lambda: len(sessions) >= 6, 60), "6 whole sessions within 60 s"
+        # Four waves of three: the steady window is at least the step's second half, and it must hold a
+        # logon's start (with two waves, the second's logons fell just before it: run 45).
+        assert wait_until(lambda: len(sessions) >= 12, 60), "12 whole sessions within 60 s"
         env.runner.stop()
         gevent.sleep(0)
     finally:
