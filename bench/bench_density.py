@@ -222,8 +222,9 @@ def xrdp_peer(work: Path, max_users: int) -> Iterator[Peer]:
     server = Xrdp(work / "xrdp", accounts=max_users, relaxed=True)  # MissingTool: no binary or root
     with server:
         profile = protocol_profile(
-            work, "xrdp-relaxed", server.credentials, host=server.host, port=server.port, protocol="rdp"
-        )
+            work, "xrdp-relaxed", server.credentials, host=server.host, port=server.port, protocol="rdp",
+            cert_fingerprint=server.cert_fingerprint,
+        )  # fmt: skip
         # sesman (the Xorg sessions below it) and xrdp (a child per connection): the server's side
         yield Peer(profile, pids_with_arg(str(server.state_dir)))
 

@@ -291,14 +291,8 @@ class Probe:
         if login is None:
             self.report.add(SKIP, "gateway", f"{gw.protocol} {gw.host}:{gw.port}: no account to log on with")
             return
-        if gw.protocol == "rdp" and not gw.cert_fingerprint:
-            self.report.add(
-                WARN,
-                "gateway",
-                "RDP certificate NOT verified (gateway.cert_fingerprint unset): the password goes to "
-                "whatever answers -> pin it with the line from "
-                f"`gateload pin --protocol rdp {gw.host}:{gw.port}`",
-            )
+        if gw.protocol == "rdp" and not self._rdp_certificate_checked():
+            return
         workload = dataclasses.replace(self.profile.workload, timeout_s=self.timeout_s)
         profile = dataclasses.replace(self.profile, workload=workload)
         probe_session(
@@ -491,6 +485,28 @@ class Probe:
             )
             return False
         self.report.add(OK, "gateway", f"{where}  TCP connect ({_ms(t0)})")
+        return True
+
+    def _rdp_certificate_checked(self) -> bool:
+        """An RDP server's certificate is pinned, or its check is opted out of (a warn line); else a FAIL
+        line, and no session: it would stop at the certificate anyway, before the password."""
+        gw = self.profile.gateway
+        pin = f"`gateload pin --protocol rdp {gw.host}:{gw.port}`"
+        if not gw.verify_host_key:
+            self.report.add(
+                WARN,
+                "gateway",
+                "RDP certificate NOT verified (gateway.verify_host_key = false): the password goes to "
+                f"whatever answers -> pin it with the line from {pin}",
+            )
+        elif not gw.cert_fingerprint:
+            self.report.add(
+                FAIL,
+                "gateway",
+                f"RDP certificate not pinned (gateway.cert_fingerprint unset) -> check it, then put the line "
+                f"from {pin} into the profile's [gateway] section",
+            )
+            return False
         return True
 
     async def _host_key(self, where: str) -> bool:

@@ -81,7 +81,9 @@ class GatewayTarget:
     # else the system CAs.
     ca_file: str = ""
     # rdp: the server certificate's SHA-256 fingerprint, "AB:CD:..." as `openssl x509 -noout
-    # -fingerprint -sha256` prints it; "" = not verified (an RDP server's certificate is self-signed).
+    # -fingerprint -sha256` prints it (an RDP server's certificate is self-signed, so it is pinned);
+    # "" = not pinned: every connection stops after the TLS handshake, before the password, unless
+    # verify_host_key = false opts out of verifying it.
     cert_fingerprint: str = ""
     # One source address per simulated user, so per-address limits (ocserv's bans and rate limit,
     # xrdp's pending connections) see many clients: "127.0.0.2-127.0.0.254" or "a, b, c"; "" = the

@@ -27,7 +27,7 @@ from real_support import private_dir, probe_passed, run_async, start_or_skip
 from users_support import Run, environment, wait_until
 
 from gateload.locustfiles.lib import remote
-from gateload.locustfiles.lib.aiobridge import timed
+from gateload.locustfiles.lib.aiobridge import Timed, timed
 from gateload.locustfiles.lib.errors import classify
 from gateload.locustfiles.lib.rdp import RDP, RDP_CATALOGUE, RDPDesktop, RDPSession
 from gateload.locustfiles.lib.remoteuser import GatewayUser
@@ -72,9 +72,15 @@ def xrdp(prefix: str, **kwargs: Any) -> Iterator[Xrdp]:
 
 
 def rdp_profile(
-    server: Xrdp, folder: Path, name: str, credentials: Path | None = None, cert_fingerprint: str = ""
+    server: Xrdp,
+    folder: Path,
+    name: str,
+    credentials: Path | None = None,
+    cert_fingerprint: str | None = None,
+    verify: bool = True,
 ) -> Path:
-    """The shipped local-real profile pointed at this xrdp: protocol rdp, its accounts."""
+    """The shipped local-real profile pointed at this xrdp: protocol rdp, its accounts, its certificate
+    pinned (``cert_fingerprint``: another pin, "" none; ``verify=False``: the opt-out)."""
     p = load_profile(BASE_PROFILE)
     gateway = dataclasses.replace(
         p.gateway,
@@ -82,7 +88,8 @@ def rdp_profile(
         port=server.port,
         protocol="rdp",
         host_key="",
-        cert_fingerprint=cert_fingerprint,
+        cert_fingerprint=server.cert_fingerprint if cert_fingerprint is None else cert_fingerprint,
+        verify_host_key=verify,
     )
     profile = dataclasses.replace(
         p,
@@ -274,7 +281,7 @@ def test_probe_logs_a_desktop_on_and_a_wrong_password_fails_its_line(tmp_path: P
             [*probe, str(rdp_profile(server, tmp_path, "wrong", credentials=bad))], **_CAPTURE
         )
     lines = probe_passed(done, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
-    assert any(line.startswith("warn") and "RDP certificate NOT verified" in line for line in lines), lines
+    assert not any("NOT verified" in line for line in lines), lines  # pinned, as profiles are
     keys = WORKLOAD.burst_keys
     assert any(f"RDP key: {keys} of {keys} ok" in line for line in lines), lines
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr[-2000:]
@@ -284,7 +291,8 @@ def test_probe_logs_a_desktop_on_and_a_wrong_password_fails_its_line(tmp_path: P
 
 def test_pin_prints_the_certificate_and_a_pinned_logon_refuses_any_other(tmp_path: Path) -> None:
     """``gateload pin --protocol rdp`` prints the certificate's fingerprint as openssl does; pinned, a
-    session logs on, and with another pin it stops after the TLS handshake, before the password."""
+    session logs on; with another pin, or none, it stops after the TLS handshake, before the password;
+    only the explicit opt-out (``verify_host_key = false``) logs on unverified, with a warn line."""
     der = ssl.PEM_cert_to_DER_cert(Path(XRDP_CERT).read_text())  # the package's own, as shipped
     shipped = hashlib.sha256(der).digest().hex(":").upper()
     wrong = ("00" if shipped[:2] != "00" else "01") + shipped[2:]
@@ -300,13 +308,40 @@ def test_pin_prints_the_certificate_and_a_pinned_logon_refuses_any_other(tmp_pat
         other = subprocess.run(
             [*probe, str(rdp_profile(server, tmp_path, "no", cert_fingerprint=wrong))], **_CAPTURE
         )
-        assert _logons(server) == logons, "the password went out past a wrong pin"
+        unpinned = subprocess.run(
+            [*probe, str(rdp_profile(server, tmp_path, "none", cert_fingerprint=""))], **_CAPTURE
+        )
+        refused = run_async(_connect_unpinned(server))
+        assert _logons(server) == logons, "the password went out past a wrong pin or none"
+        opted_out = subprocess.run(
+            [*probe, str(rdp_profile(server, tmp_path, "off", cert_fingerprint="", verify=False))], **_CAPTURE
+        )
+    assert server.cert_fingerprint == shipped
     assert pin.returncode == 0 and f'cert_fingerprint = "{shipped}"' in pin.stdout, pin.stdout + pin.stderr
     lines = probe_passed(pinned, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
     assert not any("NOT verified" in line for line in lines), lines
     assert logons >= 1
     assert other.returncode == 1, other.stdout + other.stderr[-2000:]
     assert "FAIL  gateway RDP connect: tls_error" in other.stdout, other.stdout
+    assert unpinned.returncode == 1, unpinned.stdout + unpinned.stderr[-2000:]
+    assert "FAIL  gateway RDP certificate not pinned (gateway.cert_fingerprint unset)" in unpinned.stdout
+    assert f"gateload pin --protocol rdp {server.host}:{server.port}" in unpinned.stdout
+    assert classify(refused.error) == "tls_error", refused  # and no password went out (above)
+    lines = probe_passed(opted_out, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
+    assert any(
+        line.startswith("warn") and "RDP certificate NOT verified (gateway.verify_host_key = false)" in line
+        for line in lines
+    ), lines
+
+
+async def _connect_unpinned(server: Xrdp) -> Timed[Any]:
+    """An RDP connect that verifies the certificate with no pin (what an unpinned profile makes)."""
+    user, password = server.accounts[0]
+    desk = RDPDesktop(server.host, server.port, user, password, timeout_s=10.0)
+    try:
+        return await timed(desk.connect(), 15.0)
+    finally:
+        desk.abort()
 
 
 def _logons(server: Xrdp) -> int:

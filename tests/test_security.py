@@ -206,17 +206,19 @@ def test_verification_is_on_by_default_and_opt_outs_are_recorded(tmp_path: Path)
     assert security["opted-out"] == {"host_key_verified": False, "tls_verified": False, "tls": True}
 
 
-def test_an_rdp_gateway_counts_as_verified_only_with_its_certificate_pinned() -> None:
+def test_an_rdp_gateway_counts_as_unverified_only_when_opted_out() -> None:
+    """Unpinned and verifying, an RDP session stops at the certificate (test_rdp_xrdp): no session of
+    such a run is unverified. Only ``verify_host_key = false`` is, as for SSH."""
     from gateload.locustfiles.lib.runinfo import security
 
     profile = load_profile(ROOT / "targets" / "profiles" / "reference-before.toml")
     rdp = dataclasses.replace(profile.gateway, protocol="rdp")
-    unpinned = dataclasses.replace(profile, gateway=rdp)
     pin = "AB:" * 31 + "AB"
     pinned = dataclasses.replace(profile, gateway=dataclasses.replace(rdp, cert_fingerprint=pin))
+    opted_out = dataclasses.replace(profile, gateway=dataclasses.replace(rdp, verify_host_key=False))
     assert security(profile)["host_key_verified"] is True  # ssh: verify_host_key (on by default)
-    assert security(unpinned)["host_key_verified"] is False  # verify_host_key says nothing of RDP
     assert security(pinned)["host_key_verified"] is True
+    assert security(opted_out)["host_key_verified"] is False
 
 
 # --- loopback by default ------------------------------------------------------------------------------

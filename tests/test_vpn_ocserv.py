@@ -239,4 +239,4 @@ def test_a_missing_ca_file_is_named_before_any_session(tmp_path: Path) -> None:
         f"FAIL  gateway CA file {gone} not found -> set gateway.ca_file to the CA that signs the gateway"
     ]
     rdp = dataclasses.replace(p, gateway=dataclasses.replace(gateway, protocol="rdp"))
-    assert remote.missing_ca_file(rdp) is None  # RDP does not verify the certificate: no file needed
+    assert remote.missing_ca_file(rdp) is None  # RDP pins its certificate (cert_fingerprint): no CA file

@@ -136,13 +136,15 @@ class RDPDesktop:
         password: str | None,
         timeout_s: float = 10.0,
         cert_pin: bytes | None = None,
+        verify: bool = True,
     ) -> None:
         self.host, self.port, self.username = host, port, username
         self._password = password  # never logged
         self.timeout_s = timeout_s
-        self.cert_pin = cert_pin  # SHA-256 of the server certificate; None: not verified
-        #: fix 10's hook for this connection (rdpfix.FixedRDPConnection.on_certificate)
-        self.on_certificate = self._check_certificate if cert_pin is not None else None
+        self.cert_pin = cert_pin  # SHA-256 of the server certificate; None: none pinned
+        #: fix 10's hook for this connection (rdpfix.FixedRDPConnection.on_certificate); without
+        #: ``verify`` (the profile's explicit opt-out) any certificate is taken
+        self.on_certificate = self._check_certificate if verify else None
         self.conn: Any = None
         self.connected = False
         self.closing = False
@@ -213,6 +215,11 @@ class RDPDesktop:
     def _check_certificate(self, der: bytes) -> None:
         """Fix 10's hook: refuse a certificate other than the pinned one (before the password is sent)."""
         seen = hashlib.sha256(der).digest()
+        if self.cert_pin is None:
+            raise ssl.SSLCertVerificationError(
+                f"certificate SHA-256 {format_cert_sha256(seen)} is not pinned "
+                "(gateway.cert_fingerprint unset)"
+            )
         if seen != self.cert_pin:
             raise ssl.SSLCertVerificationError(
                 f"certificate SHA-256 {format_cert_sha256(seen)} is not gateway.cert_fingerprint"
@@ -374,15 +381,15 @@ class RDPSession(BridgedSession[RDPDesktop]):
         """Connect, first frame, desktop ready; the first failure, or None when the desktop is up."""
         gw = self.profile.gateway
         pin = cert_sha256(gw.cert_fingerprint) if gw.cert_fingerprint else None
+        timeout = self.profile.workload.timeout_s
         desk = self._begin(
-            RDPDesktop(gw.host, gw.port, username, secret, self.profile.workload.timeout_s, cert_pin=pin)
+            RDPDesktop(gw.host, gw.port, username, secret, timeout, cert_pin=pin, verify=gw.verify_host_key)
         )
         steps = (
             ("connect", desk.connect),
             ("first_frame", desk.first_frame),
             ("desktop_ready", desk.desktop_ready),
         )
-        timeout = self.profile.workload.timeout_s
         for name, op in steps:
             # the connect bounds itself (and classifies its timeout): the bridge's bound comes later
             outcome = self.bridge.call_timed(

@@ -106,10 +106,10 @@ def security(profile: Profile | None) -> dict[str, Any]:
         return {"host_key_verified": None, "tls_verified": None, "tls": None}
     tls = urlsplit(profile.portal.url).scheme == "https"
     gw = profile.gateway
-    # the gateway's identity: an RDP server's by its pinned certificate, any other's as verify_host_key says
-    verified = bool(gw.cert_fingerprint) if gw.protocol == "rdp" else gw.verify_host_key
+    # the gateway's identity (an SSH host key, an RDP certificate): unpinned, nothing connects unless
+    # verify_host_key opts out
     return {
-        "host_key_verified": bool(verified),
+        "host_key_verified": bool(gw.verify_host_key),
         "tls_verified": bool(tls and profile.portal.tls_verify),
         "tls": tls,  # False: the portal is plain HTTP, so nothing was TLS-verified
     }

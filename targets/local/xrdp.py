@@ -5,7 +5,8 @@ manager: PAM logon, one Xorg + xorgxrdp session per account) and ``xrdp -n -c <d
 127.0.0.1 and a free port. Both configs are Debian's shipped ``/etc/xrdp`` files copied as they are,
 with only this instance's port, log files (in the folder, no syslog) changed, and for the relaxed
 variant the keys named in :data:`RELAXED_SESMAN`. The TLS certificate is the package's own
-(``/etc/xrdp/cert.pem``, made at install), as on a stock server.
+(``/etc/xrdp/cert.pem``, made at install), as on a stock server; profiles pin it
+(:attr:`Xrdp.cert_fingerprint`).
 
 What cannot be private (xrdp 0.9.21 fixes these paths at build time): xrdp reads the session manager's
 port from ``/etc/xrdp/sesman.ini`` (so sesman listens on the shipped port, 3350 on 127.0.0.1 / ::1, and
@@ -39,10 +40,12 @@ import configparser
 import contextlib
 import csv
 import fcntl
+import hashlib
 import os
 import pwd
 import re
 import secrets
+import ssl
 import subprocess
 from pathlib import Path
 from typing import IO, Self
@@ -55,8 +58,10 @@ from gateload.targets.local.process import (
     require_binary,
     require_root,
 )
+from gateload.targets.profile import format_cert_sha256
 
 ETC = Path("/etc/xrdp")
+CERT = ETC / "cert.pem"  # what xrdp.ini's empty `certificate` means: the package's own, made at install
 #: Keys changed for the relaxed variant (sesman.ini [Sessions]). 0 is not "unlimited" in sesman 0.9.21:
 #: it refuses every session ("max concurrent session limit exceeded").
 RELAXED_SESMAN = {"MaxSessions": "1000"}
@@ -101,6 +106,12 @@ class Xrdp:
     def credentials(self) -> Path:
         """The accounts as a ``username,password`` CSV (owner-only), for a profile's credentials file."""
         return self.state_dir / "credentials.csv"
+
+    @property
+    def cert_fingerprint(self) -> str:
+        """The SHA-256 fingerprint of the certificate it presents, as a profile's ``cert_fingerprint``."""
+        der = ssl.PEM_cert_to_DER_cert(CERT.read_text())
+        return format_cert_sha256(hashlib.sha256(der).digest())
 
     @property
     def log_files(self) -> tuple[Path, Path]:
