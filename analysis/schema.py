@@ -69,6 +69,9 @@ META_KEYS = (
     "shape",  # {"name", "params"}
     "steps",
     "paced",
+    # arrivals shape, else null: {"rate", "planned": grid arrivals due by "until" (epoch: the moment the
+    # last generator process stopped), "claimed": sessions handed to a user by then}
+    "arrivals",
     "think_time_s",  # mean think time between a user's operations, for Little's law
     "args",  # parsed Locust + gateload options, secrets removed
     "versions",  # python, locust, asyncssh, aiohttp, gateload

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateload.errors import InputError
-from gateload.locustfiles.lib.arrivals import ArrivalSchedule, install, next_arrival
+from gateload.locustfiles.lib.arrivals import ArrivalSchedule, install, next_arrival, summary
 from gateload.locustfiles.lib.options import plain_parser
 from gateload.locustfiles.lib.schedule import WORKDAY, build_plan, parse_timespan
 
@@ -175,6 +175,34 @@ def test_claimed_and_planned_arrivals_by_a_time() -> None:
     assert a.planned_by(0.45) == 5  # j = 0..4 are due by 0.45 s
     assert a.claimed_by(0.45) == 3 and b.claimed_by(0.45) == 2  # b's j = 5 (0.5 s) was not due yet
     assert a.claimed_by(-1.0) == 0 and a.claimed_by(100.0) == 3
+
+
+def test_planned_arrivals_run_to_the_last_worker_stop() -> None:
+    """The master decides to stop at 4.004 s; its message reaches the workers at 4.16 s, and by then
+    they had started the sessions planned for 4.05, 4.10 and 4.15 s (busy-core run 56)."""
+    t0, rate = 100.0, 20.0
+    workers = [ArrivalSchedule(t0, rate, slot=s, slots=2) for s in (0, 1)]
+    for sched in workers:
+        for _ in range(42):  # j = 0..83 between them: up to 4.15 s
+            sched.claim(now=t0)
+    stopped = [t0 + 4.16, t0 + 4.12]
+    finals = [
+        {"arrivals_claimed": sched.claimed_by(stop), "arrivals_stopped_at": stop}
+        for sched, stop in zip(workers, stopped, strict=True)
+    ]
+    got = summary(t0, rate, t0 + 4.004, finals)
+    assert got["until"] == t0 + 4.16 and got["planned"] == 84  # j = 0..83
+    assert got["claimed"] == 42 + 41 <= got["planned"]  # slot 1's j = 83 (4.15 s) was not due at 4.12
+    old = summary(t0, rate, t0 + 4.004, [{"arrivals_claimed": f["arrivals_claimed"]} for f in finals])
+    assert old["planned"] == 81 < old["claimed"]  # without the workers' stop times: run 56's fault
+
+
+def test_a_single_process_counts_its_own_claims_to_its_own_stop() -> None:
+    t0 = 0.0
+    local = ArrivalSchedule(t0, 10.0)
+    for _ in range(10):
+        local.claim(now=t0)
+    assert summary(t0, 10.0, 0.55, [], local) == {"rate": 10.0, "planned": 6, "claimed": 6, "until": 0.55}
 
 
 def test_next_arrival_is_none_outside_arrival_mode() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,28 @@ class ArrivalSchedule:
     def planned_by(self, t_end: float) -> int:
         """Arrivals due on the whole test's grid by ``t_end``."""
         return max(0, math.floor((t_end - self.t0) * self.rate + 1e-9) + 1)
+
+
+def summary(
+    t0: float,
+    rate: float,
+    ended: float,
+    finals: list[Mapping[str, Any]],
+    local: ArrivalSchedule | None = None,
+) -> dict[str, Any]:
+    """Sessions planned on the grid vs handed to a user (a pool that is too small hands out fewer).
+
+    ``finals``: each worker's final message (``arrivals_claimed``, ``arrivals_stopped_at``); ``local``:
+    the schedule of a single-process run, which stopped at ``ended``. Workers go on starting sessions
+    until the master's stop message reaches them, so the grid is counted up to the moment the last of
+    them stopped (``until``), not up to the master's decision (``ended``).
+    """
+    until = max([ended, *(float(final.get("arrivals_stopped_at", ended)) for final in finals)])
+    claimed = sum(int(final.get("arrivals_claimed", 0)) for final in finals)
+    if local is not None:
+        claimed = local.claimed_by(ended)
+    planned = ArrivalSchedule(t0, rate).planned_by(until)
+    return {"rate": rate, "planned": planned, "claimed": claimed, "until": until}
 
 
 def install(environment: Any, schedule: ArrivalSchedule | None) -> None:

@@ -371,8 +371,9 @@ class RunController:
     def _on_test_stop(self, environment: Any, **_kw: Any) -> None:
         if self.role == "worker":
             schedule = arrivals.schedule_of(environment)
-            claimed = schedule.claimed_by(time.time()) if schedule else 0
-            self.recorder.finish(extra={"arrivals_claimed": claimed})
+            stopped = time.time()
+            claimed = schedule.claimed_by(stopped) if schedule else 0
+            self.recorder.finish(extra={"arrivals_claimed": claimed, "arrivals_stopped_at": stopped})
             return
         run, self.run = self.run, None
         if run is None:
@@ -413,16 +414,12 @@ class RunController:
             self.env.process_exit_code = max(self.env.process_exit_code or 0, 1)
 
     def _arrivals_summary(self, run: ActiveRun, result: RecordResult, ended: float) -> dict[str, Any] | None:
-        """Arrivals shape: sessions planned by the end vs handed to a user (a full pool hands out fewer)."""
         plan = run.resolved.plan
         if plan.shape != "arrivals":
             return None
-        grid = arrivals.ArrivalSchedule(run.started_at, plan.arrival_rate)
-        local = arrivals.schedule_of(self.env)
-        claimed = sum(int((w.get("final") or {}).get("arrivals_claimed", 0)) for w in result.workers.values())
-        if self.role == "local" and local is not None:
-            claimed = local.claimed_by(ended)
-        return {"rate": plan.arrival_rate, "planned": grid.planned_by(ended), "claimed": claimed}
+        finals = [w.get("final") or {} for w in result.workers.values()]
+        local = arrivals.schedule_of(self.env) if self.role == "local" else None
+        return arrivals.summary(run.started_at, plan.arrival_rate, ended, finals, local)
 
     def _status(self, run: ActiveRun, result: RecordResult, ended: float) -> str:
         if run.interrupted:
