@@ -13,7 +13,7 @@ The session's operations run in the bridge's loop thread, awaited from this (unp
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,13 +54,13 @@ class _Samples:
         self.fired.append(sample)
 
 
-def _line(name: str, samples: list[dict[str, Any]]) -> tuple[str, str]:
+def _line(name: str, samples: list[dict[str, Any]], fixes: Mapping[str, str] = FIXES) -> tuple[str, str]:
     """One status line for all samples of one operation (a paced burst records one per key)."""
     failed = [s for s in samples if s["exception"] is not None]
     times = [s["response_time"] for s in samples if s["exception"] is None]
     if failed:
         error = failed[0]["context"]["error"] or "other"
-        fix = FIXES.get(error, "see the gateway's log")
+        fix = fixes.get(error, "see the gateway's log")
         return FAIL, f"{name}: {error}, {len(failed)} of {len(samples)} failed -> {fix}"
     if len(samples) == 1:
         return OK, f"{name} ({_ms(times[0])})"
@@ -105,7 +105,9 @@ def probe_session(
     by_name: dict[str, list[dict[str, Any]]] = {}
     for sample in sink.fired:
         by_name.setdefault(f"{sample['request_type']} {sample['name']}", []).append(sample)
+    gw = profile.gateway
+    fixes = {k: v.format(host=gw.host, port=gw.port) for k, v in {**FIXES, **proto.fixes}.items()}
     for name, samples in by_name.items():
-        add(*_line(name, samples))
+        add(*_line(name, samples, fixes))
     if not logged_on and activities:
         add(SKIP, f"{', '.join(activities)}: the logon failed")

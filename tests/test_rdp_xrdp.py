@@ -317,15 +317,20 @@ def test_pin_prints_the_certificate_and_a_pinned_logon_refuses_any_other(tmp_pat
             [*probe, str(rdp_profile(server, tmp_path, "off", cert_fingerprint="", verify=False))], **_CAPTURE
         )
     assert server.cert_fingerprint == shipped
+    where = f"{server.host}:{server.port}"
     assert pin.returncode == 0 and f'cert_fingerprint = "{shipped}"' in pin.stdout, pin.stdout + pin.stderr
     lines = probe_passed(pinned, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
     assert not any("NOT verified" in line for line in lines), lines
     assert logons >= 1
     assert other.returncode == 1, other.stdout + other.stderr[-2000:]
     assert "FAIL  gateway RDP connect: tls_error" in other.stdout, other.stdout
+    # the fix is the pin, not the CA file that TLS-verifying protocols name
+    pin_fix = f"check it, then put the line from `gateload pin --protocol rdp {where}`"
+    assert f"not gateway.cert_fingerprint: {pin_fix}" in other.stdout
+    assert "ca_file" not in other.stdout, other.stdout
     assert unpinned.returncode == 1, unpinned.stdout + unpinned.stderr[-2000:]
     assert "FAIL  gateway RDP certificate not pinned (gateway.cert_fingerprint unset)" in unpinned.stdout
-    assert f"gateload pin --protocol rdp {server.host}:{server.port}" in unpinned.stdout
+    assert f"gateload pin --protocol rdp {where}" in unpinned.stdout
     assert classify(refused.error) == "tls_error", refused  # and no password went out (above)
     lines = probe_passed(opted_out, ("RDP connect", "RDP first_frame", "RDP desktop_ready"))
     assert any(

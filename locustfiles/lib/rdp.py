@@ -472,4 +472,11 @@ def _throttled_or_timeout(desk: RDPDesktop) -> OperationError:
 
 # aardwolf's ASN.1 specs compiled now, before any load: the first logon times the protocol, not this
 rdpfix.warm()
-remote.register("rdp", RDP_CATALOGUE, RDPSession)
+#: an RDP certificate is pinned, not checked against a CA (the probe's default tls_error fix is a CA file)
+FIXES = {
+    "tls_error": (
+        "the server's certificate is not gateway.cert_fingerprint: check it, then put the line from "
+        "`gateload pin --protocol rdp {host}:{port}` into the profile's [gateway] section"
+    )
+}
+remote.register("rdp", RDP_CATALOGUE, RDPSession, fixes=FIXES)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -96,20 +96,28 @@ class RemoteProtocol:
     factory: SessionFactory
     #: it verifies the gateway's TLS certificate against ``gateway.ca_file`` (else ``portal.ca_file``)
     verifies_tls: bool = False
+    #: what to fix when an operation fails with an error class, where this protocol differs from the
+    #: probe's default (``{host}`` and ``{port}`` are the gateway's)
+    fixes: Mapping[str, str] = field(default_factory=dict)
 
 
 _registry: dict[str, RemoteProtocol] = {}
 
 
 def register(
-    name: str, catalogue: Catalogue, factory: SessionFactory, *, verifies_tls: bool = False
+    name: str,
+    catalogue: Catalogue,
+    factory: SessionFactory,
+    *,
+    verifies_tls: bool = False,
+    fixes: Mapping[str, str] | None = None,
 ) -> RemoteProtocol:
     """Declare a protocol (called by its module at import); registering a name twice replaces it."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"protocol name {name!r} must be lower-case letters, digits and _")
     if name not in catalogue.protocols:
         raise ValueError(f"the catalogue of protocol {name!r} declares {catalogue.protocols}")
-    _registry[name] = RemoteProtocol(name, catalogue, factory, verifies_tls)
+    _registry[name] = RemoteProtocol(name, catalogue, factory, verifies_tls, dict(fixes or {}))
     return _registry[name]
 
 
