@@ -70,9 +70,8 @@ def _acceptance(acceptance: str | Path | Acceptance | None) -> Acceptance:
     return load_acceptance(acceptance)
 
 
-def _analyze(
-    runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int, require_steady: bool = True
-) -> list[RunStats]:
+def _analyze(runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int) -> list[RunStats]:
+    # a run that never settles is analysed too: a report marks it, a verdict on it is INCONCLUSIVE
     return [
         analyze_run(
             r,
@@ -81,7 +80,7 @@ def _analyze(
             seed=seed,
             little_tolerance=acc.max_littles_law_error,
             paced_tolerance=acc.max_paced_shortfall,
-            require_steady=require_steady,
+            require_steady=False,
         )
         for r in runs
     ]
@@ -126,7 +125,8 @@ def check_runs(
     seed: int = 0,
 ) -> Verdict:
     """Gate a run (or replicates of one configuration) on its SLAs: latency, errors, server shares,
-    throughput at the reference load. Before/after criteria (gains, ratios) do not apply and are skipped."""
+    throughput at the reference load. Before/after criteria (gains, ratios) do not apply and are skipped.
+    A run that never reached a steady state gets INCONCLUSIVE on every criterion, with the reason."""
     return _check_or_report("check", runs, acceptance, out_dir, allow_incomplete, n_boot, seed)
 
 
@@ -141,9 +141,9 @@ def report_runs(
 ) -> Verdict:
     """The metrics of :func:`check_runs` with no verdict (``NONE``, no criteria): a capacity report.
 
-    ``acceptance`` only sets the SLAs for the knees and the reference load. Unlike a check, a report
-    takes a run that never settles (a short fault-injection run, say): it is marked NO STEADY STATE,
-    its figures are each step's second half, and its timeline and fault windows are drawn as usual.
+    ``acceptance`` only sets the SLAs for the knees and the reference load. A run that never settles
+    (a short fault-injection run, say) is marked NO STEADY STATE, its figures are each step's second
+    half, and its timeline and fault windows are drawn as usual (a check or compare of it is INCONCLUSIVE).
     """
     return _check_or_report("report", runs, acceptance, out_dir, allow_incomplete, n_boot, seed)
 
@@ -159,7 +159,7 @@ def _check_or_report(
 ) -> Verdict:
     started = time.perf_counter()
     acc = _acceptance(acceptance)
-    stats = _analyze(_as_runs(runs, allow_incomplete), acc, n_boot, seed, require_steady=kind != "report")
+    stats = _analyze(_as_runs(runs, allow_incomplete), acc, n_boot, seed)
     verdict = evaluate_check(stats, acc, kind)
     verdict.elapsed_s = time.perf_counter() - started
     if out_dir is not None:

@@ -49,6 +49,7 @@ from gateload.analysis.verdict import (
     criterion,
     missing,
     overall,
+    unsettled,
 )
 
 # ----------------------------------------------------------------------------------------- compare
@@ -294,6 +295,14 @@ def _finish(
     warnings += fault_warnings(metrics.get("faults"))
     if kind == "report":  # describes the runs and judges nothing: gateload check is the gate
         return Verdict(kind, NONE, [], metrics, warnings, acc, sides, incomplete)
+    unsettled_runs = [rs.run.name for runs in sides.values() for rs in runs if not rs.steady]
+    if unsettled_runs:  # a trending run's intervals bound nothing: judge nothing, say what would
+        criteria = [unsettled(c) for c in criteria]
+        warnings.append(
+            f"no verdict: {', '.join(unsettled_runs)} never reached a steady state (MSER-5: latency or "
+            "throughput keeps trending), so every criterion is INCONCLUSIVE; run longer steps, or check "
+            "the target for a leak or an overload"
+        )
     verdict = overall(criteria)
     if not criteria and acc.path is not None:
         warnings.append(f"{acc.name} declares no criteria: nothing to pass")

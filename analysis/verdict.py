@@ -7,14 +7,15 @@ Each criterion gets an estimate, a confidence interval and a verdict, the way cr
 - **INCONCLUSIVE** otherwise, with a note saying how much more data would settle it if the estimate holds.
 
 The overall verdict is FAIL if any criterion fails, else INCONCLUSIVE if any is inconclusive, else PASS
-(``criteria.py`` downgrades a PASS resting on an incomplete run). A report has no verdict: ``NONE``.
+(``criteria.py`` downgrades a PASS resting on an incomplete run, and every criterion of a run that
+never reached a steady state: :func:`unsettled`). A report has no verdict: ``NONE``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateload.analysis.acceptance import Acceptance
@@ -166,6 +167,16 @@ def criterion(
             else settle_note(est, margin, direction, runs)
         )
     return Criterion(name, description, est.value, est.lo, est.hi, margin, direction, unit, verdict, note)
+
+
+def unsettled(c: Criterion) -> Criterion:
+    """``c`` made INCONCLUSIVE because its runs never settled: their figures (each step's second half)
+    trend, so no interval of them bounds a steady value; the note keeps what the figures lean to."""
+    if c.verdict == INCONCLUSIVE:
+        return replace(c, note=f"no steady state; {c.note}" if c.note else "no steady state")
+    return replace(
+        c, verdict=INCONCLUSIVE, note=f"{c.verdict} on figures with no steady state, not a verdict"
+    )
 
 
 def missing(name: str, description: str, margin: float, direction: str, unit: str, why: str) -> Criterion:

@@ -224,11 +224,33 @@ def test_damaged_run_is_one_line_exit_2(
     assert message in one_line_error(capsys)
 
 
-def test_no_steady_state_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = write_run(SMALL.with_(steps=((10, 60.0),), trend_per_s=0.05), tmp_path)
-    acc = write_toml(tmp_path / "a.toml", "[errors]\nmax_rate = 0.1\n")
-    assert main(["check", str(run), "--acceptance", str(acc)]) == 2
-    assert "no steady state" in one_line_error(capsys)
+def test_a_run_with_no_steady_state_is_inconclusive_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pair: tuple[Path, Path]
+) -> None:
+    # Latency keeps climbing: its intervals bound no steady value, so neither the SLA it clearly misses
+    # nor the error rate it clearly meets is a verdict. CI still gets a report and a JUnit file.
+    run = write_run(SMALL.with_(label="after", steps=((10, 60.0),), trend_per_s=0.05), tmp_path / "trending")
+    acc = write_toml(
+        tmp_path / "a.toml", '[load]\nreference_users = 10\n[sla]\n"SSH exec" = 1\n[errors]\nmax_rate = 0.1\n'
+    )
+    out = tmp_path / "report"
+    assert main(["check", str(run), "--acceptance", str(acc), "--out", str(out), *BOOT]) == 3
+    printed = capsys.readouterr().out
+    assert printed.startswith("check: INCONCLUSIVE") and "never reached a steady state" in printed
+    verdict = json.loads((out / "verdict.json").read_text())
+    notes = {c["name"]: c["note"] for c in verdict["criteria"]}
+    assert {c["verdict"] for c in verdict["criteria"]} == {"INCONCLUSIVE"}
+    assert any(n.startswith("FAIL on figures with no steady state") for n in notes.values()), notes
+    assert any(n.startswith("PASS on figures with no steady state") for n in notes.values()), notes
+    assert [r["steady"] for r in verdict["runs"]["run"]] == [False]
+    cases = ET.parse(out / "junit.xml").getroot().iter("testcase")
+    assert all(case.find("skipped") is not None for case in cases)
+    assert "NO STEADY STATE" in (out / "summary.md").read_text()
+    # a compare whose after side never settles is no verdict either
+    acc = acceptance(tmp_path, 1.3)
+    rc = main(["compare", str(pair[0]), str(run), "--acceptance", str(acc), "--out", str(out), *BOOT])
+    assert rc == 3
+    assert "never reached a steady state" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

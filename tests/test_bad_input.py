@@ -31,7 +31,6 @@ COMMANDS = {
     "runs": ("check", "compare", "report"),
 }
 GOOD_PROFILE = ROOT / "targets" / "profiles" / "reference-before.toml"
-GENERATED = {"no_steady_state"}
 
 
 def cases(section: str) -> list[tuple[str, str, str]]:
@@ -48,7 +47,7 @@ def cases(section: str) -> list[tuple[str, str, str]]:
 def test_the_corpus_and_its_index_agree() -> None:
     for section, suffix in (("profiles", ".toml"), ("acceptance", ".toml"), ("runs", "")):
         on_disk = {p.name for p in (CORPUS / section).iterdir() if not suffix or p.suffix == suffix}
-        assert on_disk | (GENERATED if section == "runs" else set()) == set(EXPECTED[section]), section
+        assert on_disk == set(EXPECTED[section]), section
 
 
 def digest(path: Path) -> str:
@@ -79,19 +78,14 @@ def run_gateload(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A good acceptance file, a good 'after' run to compare with, and the run that never settles."""
+    """A good acceptance file and a good 'after' run to compare with."""
     folder = tmp_path_factory.mktemp("good")
     acceptance = folder / "acceptance.toml"
     acceptance.write_text("[errors]\nmax_rate = 0.5\n")
     after = write_run(
         SynthSpec(label="after", run_id="a1", steps=((5, 20.0), (10, 20.0)), ramp_s=1.0), folder
     )
-    trend = SynthSpec(label="before", run_id="trend", steps=((10, 60.0),), trend_per_s=0.05, ramp_s=2.0)
-    return {"acceptance": acceptance, "after": after, "no_steady_state": write_run(trend, folder / "gen")}
-
-
-def run_path(name: str, good: dict[str, Path]) -> Path:
-    return good[name] if name in GENERATED else CORPUS / "runs" / name
+    return {"acceptance": acceptance, "after": after}
 
 
 # --- profiles -----------------------------------------------------------------------------------------
@@ -202,7 +196,7 @@ def test_bad_run_folder(
     capsys: pytest.CaptureFixture[str],
     good: dict[str, Path],
 ) -> None:
-    run = run_path(name, good)
+    run = CORPUS / "runs" / name
     kept = digest(run)
     boot = ["--bootstrap", "100"]
     if command == "check":
