@@ -80,7 +80,6 @@ def _analyze(runs: Sequence[Run], acc: Acceptance, n_boot: int, seed: int) -> li
             seed=seed,
             little_tolerance=acc.max_littles_law_error,
             paced_tolerance=acc.max_paced_shortfall,
-            require_steady=False,
         )
         for r in runs
     ]

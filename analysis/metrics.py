@@ -173,14 +173,13 @@ def analyze_run(
     seed: int = 0,
     little_tolerance: float = health.LITTLE_TOLERANCE,
     paced_tolerance: float = health.PACED_TOLERANCE,
-    require_steady: bool = True,
 ) -> RunStats:
     """Steady-state statistics of every step of a run, with block-bootstrap intervals.
 
-    ``require_steady=False`` analyses a run in which no step settles (see :func:`steady_windows`),
-    with a warning that its figures describe no steady state.
+    A run in which no step settles (see :func:`steady_windows`) is analysed too, with a warning that
+    its figures describe no steady state (a verdict on it is INCONCLUSIVE).
     """
-    windows = steady_windows(run, require_steady=require_steady)
+    windows = steady_windows(run)
     # reproducible, but different for each run so replicates do not share their resampling
     rng = np.random.default_rng([seed, zlib.crc32(run.name.encode())])
     ctx = _Ctx(run, n_boot, confidence, little_tolerance, paced_tolerance)

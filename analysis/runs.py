@@ -165,7 +165,8 @@ class Run:
         catalogue, ``paced``, ``is_aggregate`` (its ``aggregate``: a plain ``aggregate`` column would hide
         behind ``DataFrame.aggregate``) and ``role``. ``df[~df.cut].groupby("step")`` holds
         exactly the samples each step's statistics are computed from (groupby drops the <NA> steps).
-        A run in which no step settles raises the analysis's :class:`InputError`.
+        A step that never settles keeps its second half, as the report does (``steps_to_pandas()``
+        says ``steady`` False).
         """
         return _samples_frame(self)
 

@@ -166,12 +166,11 @@ def _ramp_end(
     return min(max(planned, float(s.t[a + full[0]])), end), True
 
 
-def steady_windows(run: RunData, *, require_steady: bool = True) -> list[Window]:
+def steady_windows(run: RunData) -> list[Window]:
     """Steady-state windows of a run, one per step of its schedule (or one for a run without steps).
 
-    A step with no steady state gets its second half. A run in which no step settles is an
-    :class:`InputError` unless ``require_steady`` is False (a report of a fault run, which is not a
-    capacity measurement: its windows are then all second halves, ``steady`` False).
+    A step with no steady state gets its second half, ``steady`` False; the analysis warns when no
+    step of a run settled, and a verdict on such a run is INCONCLUSIVE.
     """
     s = run.samples
     steps = run.steps
@@ -212,12 +211,6 @@ def steady_windows(run: RunData, *, require_steady: bool = True) -> list[Window]
     windows = [w for w in windows if w.duration > 0 and _count(run, w) > 0]
     if not windows:
         raise InputError(f"{run.path}: no samples fall inside the run's step schedule; check meta.json steps")
-    if require_steady and not any(w.steady for w in windows):
-        what = "the run" if len(windows) == 1 else f"any of its {len(windows)} steps"
-        raise InputError(
-            f"{run.path}: no steady state in {what} (MSER-5 truncation point in the second half: latency or "
-            "throughput keeps trending); run longer steps, or check the target for a leak"
-        )
     return windows
 
 

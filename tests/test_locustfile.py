@@ -410,7 +410,7 @@ def test_a_stopped_generator_is_recorded_as_a_pause(users_file: Path, tmp_path: 
     for p in pauses:  # a stopped process: both clocks moved on, and by the same
         assert 2.5 <= p["monotonic_s"] <= 6 and abs(p["wall_s"] - p["monotonic_s"]) < 0.5, pauses
     run = load_run(run_dir)
-    warnings = analyze_run(run, require_steady=False).warnings
+    warnings = analyze_run(run).warnings
     named = [w for w in warnings if "ran nothing for" in w and "it was not scheduled" in w]
     assert len(named) == 3, warnings
 

@@ -16,7 +16,6 @@ from gateload.analysis.runs import Run, load_run
 from gateload.analysis.schema import META_FILE, read_samples
 from gateload.analysis.steady import steady_windows
 from gateload.analysis.synthetic import build_run, write_run
-from gateload.errors import InputError
 
 BOOT = 50  # point estimates do not depend on the bootstrap; keep it cheap
 
@@ -162,11 +161,15 @@ def test_run_without_a_schedule_is_one_step() -> None:
     assert int((~df.cut & ~df.is_aggregate).sum()) == st.all.count
 
 
-def test_a_run_that_never_settles_is_a_one_line_error() -> None:
+def test_a_run_that_never_settles_keeps_the_second_half_the_report_uses() -> None:
     run = build_run(SMALL.with_(steps=((20, 30.0),), trend_per_s=0.2))
-    with pytest.raises(InputError) as err:
-        run.to_pandas()
-    assert "no steady state" in str(err.value) and "\n" not in str(err.value)
+    df = run.to_pandas()
+    (w,) = run.steps_to_pandas().itertuples()
+    assert not w.steady and w.steady_start == pytest.approx((w.start + w.ramp_s + w.end) / 2)
+    stats = analyze_run(run, n_boot=BOOT)
+    (st,) = stats.steps
+    assert int((~df.cut & ~df.is_aggregate).sum()) == st.all.count
+    assert df[~df.cut & ~df.is_aggregate].time.min() >= w.steady_start
 
 
 def test_the_readme_notebook_example_reproduces_the_report(run_dir: Path, run: Run) -> None:
