@@ -35,8 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verdict_codes = exit_codes(
         "0    PASS",
         "1    FAIL",
-        "3    INCONCLUSIVE (also: a PASS resting on an --allow-incomplete run, a run with no steady state, "
-        "or no criteria to judge)",
+        "3    INCONCLUSIVE (also: no steady state, no criteria, a PASS resting on an --allow-incomplete run)",
         "2    bad input: a usage error, a bad run folder or acceptance file, one line on stderr",
     )
     p = subparsers.add_parser(
